@@ -1,0 +1,53 @@
+"""The Python API. Every CLI command is a thin wrapper over a function here."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from rebalance.core.cache import Cache, CacheEntry
+from rebalance.core.config import PipelineConfig, load_pipeline
+from rebalance.core.progress import Reporter
+from rebalance.core.registry import StepSpec, all_steps
+from rebalance.core.runner import RunResult, StepPlan, plan_pipeline, run_pipeline
+
+__all__ = [
+    "cache_clear",
+    "cache_entries",
+    "plan",
+    "run",
+    "steps",
+    "validate",
+]
+
+
+def validate(pipeline: str | os.PathLike[str], overrides: Sequence[str] = ()) -> PipelineConfig:
+    """Load and validate a pipeline; raises ``ConfigError`` listing every problem."""
+    return load_pipeline(pipeline, overrides)
+
+
+def plan(pipeline: str | os.PathLike[str], overrides: Sequence[str] = ()) -> list[StepPlan]:
+    """Which steps would run, and why (new, changed parameter, changed input, upstream, cached)."""
+    return plan_pipeline(load_pipeline(pipeline, overrides))
+
+
+def run(pipeline: str | os.PathLike[str], overrides: Sequence[str] = (), *, scheduler: str | None = None, reporter: Reporter | None = None) -> RunResult:
+    """Run a pipeline; ``scheduler`` (``tcp://host:port``) runs sharded steps on that dask cluster."""
+    if scheduler:
+        overrides = [*overrides, "executor.kind=dask", f"executor.scheduler={scheduler}"]
+    return run_pipeline(load_pipeline(pipeline, overrides), reporter=reporter)
+
+
+def steps() -> dict[str, StepSpec]:
+    """Every registered step by name."""
+    return all_steps()
+
+
+def cache_entries(cache_dir: str | os.PathLike[str]) -> list[CacheEntry]:
+    return Cache(Path(cache_dir)).entries()
+
+
+def cache_clear(cache_dir: str | os.PathLike[str], step: str | None = None) -> int:
+    """Remove cached entries (all, or one step's); returns how many were removed."""
+    return Cache(Path(cache_dir)).clear(step)

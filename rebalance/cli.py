@@ -1,0 +1,123 @@
+"""The ``rebalance`` command line: a thin layer over ``rebalance.api``."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from rebalance import api
+from rebalance.core.progress import RichReporter
+from rebalance.errors import RebalanceError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Data-centric rebalancing for long-tailed visual recognition.")
+cache_app = typer.Typer(no_args_is_help=True, help="Inspect or clear the step cache.")
+app.add_typer(cache_app, name="cache")
+out = Console()
+err = Console(stderr=True)
+
+Pipeline = Annotated[str, typer.Argument(help="Pipeline YAML file.")]
+Overrides = Annotated[Optional[list[str]], typer.Argument(help="key.path=value overrides.")]
+CacheDir = Annotated[str, typer.Option(help="Cache folder.", envvar="REBALANCE_CACHE")]
+
+
+def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Print user errors as a message (no traceback) and exit with the error's code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except RebalanceError as error:
+            err.print(f"[red]error:[/red] {error}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("interrupted: finished work is cached; rerun the same command to resume")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.command()
+@user_errors
+def run(
+    pipeline: Pipeline,
+    overrides: Overrides = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="Run sharded steps on this dask scheduler (tcp://host:port).")] = None,
+) -> None:
+    """Run a pipeline: every step whose cache key changed, then write the manifest."""
+    err.print(f"running {pipeline}")
+    result = api.run(pipeline, overrides or [], scheduler=scheduler, reporter=RichReporter(err))
+    executed = result.executed
+    summary = f"{len(executed)} step(s) executed" if executed else "nothing to do: every step was cached"
+    err.print(f"{summary}; outputs and manifest.json in {result.output_dir}")
+
+
+@app.command()
+@user_errors
+def plan(pipeline: Pipeline, overrides: Overrides = None) -> None:
+    """Show which steps a run would execute, and why."""
+    table = Table("step", "runs", "why", "cache key")
+    for step_plan in api.plan(pipeline, overrides or []):
+        runs = "[dim]no[/dim]" if step_plan.cached else "[green]yes[/green]"
+        table.add_row(f"{step_plan.step.id} ({step_plan.step.spec.name})", runs, step_plan.reason, step_plan.key)
+    out.print(table)
+
+
+@app.command()
+@user_errors
+def validate(pipeline: Pipeline, overrides: Overrides = None) -> None:
+    """Check a pipeline against the step signatures without running anything."""
+    config = api.validate(pipeline, overrides or [])
+    out.print(f"{pipeline}: valid ({len(config.steps)} steps, config hash {config.config_hash})")
+
+
+@app.command()
+@user_errors
+def steps() -> None:
+    """List every registered step with its inputs, parameters and summary."""
+    for name, spec in api.steps().items():
+        flags = " [dim](sharded)[/dim]" if spec.shardable else ""
+        out.print(f"[bold]{name}[/bold] v{spec.version}{flags} -> {spec.output_type.__name__}: {spec.summary}")
+        for spec_input in spec.inputs:
+            optional = " (optional)" if spec_input.optional else ""
+            out.print(f"    input  {spec_input.name}: {spec_input.artifact_type.__name__}{optional}")
+        for param in spec.params:
+            default = "required" if param.required else f"= {param.default!r}"
+            out.print(f"    param  {param.name}: {param.type_name()} {default}", markup=False, highlight=False)
+
+
+@cache_app.command("ls")
+@user_errors
+def cache_ls(cache_dir: CacheDir = "cache") -> None:
+    """List cache entries with their size and row count."""
+    entries = api.cache_entries(cache_dir)
+    table = Table("step", "key", "rows", "size", "state")
+    for entry in entries:
+        state = "complete" if entry.complete else "partial"
+        table.add_row(entry.step, entry.key, "" if entry.rows is None else f"{entry.rows:,}", _size(entry.bytes), state)
+    out.print(table if entries else f"{os.path.abspath(cache_dir)}: empty")
+
+
+@cache_app.command("clear")
+@user_errors
+def cache_clear(
+    cache_dir: CacheDir = "cache",
+    step: Annotated[Optional[str], typer.Option(help="Only this step's entries.")] = None,
+) -> None:
+    """Remove cache entries (all, or one step's)."""
+    removed = api.cache_clear(cache_dir, step)
+    out.print(f"removed {removed} cache entr{'y' if removed == 1 else 'ies'}")
+
+
+def _size(num_bytes: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if num_bytes < 1024 or unit == "GiB":
+            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+    raise AssertionError("unreachable")

@@ -1,0 +1,242 @@
+"""Artifacts: the typed values steps pass to each other, and all of their file I/O.
+
+Every artifact type implements the same small protocol (``write``/``read``/``num_rows``), plus
+``split``/``concat`` when a shardable step may consume it. The runner wraps ``write`` in an atomic
+temp → fsync → rename, so an artifact folder on disk is always complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, Protocol, Self, runtime_checkable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+
+@runtime_checkable
+class Artifact(Protocol):
+    def write(self, directory: Path) -> None: ...
+
+    @classmethod
+    def read(cls, directory: Path) -> Self: ...
+
+    @property
+    def num_rows(self) -> int: ...
+
+
+@runtime_checkable
+class ShardableArtifact(Artifact, Protocol):
+    def shard(self, index: int, num_shards: int) -> Self: ...
+
+    @classmethod
+    def concat(cls, parts: list[Self]) -> Self: ...
+
+
+def write_parquet(table: pa.Table, path: Path) -> None:
+    # Fixed writer options so the same table always gives the same bytes.
+    pq.write_table(table, path, compression="zstd", write_statistics=True, store_schema=True)
+
+
+def read_parquet(path: Path) -> pa.Table:
+    return pq.read_table(path, memory_map=True)
+
+
+IMAGES_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.int64()),
+        ("file_name", pa.string()),
+        ("split", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("source", pa.string()),
+    ]
+)
+ANNOTATIONS_SCHEMA = pa.schema(
+    [
+        ("annotation_id", pa.int64()),
+        ("image_id", pa.int64()),
+        ("category_id", pa.int64()),
+        ("bbox", pa.list_(pa.float64())),
+        ("area", pa.float64()),
+    ]
+)
+CATEGORIES_SCHEMA = pa.schema(
+    [
+        ("category_id", pa.int64()),
+        ("name", pa.string()),
+        ("synonyms", pa.list_(pa.string())),
+        ("definition", pa.string()),
+        ("synset", pa.string()),
+        ("frequency", pa.string()),
+        ("image_count", pa.int64()),
+        ("instance_count", pa.int64()),
+    ]
+)
+REMOVED_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.int64()),
+        ("file_name", pa.string()),
+        ("step", pa.string()),
+        ("reason", pa.string()),
+    ]
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class LabeledDataset:
+    """A labelled image dataset: one internal form for image folders, COCO and LVIS.
+
+    Tables (pyarrow): ``images`` (IMAGES_SCHEMA, plus any extra columns an ingest keeps, e.g.
+    LVIS ``neg_category_ids``), ``annotations`` (one row per instance; one per image for
+    classification), ``categories`` and ``removed`` (every image a step dropped, with the step and
+    the reason, so no row disappears without a record).
+
+    Invariant: images are sorted by ``image_id`` and annotations by (``image_id``,
+    ``annotation_id``); shards are contiguous image ranges, so concatenating shards restores the
+    original order exactly. ``file_name`` is relative to ``image_root`` unless absolute.
+    """
+
+    images: pa.Table
+    annotations: pa.Table
+    categories: pa.Table
+    removed: pa.Table
+    image_root: str | None
+
+    @property
+    def num_rows(self) -> int:
+        return self.images.num_rows
+
+    def image_path(self, file_name: str) -> Path:
+        path = Path(file_name)
+        return path if path.is_absolute() or self.image_root is None else Path(self.image_root) / path
+
+    def write(self, directory: Path) -> None:
+        for name in ("images", "annotations", "categories", "removed"):
+            write_parquet(getattr(self, name), directory / f"{name}.parquet")
+        (directory / "meta.json").write_text(json.dumps({"image_root": self.image_root}))
+
+    @classmethod
+    def read(cls, directory: Path) -> Self:
+        meta = json.loads((directory / "meta.json").read_text())
+        tables = {
+            name: read_parquet(directory / f"{name}.parquet")
+            for name in ("images", "annotations", "categories", "removed")
+        }
+        return cls(**tables, image_root=meta["image_root"])
+
+    def shard(self, index: int, num_shards: int) -> Self:
+        size = math.ceil(self.num_rows / num_shards)
+        images = self.images.slice(index * size, size)
+        mask = pc.is_in(self.annotations["image_id"], value_set=images["image_id"])
+        return dataclasses.replace(
+            self,
+            images=images,
+            annotations=self.annotations.filter(mask),
+            # Earlier removals travel with shard 0 only, so they are kept exactly once.
+            removed=self.removed if index == 0 else self.removed.slice(0, 0),
+        )
+
+    @classmethod
+    def concat(cls, parts: list[Self]) -> Self:
+        first = parts[0]
+        return dataclasses.replace(
+            first,
+            images=pa.concat_tables([part.images for part in parts]),
+            annotations=pa.concat_tables([part.annotations for part in parts]),
+            removed=pa.concat_tables([part.removed for part in parts]),
+        )
+
+    def class_names(self) -> list[str]:
+        return self.categories["name"].to_pylist()
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassStats:
+    """Per-class statistics (``table``) and dataset-level figures (``summary``)."""
+
+    table: pa.Table
+    summary: dict[str, Any]
+
+    @property
+    def num_rows(self) -> int:
+        return self.table.num_rows
+
+    def write(self, directory: Path) -> None:
+        write_parquet(self.table, directory / "class_stats.parquet")
+        (directory / "summary.json").write_text(json.dumps(self.summary, indent=2, sort_keys=True))
+        (directory / "class_stats.md").write_text(markdown_table(self.table))
+
+    @classmethod
+    def read(cls, directory: Path) -> Self:
+        return cls(
+            table=read_parquet(directory / "class_stats.parquet"),
+            summary=json.loads((directory / "summary.json").read_text()),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class HFDatasetExport:
+    """A Hugging Face ``DatasetDict`` plus its dataset card, written so any trainer can load it.
+
+    On disk: ``save_to_disk`` files (``dataset_dict.json``, one folder per split) for
+    ``datasets.load_from_disk``, and ``data/<split>-NNNNN-of-NNNNN.parquet`` shards declared in the
+    card's YAML header for ``datasets.load_dataset(<folder>)`` or ``load_dataset("parquet", ...)``.
+    """
+
+    dataset: Any  # datasets.DatasetDict; typed loosely to keep `datasets` out of import time
+    card: str
+    num_shards: int
+
+    @property
+    def num_rows(self) -> int:
+        return sum(split.num_rows for split in self.dataset.values())
+
+    def write(self, directory: Path) -> None:
+        import datasets
+
+        # The runner reports progress per step; per-file bars from `datasets` would interleave.
+        datasets.disable_progress_bars()
+        self.dataset.save_to_disk(str(directory), num_shards=self._shards_per_split())
+        data = directory / "data"
+        data.mkdir()
+        for split, shards in self._shards_per_split().items():
+            for index in range(shards):
+                part = self.dataset[split].shard(shards, index, contiguous=True)
+                part.to_parquet(str(data / f"{split}-{index:05d}-of-{shards:05d}.parquet"))
+        (directory / "README.md").write_text(self.card)
+        (directory / "export.json").write_text(json.dumps({"num_shards": self.num_shards}))
+
+    def _shards_per_split(self) -> dict[str, int]:
+        return {
+            split: max(1, min(self.num_shards, ds.num_rows)) for split, ds in self.dataset.items()
+        }
+
+    @classmethod
+    def read(cls, directory: Path) -> Self:
+        import datasets
+
+        num_shards = json.loads((directory / "export.json").read_text())["num_shards"]
+        return cls(
+            datasets.load_from_disk(str(directory)), (directory / "README.md").read_text(), num_shards
+        )
+
+
+def markdown_table(table: pa.Table) -> str:
+    """Render a small table as GitHub markdown (floats to 4 significant digits)."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        if isinstance(value, list):
+            return ", ".join(map(str, value))
+        return "" if value is None else str(value)
+
+    header = "| " + " | ".join(table.column_names) + " |"
+    rule = "|" + "|".join("---" for _ in table.column_names) + "|"
+    rows = ["| " + " | ".join(cell(v) for v in row.values()) + " |" for row in table.to_pylist()]
+    return "\n".join([header, rule, *rows]) + "\n"

@@ -1,0 +1,411 @@
+"""Pipeline YAML: loading (``extends:`` presets, ``key=value`` overrides) and validation.
+
+Validation runs before any work and reports every problem at once, each naming the file the key came
+from, its dotted path, what was expected and a did-you-mean. A YAML file can only name registered
+steps; it never imports code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+
+from rebalance.core.registry import StepSpec, all_steps
+from rebalance.errors import ConfigError, ConfigIssue
+
+COMMAND_LINE = "command line"
+RESERVED_STEP_KEYS = ("step", "inputs")
+TOP_LEVEL_KEYS = ("name", "seed", "cache_dir", "output_dir", "executor", "steps")
+
+
+class ExecutorConfig(pydantic.BaseModel):
+    """Where sharded steps run.
+
+    ``dask`` without ``scheduler`` starts a LocalCluster sized to the machine when a sharded step
+    has work; with ``scheduler: tcp://host:port`` it joins an existing cluster (the cache folder must
+    then be on storage every worker can reach). ``local`` runs shards one by one in process.
+    """
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+    kind: Literal["local", "dask"] = "dask"
+    scheduler: str | None = None
+    n_workers: pydantic.PositiveInt | None = None
+    shard_rows: pydantic.PositiveInt = 1000
+    retries: pydantic.NonNegativeInt = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    id: str
+    spec: StepSpec
+    inputs: dict[str, str]
+    params: dict[str, Any]  # validated, paths resolved to absolute
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    name: str
+    seed: int
+    cache_dir: Path
+    output_dir: Path
+    executor: ExecutorConfig
+    steps: dict[str, StepConfig]  # in topological order
+    source: Path
+
+    def consumers(self, step_id: str) -> list[str]:
+        return [s.id for s in self.steps.values() if step_id in s.inputs.values()]
+
+    def sinks(self) -> list[str]:
+        return [step_id for step_id in self.steps if not self.consumers(step_id)]
+
+    def to_json(self) -> dict[str, Any]:
+        """The resolved config: what ``config_hash`` covers and the manifest records."""
+        return {
+            "name": self.name,
+            "seed": self.seed,
+            "steps": {
+                s.id: {"step": s.spec.name, "inputs": s.inputs, "params": _jsonable(s.params)}
+                for s in self.steps.values()
+            },
+        }
+
+    @property
+    def config_hash(self) -> str:
+        canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str, sort_keys=True))
+
+
+def did_you_mean(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    allowed = ", ".join(choices) if len(choices) <= 12 else f"{len(choices)} choices"
+    return (f"did you mean {close[0]!r}? " if close else "") + f"allowed: {allowed}"
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Tree:
+    """A merged config tree and, for each key path, the file (or command line) it came from."""
+
+    data: dict[str, Any]
+    sources: dict[tuple[str, ...], str]
+
+    def source_of(self, path: tuple[str, ...]) -> str:
+        while path:
+            if path in self.sources:
+                return self.sources[path]
+            path = path[:-1]
+        return self.sources[()]
+
+
+def _read_yaml(path: Path, issues: list[ConfigIssue], named_by: str, key: str) -> dict[str, Any] | None:
+    if not path.is_file():
+        issues.append(ConfigIssue(named_by, key, f"file not found: {path}", "check the path"))
+        return None
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        issues.append(ConfigIssue(str(path), "(file)", f"invalid YAML: {where}{problem}"))
+        return None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        issues.append(ConfigIssue(str(path), "(file)", "a pipeline file must be a mapping of keys"))
+        return None
+    return data
+
+
+def _record_sources(data: Any, path: tuple[str, ...], source: str, sources: dict) -> None:
+    sources[path] = source
+    if isinstance(data, dict):
+        for key, value in data.items():
+            _record_sources(value, (*path, str(key)), source, sources)
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _load_tree(path: Path, issues: list[ConfigIssue], seen: tuple[Path, ...], named_by: str, key: str) -> _Tree | None:
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path))
+        issues.append(ConfigIssue(str(seen[-1]), "extends", f"extends itself: {chain}"))
+        return None
+    data = _read_yaml(path, issues, named_by, key)
+    if data is None:
+        return None
+    extends = data.pop("extends", [])
+    parents = [extends] if isinstance(extends, str) else extends
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        issues.append(ConfigIssue(str(path), "extends", "expected a path or a list of paths"))
+        parents = []
+    tree = _Tree({}, {(): str(path)})
+    for parent in parents:
+        parent_tree = _load_tree(path.parent / parent, issues, (*seen, path), str(path), "extends")
+        if parent_tree is not None:
+            tree.data = _merge(tree.data, parent_tree.data)
+            tree.sources.update(parent_tree.sources)
+    tree.data = _merge(tree.data, data)
+    for key_name, value in data.items():
+        _record_sources(value, (str(key_name),), str(path), tree.sources)
+    return tree
+
+
+def _apply_overrides(tree: _Tree, overrides: Sequence[str], issues: list[ConfigIssue]) -> None:
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key.strip():
+            issues.append(
+                ConfigIssue(COMMAND_LINE, override, "an override must look like key.path=value")
+            )
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        path = tuple(key.strip().split("."))
+        node = tree.data
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[path[-1]] = value
+        _record_sources(value, path, COMMAND_LINE, tree.sources)
+
+
+# --- validation ----------------------------------------------------------------------------------
+
+
+def load_pipeline(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> PipelineConfig:
+    """Load, merge and validate a pipeline file. Raises ``ConfigError`` listing every problem."""
+    issues: list[ConfigIssue] = []
+    pipeline_path = Path(path)
+    tree = _load_tree(pipeline_path, issues, (), COMMAND_LINE, "PIPELINE")
+    if tree is None:
+        raise ConfigError(issues)
+    _apply_overrides(tree, overrides, issues)
+    data = tree.data
+
+    for key in data:
+        if key not in TOP_LEVEL_KEYS:
+            issues.append(
+                ConfigIssue(tree.source_of((key,)), key, "unknown key", did_you_mean(key, TOP_LEVEL_KEYS))
+            )
+    name = data.get("name", pipeline_path.stem)
+    if not isinstance(name, str) or not name.replace("-", "_").isidentifier():
+        issues.append(ConfigIssue(tree.source_of(("name",)), "name", f"invalid name {name!r}", "use letters, digits, _ and -"))
+        name = pipeline_path.stem
+    seed = data.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        issues.append(ConfigIssue(tree.source_of(("seed",)), "seed", f"expected an integer, got {seed!r}"))
+        seed = 0
+    executor = _validate_executor(tree, issues)
+    cache_dir = _resolve_dir(tree, "cache_dir", Path(os.environ.get("REBALANCE_CACHE", "cache")), issues)
+    output_dir = _resolve_dir(tree, "output_dir", Path("runs") / name, issues)
+
+    raw_steps = data.get("steps")
+    steps: dict[str, StepConfig] = {}
+    if not isinstance(raw_steps, dict) or not raw_steps:
+        issues.append(ConfigIssue(tree.source_of(("steps",)), "steps", "expected a non-empty mapping of step id -> step"))
+    else:
+        registry = all_steps()
+        for step_id, raw in raw_steps.items():
+            step = _validate_step(tree, str(step_id), raw, seed, registry, issues)
+            if step is not None:
+                steps[step.id] = step
+        _validate_wiring(tree, raw_steps, steps, issues)
+
+    if issues:
+        raise ConfigError(issues)
+    return PipelineConfig(
+        name=name,
+        seed=seed,
+        cache_dir=cache_dir,
+        output_dir=output_dir,
+        executor=executor,
+        steps={step_id: steps[step_id] for step_id in _topological_order(steps)},
+        source=pipeline_path.resolve(),
+    )
+
+
+def _pydantic_issues(error: pydantic.ValidationError, tree: _Tree, prefix: tuple[str, ...], fields: Sequence[str]) -> list[ConfigIssue]:
+    issues = []
+    for detail in error.errors():
+        loc = tuple(str(part) for part in detail["loc"])
+        path = (*prefix, *loc)
+        source = tree.source_of(path)
+        key = ".".join(path)
+        if detail["type"] == "extra_forbidden":
+            issues.append(ConfigIssue(source, key, "unknown parameter", did_you_mean(loc[-1], fields)))
+        elif detail["type"] == "missing":
+            issues.append(ConfigIssue(source, key, "missing required parameter"))
+        else:
+            got = detail.get("input")
+            issues.append(ConfigIssue(source, key, f"{detail['msg']}, got {got!r}"))
+    return issues
+
+
+def _validate_executor(tree: _Tree, issues: list[ConfigIssue]) -> ExecutorConfig:
+    raw = tree.data.get("executor", {})
+    if not isinstance(raw, dict):
+        issues.append(ConfigIssue(tree.source_of(("executor",)), "executor", "expected a mapping"))
+        return ExecutorConfig()
+    try:
+        return ExecutorConfig.model_validate(raw)
+    except pydantic.ValidationError as error:
+        issues.extend(_pydantic_issues(error, tree, ("executor",), list(ExecutorConfig.model_fields)))
+        return ExecutorConfig()
+
+
+def _resolve_dir(tree: _Tree, key: str, default: Path, issues: list[ConfigIssue]) -> Path:
+    value = tree.data.get(key)
+    if value is None:
+        return default.resolve()
+    if not isinstance(value, str):
+        issues.append(ConfigIssue(tree.source_of((key,)), key, f"expected a path, got {value!r}"))
+        return default.resolve()
+    return _resolve_path(value, tree.source_of((key,)))
+
+
+def _resolve_path(value: str | Path, source: str) -> Path:
+    """Paths in a YAML file are relative to that file; on the command line, to the cwd."""
+    path = Path(value).expanduser()
+    if not path.is_absolute() and source != COMMAND_LINE:
+        path = Path(source).parent / path
+    return path.resolve()
+
+
+def _validate_step(tree: _Tree, step_id: str, raw: Any, seed: int, registry: Mapping[str, StepSpec], issues: list[ConfigIssue]) -> StepConfig | None:
+    prefix = ("steps", step_id)
+    source = tree.source_of(prefix)
+    key = ".".join(prefix)
+    if not step_id.replace("-", "_").isidentifier():
+        issues.append(ConfigIssue(source, key, f"invalid step id {step_id!r}", "use letters, digits, _ and -"))
+    if not isinstance(raw, dict):
+        issues.append(ConfigIssue(source, key, "expected a mapping with a 'step' key"))
+        return None
+    name = raw.get("step")
+    if name is None:
+        issues.append(ConfigIssue(source, f"{key}.step", "missing: which registered step to run", "`rebalance steps` lists them"))
+        return None
+    if name not in registry:
+        issues.append(ConfigIssue(tree.source_of((*prefix, "step")), f"{key}.step", f"unknown step {name!r}", did_you_mean(str(name), list(registry))))
+        return None
+    spec = registry[name]
+
+    inputs = raw.get("inputs", {}) or {}
+    if not isinstance(inputs, dict):
+        issues.append(ConfigIssue(tree.source_of((*prefix, "inputs")), f"{key}.inputs", "expected a mapping of input name -> step id"))
+        inputs = {}
+    input_names = [spec_input.name for spec_input in spec.inputs]
+    for input_name, upstream in inputs.items():
+        input_key = f"{key}.inputs.{input_name}"
+        if input_name not in input_names:
+            issues.append(ConfigIssue(tree.source_of((*prefix, "inputs", input_name)), input_key, f"step {name!r} has no input {input_name!r}", did_you_mean(str(input_name), input_names) if input_names else "it takes no inputs"))
+        elif not isinstance(upstream, str):
+            issues.append(ConfigIssue(tree.source_of((*prefix, "inputs", input_name)), input_key, f"expected a step id, got {upstream!r}"))
+    for spec_input in spec.inputs:
+        if not spec_input.optional and spec_input.name not in inputs:
+            issues.append(ConfigIssue(source, f"{key}.inputs.{spec_input.name}", f"missing required input ({spec_input.artifact_type.__name__})", "name the step that produces it"))
+
+    raw_params = {k: v for k, v in raw.items() if k not in RESERVED_STEP_KEYS}
+    param_names = [p.name for p in spec.params]
+    if any(p.name == "seed" for p in spec.params):
+        raw_params.setdefault("seed", seed)
+    for param in spec.params:
+        value = raw_params.get(param.name)
+        if param.is_path and isinstance(value, (str, Path)):
+            raw_params[param.name] = _resolve_path(value, tree.source_of((*prefix, param.name)))
+    try:
+        validated = spec.params_model.model_validate(raw_params)
+    except pydantic.ValidationError as error:
+        issues.extend(_pydantic_issues(error, tree, prefix, [*RESERVED_STEP_KEYS, *param_names]))
+        return None
+    params = {p.name: getattr(validated, p.name) for p in spec.params}
+    for param in spec.params:
+        value = params[param.name]
+        if param.content_hashed and value is not None and not Path(value).exists():
+            issues.append(ConfigIssue(tree.source_of((*prefix, param.name)), f"{key}.{param.name}", f"path does not exist: {value}", "fix the path or override it with key=value"))
+    return StepConfig(step_id, spec, {k: v for k, v in inputs.items() if isinstance(v, str)}, params)
+
+
+def _validate_wiring(tree: _Tree, raw_steps: dict, steps: dict[str, StepConfig], issues: list[ConfigIssue]) -> None:
+    ids = list(raw_steps)
+    for step in steps.values():
+        for input_name, upstream in step.inputs.items():
+            path = ("steps", step.id, "inputs", input_name)
+            if upstream not in raw_steps:
+                issues.append(ConfigIssue(tree.source_of(path), ".".join(path), f"no step with id {upstream!r}", did_you_mean(upstream, ids)))
+                continue
+            producer = steps.get(upstream)
+            expected = step.spec.input(input_name)
+            if producer is not None and expected is not None and not issubclass(producer.spec.output_type, expected.artifact_type):
+                issues.append(ConfigIssue(tree.source_of(path), ".".join(path), f"step {upstream!r} produces {producer.spec.output_type.__name__}, but input {input_name!r} expects {expected.artifact_type.__name__}"))
+    cycle = _find_cycle(steps)
+    if cycle:
+        issues.append(ConfigIssue(tree.source_of(("steps", cycle[0])), f"steps.{cycle[0]}.inputs", "the steps form a cycle: " + " -> ".join(cycle), "a step cannot depend on its own output"))
+
+
+def _find_cycle(steps: dict[str, StepConfig]) -> list[str]:
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = 1
+        stack.append(node)
+        for upstream in steps[node].inputs.values():
+            if upstream not in steps:
+                continue
+            if state.get(upstream) == 1:
+                return stack[stack.index(upstream):] + [upstream]
+            if upstream not in state and (found := visit(upstream)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return []
+
+    for node in steps:
+        if node not in state and (found := visit(node)):
+            return list(reversed(found))
+    return []
+
+
+def _topological_order(steps: dict[str, StepConfig]) -> list[str]:
+    order: list[str] = []
+    done: set[str] = set()
+
+    def visit(node: str) -> None:
+        if node in done:
+            return
+        done.add(node)
+        for upstream in steps[node].inputs.values():
+            visit(upstream)
+        order.append(node)
+
+    for node in steps:
+        visit(node)
+    return order

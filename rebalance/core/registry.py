@@ -1,0 +1,193 @@
+"""The step registry: names → typed plain functions.
+
+A step is a plain function. Its positional parameters are *inputs* (artifacts produced by upstream
+steps, annotated with an artifact type); its keyword-only parameters are *params* with defaults,
+validated from the pipeline YAML. It returns one artifact and never writes files, hashes, caches or
+creates a dask client: the runner does that. A step declared ``shardable`` must be row-wise over its
+first input, so that running it on shards and concatenating equals running it on the whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar, Union
+
+import pydantic
+
+from rebalance.errors import RebalanceError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ContentHashed:
+    """Marks a path parameter whose file contents (not only its name) key the cache."""
+
+    def __repr__(self) -> str:
+        return "ContentHashed()"
+
+
+InputPath = Annotated[Path, ContentHashed()]
+"""A file or folder a step reads. Resolved relative to the YAML file naming it; must exist."""
+
+_REQUIRED = inspect.Parameter.empty
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    name: str
+    artifact_type: type
+    optional: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    annotation: Any
+    default: Any
+
+    @property
+    def required(self) -> bool:
+        return self.default is _REQUIRED
+
+    @property
+    def is_path(self) -> bool:
+        return Path in _leaf_types(self.annotation)
+
+    @property
+    def content_hashed(self) -> bool:
+        return _has_content_hashed(self.annotation)
+
+    def type_name(self) -> str:
+        return _type_name(self.annotation)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+    """Everything the runner and the validator need to know about a registered step."""
+
+    name: str
+    fn: Callable[..., Any]
+    version: int
+    shardable: bool
+    inputs: tuple[InputSpec, ...]
+    params: tuple[ParamSpec, ...]
+    output_type: type
+    params_model: type[pydantic.BaseModel]
+
+    @property
+    def summary(self) -> str:
+        doc = inspect.getdoc(self.fn) or ""
+        return doc.splitlines()[0] if doc else ""
+
+    def input(self, name: str) -> InputSpec | None:
+        return next((spec for spec in self.inputs if spec.name == name), None)
+
+    def param(self, name: str) -> ParamSpec | None:
+        return next((spec for spec in self.params if spec.name == name), None)
+
+
+_REGISTRY: dict[str, StepSpec] = {}
+_BUILTINS_LOADED = False
+
+
+def step(name: str, *, version: int = 1, shardable: bool = False) -> Callable[[F], F]:
+    """Register a plain function as a pipeline step.
+
+    Args:
+        name: the name pipeline YAML files use (``step: <name>``).
+        version: bump when the step's output changes for the same inputs; it keys the cache.
+        shardable: the step is row-wise over its first input and may run per shard in parallel.
+    """
+
+    def register(fn: F) -> F:
+        if name in _REGISTRY and _REGISTRY[name].fn is not fn:
+            raise RuntimeError(f"step {name!r} is registered twice")
+        _REGISTRY[name] = _build_spec(name, fn, version, shardable)
+        return fn
+
+    return register
+
+
+def _build_spec(name: str, fn: Callable[..., Any], version: int, shardable: bool) -> StepSpec:
+    hints = typing.get_type_hints(fn, include_extras=True)
+    inputs: list[InputSpec] = []
+    params: list[ParamSpec] = []
+    for parameter in inspect.signature(fn).parameters.values():
+        annotation = hints.get(parameter.name, Any)
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY:
+            params.append(ParamSpec(parameter.name, annotation, parameter.default))
+        elif parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
+            artifact_types = [t for t in _leaf_types(annotation) if t is not type(None)]
+            if len(artifact_types) != 1:
+                raise TypeError(f"step {name!r}: input {parameter.name!r} needs one artifact type")
+            inputs.append(InputSpec(parameter.name, artifact_types[0], parameter.default is None))
+        else:
+            raise TypeError(f"step {name!r}: *args/**kwargs are not allowed in steps")
+    if shardable and not inputs:
+        raise TypeError(f"step {name!r}: a shardable step needs an input to shard")
+    fields = {
+        spec.name: (spec.annotation, ... if spec.required else spec.default) for spec in params
+    }
+    model = pydantic.create_model(
+        f"{name}_params", __config__=pydantic.ConfigDict(extra="forbid"), **fields
+    )
+    return StepSpec(name, fn, version, shardable, tuple(inputs), tuple(params), hints["return"], model)
+
+
+def _ensure_builtins() -> None:
+    global _BUILTINS_LOADED
+    if not _BUILTINS_LOADED:
+        importlib.import_module("rebalance.steps")
+        _BUILTINS_LOADED = True
+
+
+def get_step(name: str) -> StepSpec:
+    _ensure_builtins()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise RebalanceError(f"unknown step {name!r}; `rebalance steps` lists them") from None
+
+
+def all_steps() -> dict[str, StepSpec]:
+    _ensure_builtins()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def _leaf_types(annotation: Any) -> list[Any]:
+    if typing.get_origin(annotation) is Annotated:
+        return _leaf_types(typing.get_args(annotation)[0])
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        return [leaf for arg in typing.get_args(annotation) for leaf in _leaf_types(arg)]
+    return [annotation]
+
+
+def _has_content_hashed(annotation: Any) -> bool:
+    if typing.get_origin(annotation) is Annotated:
+        return any(isinstance(meta, ContentHashed) for meta in annotation.__metadata__)
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        return any(_has_content_hashed(arg) for arg in typing.get_args(annotation))
+    return False
+
+
+def _type_name(annotation: Any) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        return "InputPath" if _has_content_hashed(annotation) else _type_name(args[0])
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(arg) for arg in args)
+    if origin is Literal:
+        return " | ".join(repr(arg) for arg in args)
+    if annotation is type(None):
+        return "None"
+    if annotation is Ellipsis:
+        return "..."
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(arg) for arg in args)}]"
+    return getattr(annotation, "__name__", str(annotation))

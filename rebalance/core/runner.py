@@ -1,0 +1,258 @@
+"""The runner: plans a pipeline, runs what is not cached, writes the manifest.
+
+Cache key of a step = sha256(step name, step version, validated params, content hashes of its
+input paths, cache keys of its upstream steps). A rerun with nothing changed executes no step; a
+change re-runs exactly the steps downstream of it. Sharded steps keep every finished shard, so a
+killed run redoes only unfinished shards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import platform
+import shutil
+import time
+import traceback
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from rebalance.core.artifacts import Artifact
+from rebalance.core.cache import MARKER, Cache, read_marker, write_entry
+from rebalance.core.config import PipelineConfig, StepConfig
+from rebalance.core.executors import Executor, make_executor
+from rebalance.core.fs import atomic_dir, write_json_atomic
+from rebalance.core.hashing import ContentHasher, stable_hash
+from rebalance.core.progress import Reporter, SilentReporter
+from rebalance.core.registry import get_step
+from rebalance.errors import RebalanceError, StepError
+
+MANIFEST = "manifest.json"
+_VERSIONED_PACKAGES = (
+    "rebalance", "numpy", "pyarrow", "datasets", "torch", "dask", "distributed", "pydantic", "pillow",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+    """What the runner will do for one step, and why."""
+
+    step: StepConfig
+    key: str
+    components: dict[str, Any]
+    cached: bool
+    reason: str
+
+
+def plan_pipeline(config: PipelineConfig) -> list[StepPlan]:
+    """Compute every step's cache key and whether it will run, without running anything."""
+    cache = Cache(config.cache_dir)
+    previous = {s["id"]: s for s in _read_manifest(config.output_dir).get("steps", [])}
+    keys: dict[str, str] = {}
+    plans = []
+    with ContentHasher(config.cache_dir / ".hashes.sqlite") as hasher:
+        for step in config.steps.values():
+            components = {
+                "step": step.spec.name,
+                "version": step.spec.version,
+                "params": json.loads(json.dumps(step.params, default=str, sort_keys=True)),
+                "files": {
+                    p.name: hasher.hash_path(Path(step.params[p.name]))
+                    for p in step.spec.params
+                    if p.content_hashed and step.params[p.name] is not None
+                },
+                "inputs": {name: keys[upstream] for name, upstream in step.inputs.items()},
+            }
+            key = stable_hash(components)[:20]
+            keys[step.id] = key
+            cached = cache.has(step.spec.name, key)
+            reason = "cached" if cached else _why_changed(components, previous.get(step.id), config)
+            plans.append(StepPlan(step, key, components, cached, reason))
+    return plans
+
+
+def _why_changed(now: dict[str, Any], before: dict[str, Any] | None, config: PipelineConfig) -> str:
+    if before is None:
+        return "new"
+    then = before["components"]
+    if then["step"] != now["step"]:
+        return f"step changed ({then['step']} -> {now['step']})"
+    if then["version"] != now["version"]:
+        return f"step version changed ({then['version']} -> {now['version']})"
+    changed = sorted(k for k in now["params"].keys() | then["params"].keys() if now["params"].get(k) != then["params"].get(k))
+    if changed:
+        return "changed parameter: " + ", ".join(changed)
+    files = sorted(k for k in now["files"] if now["files"][k] != then["files"].get(k))
+    if files:
+        return "changed input file: " + ", ".join(files)
+    upstream = sorted(k for k in now["inputs"] if now["inputs"][k] != then["inputs"].get(k))
+    if upstream:
+        return "upstream changed: " + ", ".join(config.steps[before["id"]].inputs[k] for k in upstream)
+    return "not in cache"
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardTask:
+    """One shard of a sharded step; a plain picklable value sent to executors."""
+
+    step_name: str
+    params: dict[str, Any]
+    inputs: dict[str, tuple[str, type]]  # input name -> (artifact folder, artifact type)
+    primary: str
+    index: int
+    num_shards: int
+    out_dir: str
+    key: str
+
+
+def run_shard(task: ShardTask) -> int:
+    """Compute one shard and write it atomically with its marker. Runs on executors' workers."""
+    spec = get_step(task.step_name)
+    inputs = {name: artifact_type.read(Path(folder)) for name, (folder, artifact_type) in task.inputs.items()}
+    inputs[task.primary] = inputs[task.primary].shard(task.index, task.num_shards)
+    result = spec.fn(**inputs, **task.params)
+    write_entry(Path(task.out_dir), result, {"step": task.step_name, "key": task.key, "shard": task.index})
+    return task.index
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    manifest: dict[str, Any]
+    output_dir: Path
+
+    @property
+    def executed(self) -> list[str]:
+        return [s["id"] for s in self.manifest["steps"] if s["cache"] == "miss"]
+
+
+def run_pipeline(config: PipelineConfig, *, reporter: Reporter | None = None, executor: Executor | None = None) -> RunResult:
+    """Run every step that is not cached, publish the sink outputs, write ``manifest.json``."""
+    reporter = reporter or SilentReporter()
+    executor = executor or make_executor(config.executor)
+    cache = Cache(config.cache_dir)
+    started = time.perf_counter()
+    plans = plan_pipeline(config)
+    previous = _read_manifest(config.output_dir)
+    records: list[dict[str, Any]] = []
+    by_id = {p.step.id: p for p in plans}
+    status = "failed"
+    outputs: dict[str, str] = {}
+    try:
+        for plan in plans:
+            records.append(_run_step(plan, by_id, cache, config, executor, reporter))
+        outputs = _publish(config, by_id, cache, previous)
+        status = "complete"
+    finally:
+        reporter.close()
+        executor.close()
+        manifest = {
+            "pipeline": config.name,
+            "source": str(config.source),
+            "status": status,
+            "config_hash": config.config_hash,
+            "config": config.to_json(),
+            "seed": config.seed,
+            "executor": executor.describe(),
+            "versions": _versions(),
+            "steps": records,
+            "outputs": outputs,
+            "wall_s": round(time.perf_counter() - started, 3),
+        }
+        write_json_atomic(config.output_dir / MANIFEST, manifest)
+    return RunResult(manifest, config.output_dir)
+
+
+def _run_step(plan: StepPlan, by_id: dict[str, StepPlan], cache: Cache, config: PipelineConfig, executor: Executor, reporter: Reporter) -> dict[str, Any]:
+    step, spec = plan.step, plan.step.spec
+    folder = cache.entry_dir(spec.name, plan.key)
+    rows_in = sum(_rows(cache, by_id[upstream]) for upstream in step.inputs.values())
+    record: dict[str, Any] = {"id": step.id, "step": spec.name, "version": spec.version, "key": plan.key, "components": plan.components, "rows_in": rows_in}
+    started = time.perf_counter()
+    shards = {"total": 0, "reused": 0}
+    if plan.cached:
+        reporter.step_started(step.id, spec.name, "cached", 1)
+    else:
+        input_dirs = {name: (str(cache.entry_dir(by_id[up].step.spec.name, by_id[up].key)), spec.input(name).artifact_type) for name, up in step.inputs.items()}
+        try:
+            if spec.shardable:
+                shards = _run_sharded(plan, input_dirs, cache, config, executor, reporter)
+            else:
+                reporter.step_started(step.id, spec.name, plan.reason, 1)
+                inputs = {name: artifact_type.read(Path(d)) for name, (d, artifact_type) in input_dirs.items()}
+                result: Artifact = spec.fn(**inputs, **step.params)
+                write_entry(folder, result, {"step": spec.name, "key": plan.key})
+        except RebalanceError as error:
+            raise type(error)(f"step {step.id!r} ({spec.name}): {error}\n{_resume_hint(config)}") from error
+        except Exception as error:
+            log = config.output_dir / "error.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(traceback.format_exc())
+            raise StepError(f"step {step.id!r} ({spec.name}) failed: {type(error).__name__}: {error}\nTraceback in {log}. {_resume_hint(config)}") from error
+    wall_s = time.perf_counter() - started
+    rows_out = _rows(cache, plan)
+    reporter.step_finished(step.id, plan.cached, wall_s, rows_out)
+    record.update(cache="hit" if plan.cached else "miss", wall_s=round(wall_s, 3), rows_out=rows_out, shards=shards)
+    return record
+
+
+def _run_sharded(plan: StepPlan, input_dirs: dict[str, tuple[str, type]], cache: Cache, config: PipelineConfig, executor: Executor, reporter: Reporter) -> dict[str, int]:
+    step, spec = plan.step, plan.step.spec
+    primary = spec.inputs[0].name
+    primary_rows = read_marker(Path(input_dirs[primary][0]))["rows"]
+    num_shards = max(1, math.ceil(primary_rows / config.executor.shard_rows))
+    shard_dirs = [cache.shard_dir(spec.name, plan.key, num_shards, i) for i in range(num_shards)]
+    pending = [i for i, d in enumerate(shard_dirs) if read_marker(d) is None]
+    reporter.step_started(step.id, spec.name, plan.reason, num_shards)
+    for _ in range(num_shards - len(pending)):
+        reporter.shard_finished()
+    tasks = [ShardTask(spec.name, step.params, input_dirs, primary, i, num_shards, str(shard_dirs[i]), plan.key) for i in pending]
+    for _ in executor.map_unordered(run_shard, tasks):
+        reporter.shard_finished()
+    result = spec.output_type.concat([spec.output_type.read(d) for d in shard_dirs])
+    write_entry(cache.entry_dir(spec.name, plan.key), result, {"step": spec.name, "key": plan.key, "shards": num_shards})
+    cache.drop_shards(spec.name, plan.key)
+    return {"total": num_shards, "reused": num_shards - len(pending)}
+
+
+def _rows(cache: Cache, plan: StepPlan) -> int:
+    marker = read_marker(cache.entry_dir(plan.step.spec.name, plan.key))
+    return marker["rows"] if marker else 0
+
+
+def _publish(config: PipelineConfig, by_id: dict[str, StepPlan], cache: Cache, previous: dict[str, Any]) -> dict[str, str]:
+    """Copy each sink step's artifact into ``output_dir/<step id>`` (skipped when unchanged)."""
+    published_before = {s["id"]: s["key"] for s in previous.get("steps", [])} if previous.get("status") == "complete" else {}
+    outputs = {}
+    for step_id in config.sinks():
+        plan = by_id[step_id]
+        destination = config.output_dir / step_id
+        if published_before.get(step_id) != plan.key or not destination.is_dir():
+            source = cache.entry_dir(plan.step.spec.name, plan.key)
+            with atomic_dir(destination) as temp:
+                shutil.copytree(source, temp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MARKER))
+        outputs[step_id] = step_id
+    return outputs
+
+
+def _resume_hint(config: PipelineConfig) -> str:
+    return f"Finished steps are cached: fix the cause and rerun `rebalance run {config.source}` to resume."
+
+
+def _read_manifest(output_dir: Path) -> dict[str, Any]:
+    path = output_dir / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in _VERSIONED_PACKAGES:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found

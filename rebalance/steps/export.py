@@ -1,0 +1,158 @@
+"""Export a ``LabeledDataset`` as a Hugging Face dataset with a dataset card."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import PositiveInt
+
+from rebalance.core.artifacts import HFDatasetExport, LabeledDataset, markdown_table
+from rebalance.core.registry import step
+from rebalance.errors import DataError
+from rebalance.steps.stats import class_counts, compute_class_stats
+
+Task = Literal["auto", "classification", "detection"]
+
+
+@step("export_hf")
+def export_hf(
+    dataset: LabeledDataset,
+    original: LabeledDataset | None = None,
+    test: LabeledDataset | None = None,
+    *,
+    task: Task = "auto",
+    embed_images: bool = True,
+    num_shards: PositiveInt = 1,
+    title: str = "Rebalanced dataset",
+) -> HFDatasetExport:
+    """Write a datasets.DatasetDict (train, and test when given) plus a dataset card.
+
+    Classification data gets ``label: ClassLabel``; detection data gets ``objects`` (bbox in COCO
+    xywh pixels, category as ClassLabel, area, id). ``embed_images`` stores image bytes in the
+    dataset (self-contained); otherwise the ``image`` column holds absolute paths. Every other
+    image column (``source``, provenance, ...) is kept. The card's class-count table compares
+    ``dataset`` with ``original`` (the data before rebalancing) when it is given.
+    """
+    import datasets
+
+    resolved = _resolve_task(dataset, task)
+    class_names = dataset.class_names()
+    splits = {"train": dataset, **({"test": test} if test is not None else {})}
+    if test is not None and test.class_names() != class_names:
+        raise DataError(f"the test split's classes {test.class_names()[:5]}... differ from train's {class_names[:5]}...")
+    exported = datasets.DatasetDict(
+        {name: _to_hf(split_data, name, resolved, class_names, embed_images) for name, split_data in splits.items()}
+    )
+    card = _card(title, dataset, original, test, resolved, num_shards, list(splits))
+    return HFDatasetExport(exported, card, num_shards)
+
+
+def _resolve_task(dataset: LabeledDataset, task: Task) -> Literal["classification", "detection"]:
+    if task != "auto":
+        return task
+    per_image = pc.value_counts(dataset.annotations["image_id"]).field("counts")
+    single = dataset.annotations.num_rows == dataset.num_rows and (len(per_image) == 0 or pc.max(per_image).as_py() == 1)
+    no_boxes = dataset.annotations["bbox"].null_count == dataset.annotations.num_rows
+    return "classification" if single and no_boxes else "detection"
+
+
+def _to_hf(data: LabeledDataset, split: str, task: str, class_names: list[str], embed_images: bool) -> Any:
+    import datasets
+
+    images = data.images.drop_columns(["split"])
+    paths = [data.image_path(name) for name in images["file_name"].to_pylist()]
+    image_column = [
+        {"bytes": path.read_bytes(), "path": path.name} if embed_images else {"bytes": None, "path": str(path)}
+        for path in paths
+    ]
+    label_of = {cid: i for i, cid in enumerate(data.categories["category_id"].to_pylist())}
+    features: dict[str, Any] = {"image": datasets.Image()}
+    columns: dict[str, Any] = {"image": image_column}
+    if task == "classification":
+        by_image = dict(zip(data.annotations["image_id"].to_pylist(), data.annotations["category_id"].to_pylist()))
+        missing = [i for i in images["image_id"].to_pylist() if i not in by_image]
+        if missing:
+            raise DataError(f"{len(missing)} image(s) have no label (first ids: {missing[:5]}); use task: detection for unlabeled images")
+        columns["label"] = [label_of[by_image[i]] for i in images["image_id"].to_pylist()]
+        features["label"] = datasets.ClassLabel(names=class_names)
+    else:
+        columns["objects"] = _objects(data, images["image_id"].to_pylist(), label_of)
+        features["objects"] = datasets.List(
+            {
+                "id": datasets.Value("int64"),
+                "bbox": datasets.List(datasets.Value("float32"), length=4),
+                "category": datasets.ClassLabel(names=class_names),
+                "area": datasets.Value("float64"),
+            }
+        )
+    for name in images.column_names:
+        columns[name] = images[name].to_pylist()
+        features[name] = datasets.Features.from_arrow_schema(pa.schema([images.schema.field(name)]))[name]
+    built = datasets.Dataset.from_dict(columns, features=datasets.Features(features), split=split)
+    # In-memory datasets get a random fingerprint; a content hash keeps state.json reproducible.
+    fingerprint = _table_digest(built.data.table)
+    return datasets.Dataset(built.data, info=built.info, split=built.split, fingerprint=fingerprint)
+
+
+def _objects(data: LabeledDataset, image_ids: list[int], label_of: dict[int, int]) -> list[list[dict[str, Any]]]:
+    grouped: dict[int, list[dict[str, Any]]] = {image_id: [] for image_id in image_ids}
+    for row in data.annotations.to_pylist():
+        grouped[row["image_id"]].append(
+            {"id": row["annotation_id"], "bbox": row["bbox"], "category": label_of[row["category_id"]], "area": row["area"]}
+        )
+    return [grouped[image_id] for image_id in image_ids]
+
+
+def _table_digest(table: pa.Table) -> str:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.sha256(sink.getvalue()).hexdigest()[:32]
+
+
+def _card(title: str, dataset: LabeledDataset, original: LabeledDataset | None, test: LabeledDataset | None, task: str, num_shards: int, splits: list[str]) -> str:
+    stats = compute_class_stats(dataset)
+    after = stats.table["images"].to_numpy()
+    counts: dict[str, Any] = {"class": stats.table["name"], "bucket": stats.table["bucket"]}
+    if original is not None:
+        before, _ = class_counts(original)
+        counts["before"] = pa.array(before, pa.int64())
+        counts["after"] = pa.array(after, pa.int64())
+        counts["change"] = pa.array(after - before, pa.int64())
+    else:
+        counts["images"] = pa.array(after, pa.int64())
+    if test is not None:
+        counts["test"] = pa.array(class_counts(test)[0], pa.int64())
+    header = "\n".join(
+        ["---", "configs:", "- config_name: default", "  data_files:"]
+        + [f"  - split: {s}\n    path: data/{s}-*.parquet" for s in splits]
+        + ["tags:", "- long-tail", "- rebalance", "---", ""]
+    )
+    removed = dataset.removed
+    removal_lines = ["No image was removed."]
+    if removed.num_rows:
+        reasons = pc.value_counts(removed["step"]).to_pylist()
+        removal_lines = [f"- `{r['values']}`: {r['counts']} image(s)" for r in reasons]
+    summary = stats.summary
+    before_total = f"{original.num_rows:,} → " if original is not None else ""
+    return (
+        f"{header}# {title}\n\n"
+        f"Exported by rebalance as a {task} dataset with splits {', '.join(splits)}; "
+        f"{num_shards} parquet shard(s) per split under `data/`, and `datasets.save_to_disk` files.\n\n"
+        "```python\nimport datasets\nds = datasets.load_from_disk(\"<this folder>\")\n"
+        "# or: datasets.load_dataset(\"<this folder>\")\n```\n\n"
+        f"## Class counts (train images)\n\n{before_total}{dataset.num_rows:,} images, {summary['classes']} classes, "
+        f"imbalance ratio {_ratio(summary['imbalance_ratio'])}; buckets: rare ≤ 10 < common ≤ 100 < frequent "
+        f"images per class ({summary['bucket_source']}).\n\n"
+        f"{markdown_table(pa.table(counts))}\n"
+        f"## Removed images\n\n" + "\n".join(removal_lines) + "\n\n"
+        "The columns `source` and `file_name` record where each row comes from.\n"
+    )
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
