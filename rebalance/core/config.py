@@ -340,17 +340,19 @@ def _validate_step(tree: _Tree, step_id: str, raw: Any, seed: int, registry: Map
         value = raw_params.get(param.name)
         if param.is_path and isinstance(value, (str, Path)):
             raw_params[param.name] = _resolve_path(value, tree.source_of((*prefix, param.name)))
+    wired = {k: v for k, v in inputs.items() if isinstance(v, str)}
     try:
         validated = spec.params_model.model_validate(raw_params)
     except pydantic.ValidationError as error:
         issues.extend(_pydantic_issues(error, tree, prefix, [*RESERVED_STEP_KEYS, *param_names]))
-        return None
+        # Still returned, so that its wiring is checked too; the issues make the config fail.
+        return StepConfig(step_id, spec, wired, {})
     params = {p.name: getattr(validated, p.name) for p in spec.params}
     for param in spec.params:
         value = params[param.name]
         if param.content_hashed and value is not None and not Path(value).exists():
             issues.append(ConfigIssue(tree.source_of((*prefix, param.name)), f"{key}.{param.name}", f"path does not exist: {value}", "fix the path or override it with key=value"))
-    return StepConfig(step_id, spec, {k: v for k, v in inputs.items() if isinstance(v, str)}, params)
+    return StepConfig(step_id, spec, wired, params)
 
 
 def _validate_wiring(tree: _Tree, raw_steps: dict, steps: dict[str, StepConfig], issues: list[ConfigIssue]) -> None:

@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rebalance import api
+from rebalance.core.cache import MARKER
+from rebalance.errors import DataError
+from tests.conftest import REPO, TINY, tree_digest
+
+
+def test_second_run_executes_nothing(run_dirs: list[str], tmp_path: Path) -> None:
+    first = api.run(TINY, run_dirs)
+    assert first.executed == ["train", "test", "verified", "stats", "export"]
+    second = api.run(TINY, run_dirs)
+    assert second.executed == []
+    assert all(step["cache"] == "hit" for step in second.manifest["steps"])
+    assert all(not p.cached for p in api.plan(TINY, [*run_dirs, "seed=1", "steps.export.title=x"]) if p.step.id == "export")
+
+
+def test_changing_one_parameter_reruns_only_downstream(run_dirs: list[str]) -> None:
+    api.run(TINY, run_dirs)
+    changed = [*run_dirs, "steps.verified.on_error=fail"]
+    reasons = {p.step.id: p.reason for p in api.plan(TINY, changed)}
+    assert reasons == {
+        "train": "cached",
+        "test": "cached",
+        "verified": "changed parameter: on_error",
+        "stats": "upstream changed: verified",
+        "export": "upstream changed: verified",
+    }
+    assert api.run(TINY, changed).executed == ["verified", "stats", "export"]
+
+
+def test_changed_input_file_is_detected_by_content(tmp_path: Path, run_dirs: list[str]) -> None:
+    root = tmp_path / "images"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+    source = sorted((REPO / "data/fashion_mnist_lt/train/bag").glob("*.png"))
+    for index, png in enumerate(source[:4]):
+        (root / ("a" if index < 2 else "b") / png.name).write_bytes(png.read_bytes())
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(f"steps:\n  d: {{step: ingest_image_folder, root: {root}}}\n  s: {{step: class_stats, inputs: {{dataset: d}}}}\n")
+    api.run(pipeline, run_dirs)
+    touched = next((root / "a").iterdir())
+    os.utime(touched)  # a new mtime with the same bytes is not a change
+    assert [p.reason for p in api.plan(pipeline, run_dirs)] == ["cached", "cached"]
+    touched.write_bytes(source[-1].read_bytes())
+    assert [p.reason for p in api.plan(pipeline, run_dirs)] == ["changed input file: root", "upstream changed: d"]
+
+
+def test_manifest_records_the_run(run_dirs: list[str], tmp_path: Path) -> None:
+    manifest = api.run(TINY, run_dirs).manifest
+    on_disk = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert on_disk == manifest
+    assert manifest["status"] == "complete" and manifest["seed"] == 0
+    assert len(manifest["config_hash"]) == 16
+    assert {"python", "rebalance", "pyarrow", "datasets", "dask"} <= set(manifest["versions"])
+    verified = next(s for s in manifest["steps"] if s["id"] == "verified")
+    assert verified["rows_in"] == verified["rows_out"] == 187
+    assert verified["shards"] == {"total": 5, "reused": 0}  # 187 rows / shard_rows 40
+    assert {"key", "cache", "wall_s", "components"} <= set(verified)
+    assert manifest["outputs"] == {"stats": "stats", "export": "export"}
+
+
+def test_same_config_and_seed_give_byte_identical_outputs(tmp_path: Path) -> None:
+    for name in ("one", "two"):
+        api.run(TINY, [f"cache_dir={tmp_path / name / 'cache'}", f"output_dir={tmp_path / name / 'out'}"])
+    one, two = tree_digest(tmp_path / "one" / "out"), tree_digest(tmp_path / "two" / "out")
+    assert one == two and any(name.endswith(".parquet") for name in one)
+
+
+def test_a_run_killed_mid_step_resumes_without_redoing_finished_shards(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    pipeline = tmp_path / "gated.yaml"
+    pipeline.write_text(
+        f"executor: {{kind: local, shard_rows: 20}}\n"
+        f"steps:\n"
+        f"  d: {{step: ingest_image_folder, root: {REPO / 'data/fashion_mnist_lt/train'}, max_images_per_class: 10}}\n"
+        f"  g: {{step: test_gated_copy, inputs: {{dataset: d}}, gate: '{gate}'}}\n"
+        f"  s: {{step: class_stats, inputs: {{dataset: g}}}}\n"
+    )
+    dirs = [f"cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'out'}"]
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import tests.core.gated_step; "
+        "from rebalance import api; api.run(sys.argv[2], sys.argv[3:])"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script, str(REPO), str(pipeline), *dirs])
+    shard_markers = lambda: list((tmp_path / "cache" / "test_gated_copy").glob("*.shards-5/*/" + MARKER))  # noqa: E731
+    deadline = time.monotonic() + 120
+    while len(shard_markers()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(shard_markers()) == 2, "the run never reached the gate"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+
+    finished = [p for p in (tmp_path / "cache" / "test_gated_copy").iterdir() if (p / MARKER).exists()]
+    assert finished == []  # killed mid-step: the step itself is not complete
+    calls_before = (tmp_path / "gate.calls").read_text().split()
+    gate.touch()
+    import tests.core.gated_step  # noqa: F401  registers the step in this process too
+
+    resumed = api.run(pipeline, dirs)
+    calls_after = (tmp_path / "gate.calls").read_text().split()[len(calls_before):]
+    step = next(s for s in resumed.manifest["steps"] if s["id"] == "g")
+    assert step["shards"] == {"total": 5, "reused": 2}
+    assert sorted(calls_after) == sorted(set(calls_after)) and not set(calls_after) & {"0", "20"}
+
+    clean = [f"cache_dir={tmp_path / 'clean-cache'}", f"output_dir={tmp_path / 'clean-out'}"]
+    api.run(pipeline, clean)
+    assert tree_digest(tmp_path / "out") == tree_digest(tmp_path / "clean-out")
+
+
+def test_failed_step_keeps_finished_work_and_says_how_to_resume(tmp_path: Path, run_dirs: list[str]) -> None:
+    broken = tmp_path / "data"
+    (broken / "cat").mkdir(parents=True)
+    (broken / "cat" / "bad.png").write_bytes(b"not a png")
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(
+        f"executor: {{kind: local}}\nsteps:\n  d: {{step: ingest_image_folder, root: {broken}}}\n"
+        "  v: {step: verify_images, inputs: {dataset: d}, on_error: fail}\n"
+    )
+    with pytest.raises(DataError) as caught:
+        api.run(pipeline, run_dirs)
+    assert "step 'v' (verify_images)" in str(caught.value) and "bad.png" in str(caught.value)
+    assert "rerun `rebalance run" in str(caught.value)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and [s["id"] for s in manifest["steps"]] == ["d"]
+    assert [p.cached for p in api.plan(pipeline, run_dirs)] == [True, False]

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rebalance.errors import DataError
+from rebalance.steps.ingest import ingest_coco, ingest_image_folder
+from tests.steps.lvis_fixture import build_lvis
+
+
+def test_lvis_json_keeps_category_metadata_and_derives_file_names(tmp_path: Path) -> None:
+    annotations, image_root = build_lvis(tmp_path)
+    dataset = ingest_coco(annotations=annotations, image_root=image_root)
+    assert dataset.images["file_name"].to_pylist()[0] == "train2017/000000000001.png"
+    assert dataset.image_path("train2017/000000000001.png").is_file()
+    assert dataset.images["neg_category_ids"].to_pylist()[0] == [3]
+    categories = dataset.categories.to_pylist()
+    assert categories[0]["synonyms"] == ["aerosol_can", "spray_can"]
+    assert [c["frequency"] for c in categories] == ["c", "r", "f"]
+    assert categories[2]["definition"].startswith("elongated")
+    ordered = list(zip(dataset.annotations["image_id"].to_pylist(), dataset.annotations["annotation_id"].to_pylist()))
+    assert ordered == sorted(ordered) and len(ordered) == 10
+
+
+def test_malformed_json_names_file_and_position(tmp_path: Path) -> None:
+    path = tmp_path / "broken.json"
+    path.write_text('{"images": [\n  {"id": 1,}\n]}')
+    with pytest.raises(DataError, match=r"broken.json: malformed JSON at line 2"):
+        ingest_coco(annotations=path, image_root=tmp_path)
+
+
+@pytest.mark.parametrize("field, value, section", [("category_id", 999, "categories"), ("image_id", 42, "images")])
+def test_unknown_ids_are_reported(tmp_path: Path, field: str, value: int, section: str) -> None:
+    annotations, image_root = build_lvis(tmp_path)
+    payload = json.loads(annotations.read_text())
+    payload["annotations"][0][field] = value
+    annotations.write_text(json.dumps(payload))
+    with pytest.raises(DataError, match=rf"1 annotation\(s\) reference 1 {field}\(s\) missing from '{section}' \(first: \[{value}\]\)"):
+        ingest_coco(annotations=annotations, image_root=image_root)
+
+
+def test_duplicate_ids_and_missing_sections(tmp_path: Path) -> None:
+    annotations, image_root = build_lvis(tmp_path)
+    payload = json.loads(annotations.read_text())
+    payload["categories"].append(dict(payload["categories"][0]))
+    annotations.write_text(json.dumps(payload))
+    with pytest.raises(DataError, match=r"duplicate id\(s\) \[1\] in 'categories'"):
+        ingest_coco(annotations=annotations, image_root=image_root)
+    annotations.write_text(json.dumps({"images": []}))
+    with pytest.raises(DataError, match="missing or invalid section"):
+        ingest_coco(annotations=annotations, image_root=image_root)
+
+
+def test_image_folder_classes_subset_and_empty_class(tmp_path: Path) -> None:
+    for name, count in (("b_cat", 3), ("a_dog", 2), ("c_empty", 0)):
+        (tmp_path / name).mkdir()
+        for index in range(count):
+            (tmp_path / name / f"{index}.png").write_bytes(b"x")
+    (tmp_path / "a_dog" / "notes.txt").write_text("not an image")
+    dataset = ingest_image_folder(root=tmp_path, max_images_per_class=2)
+    assert dataset.class_names() == ["a_dog", "b_cat", "c_empty"]
+    assert dataset.images["file_name"].to_pylist() == ["a_dog/0.png", "a_dog/1.png", "b_cat/0.png", "b_cat/1.png"]
+    assert dataset.annotations["category_id"].to_pylist() == [0, 0, 1, 1]
+
+
+def test_image_folder_without_classes_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no class folders"):
+        ingest_image_folder(root=tmp_path)

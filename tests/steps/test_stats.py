@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from rebalance.core.artifacts import ANNOTATIONS_SCHEMA, CATEGORIES_SCHEMA, IMAGES_SCHEMA, REMOVED_SCHEMA, LabeledDataset
+from rebalance.steps.ingest import ingest_coco
+from rebalance.steps.stats import class_stats, frequency_buckets
+from tests.steps.lvis_fixture import build_lvis
+
+
+def classification(counts: list[int]) -> LabeledDataset:
+    labels = [c for c, n in enumerate(counts) for _ in range(n)]
+    n = len(labels)
+    images = pa.table({"image_id": range(n), "file_name": [f"{i}.png" for i in range(n)], "split": ["train"] * n, "width": [None] * n, "height": [None] * n, "source": ["original"] * n}, schema=IMAGES_SCHEMA)
+    annotations = pa.table({"annotation_id": range(n), "image_id": range(n), "category_id": labels, "bbox": [None] * n, "area": [None] * n}, schema=ANNOTATIONS_SCHEMA)
+    k = len(counts)
+    categories = pa.table({"category_id": range(k), "name": [f"c{i}" for i in range(k)], **{f: [None] * k for f in CATEGORIES_SCHEMA.names[2:]}}, schema=CATEGORIES_SCHEMA)
+    return LabeledDataset(images, annotations, categories, REMOVED_SCHEMA.empty_table(), None)
+
+
+def test_bucket_edges_follow_lvis() -> None:
+    assert frequency_buckets(np.array([0, 1, 10, 11, 100, 101])) == ["rare", "rare", "rare", "common", "common", "frequent"]
+
+
+def test_hand_computed_classification_stats() -> None:
+    stats = class_stats(classification([120, 40, 4, 0]))
+    assert stats.table["images"].to_pylist() == [120, 40, 4, 0]
+    assert stats.table["bucket"].to_pylist() == ["frequent", "common", "rare", "rare"]
+    assert stats.table["image_share"].to_pylist() == [120 / 164, 40 / 164, 4 / 164, 0.0]
+    assert stats.summary["imbalance_ratio"] == 30.0  # 120 / 4: empty classes are not in the ratio
+    assert stats.summary["empty_classes"] == ["c3"]
+    assert stats.summary["classes_per_bucket"] == {"rare": 2, "common": 1, "frequent": 1}
+
+
+def test_detection_counts_images_and_instances_separately(tmp_path: Path) -> None:
+    annotations, root = build_lvis(tmp_path)
+    stats = class_stats(ingest_coco(annotations=annotations, image_root=root))
+    # 6 images: images 1-2 hold two bananas and one aerosol can, images 3-6 one banana each.
+    rows = {r["name"]: r for r in stats.table.to_pylist()}
+    assert (rows["banana"]["images"], rows["banana"]["instances"]) == (6, 8)
+    assert (rows["aerosol_can"]["images"], rows["aerosol_can"]["instances"]) == (2, 2)
+    assert (rows["alcohol"]["images"], rows["alcohol"]["instances"]) == (0, 0)
+    # LVIS's own frequency field wins over counts from this small subset.
+    assert [rows[n]["bucket"] for n in ("aerosol_can", "alcohol", "banana")] == ["common", "rare", "frequent"]
+    assert stats.summary["bucket_source"] == "dataset"
