@@ -32,7 +32,13 @@ def plan(pipeline: str | os.PathLike[str], overrides: Sequence[str] = ()) -> lis
     return plan_pipeline(load_pipeline(pipeline, overrides))
 
 
-def run(pipeline: str | os.PathLike[str], overrides: Sequence[str] = (), *, scheduler: str | None = None, reporter: Reporter | None = None) -> RunResult:
+def run(
+    pipeline: str | os.PathLike[str],
+    overrides: Sequence[str] = (),
+    *,
+    scheduler: str | None = None,
+    reporter: Reporter | None = None,
+) -> RunResult:
     """Run a pipeline; ``scheduler`` (``tcp://host:port``) runs sharded steps on that dask cluster."""
     if scheduler:
         overrides = [*overrides, "executor.kind=dask", f"executor.scheduler={scheduler}"]

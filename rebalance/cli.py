@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -15,14 +15,18 @@ from rebalance import api
 from rebalance.core.progress import RichReporter
 from rebalance.errors import RebalanceError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Data-centric rebalancing for long-tailed visual recognition.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Data-centric rebalancing for long-tailed visual recognition.",
+)
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect or clear the step cache.")
 app.add_typer(cache_app, name="cache")
 out = Console()
 err = Console(stderr=True)
 
 Pipeline = Annotated[str, typer.Argument(help="Pipeline YAML file.")]
-Overrides = Annotated[Optional[list[str]], typer.Argument(help="key.path=value overrides.")]
+Overrides = Annotated[list[str] | None, typer.Argument(help="key.path=value overrides.")]
 CacheDir = Annotated[str, typer.Option(help="Cache folder.", envvar="REBALANCE_CACHE")]
 
 
@@ -48,7 +52,9 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 def run(
     pipeline: Pipeline,
     overrides: Overrides = None,
-    scheduler: Annotated[Optional[str], typer.Option(help="Run sharded steps on this dask scheduler (tcp://host:port).")] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Run sharded steps on this dask scheduler (tcp://host:port).")
+    ] = None,
 ) -> None:
     """Run a pipeline: every step whose cache key changed, then write the manifest."""
     err.print(f"running {pipeline}")
@@ -65,7 +71,9 @@ def plan(pipeline: Pipeline, overrides: Overrides = None) -> None:
     table = Table("step", "runs", "why", "cache key")
     for step_plan in api.plan(pipeline, overrides or []):
         runs = "[dim]no[/dim]" if step_plan.cached else "[green]yes[/green]"
-        table.add_row(f"{step_plan.step.id} ({step_plan.step.spec.name})", runs, step_plan.reason, step_plan.key)
+        table.add_row(
+            f"{step_plan.step.id} ({step_plan.step.spec.name})", runs, step_plan.reason, step_plan.key
+        )
     out.print(table)
 
 
@@ -83,13 +91,17 @@ def steps() -> None:
     """List every registered step with its inputs, parameters and summary."""
     for name, spec in api.steps().items():
         flags = " [dim](sharded)[/dim]" if spec.shardable else ""
-        out.print(f"[bold]{name}[/bold] v{spec.version}{flags} -> {spec.output_type.__name__}: {spec.summary}")
+        out.print(
+            f"[bold]{name}[/bold] v{spec.version}{flags} -> {spec.output_type.__name__}: {spec.summary}"
+        )
         for spec_input in spec.inputs:
             optional = " (optional)" if spec_input.optional else ""
             out.print(f"    input  {spec_input.name}: {spec_input.artifact_type.__name__}{optional}")
         for param in spec.params:
             default = "required" if param.required else f"= {param.default!r}"
-            out.print(f"    param  {param.name}: {param.type_name()} {default}", markup=False, highlight=False)
+            out.print(
+                f"    param  {param.name}: {param.type_name()} {default}", markup=False, highlight=False
+            )
 
 
 @cache_app.command("ls")
@@ -100,7 +112,9 @@ def cache_ls(cache_dir: CacheDir = "cache") -> None:
     table = Table("step", "key", "rows", "size", "state")
     for entry in entries:
         state = "complete" if entry.complete else "partial"
-        table.add_row(entry.step, entry.key, "" if entry.rows is None else f"{entry.rows:,}", _size(entry.bytes), state)
+        table.add_row(
+            entry.step, entry.key, "" if entry.rows is None else f"{entry.rows:,}", _size(entry.bytes), state
+        )
     out.print(table if entries else f"{os.path.abspath(cache_dir)}: empty")
 
 
@@ -108,7 +122,7 @@ def cache_ls(cache_dir: CacheDir = "cache") -> None:
 @user_errors
 def cache_clear(
     cache_dir: CacheDir = "cache",
-    step: Annotated[Optional[str], typer.Option(help="Only this step's entries.")] = None,
+    step: Annotated[str | None, typer.Option(help="Only this step's entries.")] = None,
 ) -> None:
     """Remove cache entries (all, or one step's)."""
     removed = api.cache_clear(cache_dir, step)

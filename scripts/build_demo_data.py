@@ -27,8 +27,16 @@ import numpy as np
 from PIL import Image
 
 CLASS_NAMES = [
-    "t-shirt_top", "trouser", "pullover", "dress", "coat",
-    "sandal", "shirt", "sneaker", "bag", "ankle_boot",
+    "t-shirt_top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle_boot",
 ]
 
 
@@ -61,8 +69,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    train_x, train_y = read_idx(args.source / "train-images-idx3-ubyte.gz", args.source / "train-labels-idx1-ubyte.gz")
-    test_x, test_y = read_idx(args.source / "t10k-images-idx3-ubyte.gz", args.source / "t10k-labels-idx1-ubyte.gz")
+    train_x, train_y = read_idx(
+        args.source / "train-images-idx3-ubyte.gz", args.source / "train-labels-idx1-ubyte.gz"
+    )
+    test_x, test_y = read_idx(
+        args.source / "t10k-images-idx3-ubyte.gz", args.source / "t10k-labels-idx1-ubyte.gz"
+    )
     rng = np.random.default_rng(args.seed)
     counts = long_tailed_counts(args.n_max, args.imbalance, len(CLASS_NAMES))
 
@@ -88,7 +100,7 @@ def main() -> None:
         writer = csv.writer(handle)
         writer.writerow(["file_name", "label"])
         writer.writerows(sorted(pool_rows))
-    print(f"train per class: {dict(zip(CLASS_NAMES, counts))}")
+    print(f"train per class: {dict(zip(CLASS_NAMES, counts, strict=True))}")
     print(f"wrote {args.out}")
 
 

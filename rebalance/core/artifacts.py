@@ -212,18 +212,14 @@ class HFDatasetExport:
         (directory / "export.json").write_text(json.dumps({"num_shards": self.num_shards}))
 
     def _shards_per_split(self) -> dict[str, int]:
-        return {
-            split: max(1, min(self.num_shards, ds.num_rows)) for split, ds in self.dataset.items()
-        }
+        return {split: max(1, min(self.num_shards, ds.num_rows)) for split, ds in self.dataset.items()}
 
     @classmethod
     def read(cls, directory: Path) -> Self:
         import datasets
 
         num_shards = json.loads((directory / "export.json").read_text())["num_shards"]
-        return cls(
-            datasets.load_from_disk(str(directory)), (directory / "README.md").read_text(), num_shards
-        )
+        return cls(datasets.load_from_disk(str(directory)), (directory / "README.md").read_text(), num_shards)
 
 
 def markdown_table(table: pa.Table) -> str:

@@ -149,7 +149,9 @@ def _merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def _load_tree(path: Path, issues: list[ConfigIssue], seen: tuple[Path, ...], named_by: str, key: str) -> _Tree | None:
+def _load_tree(
+    path: Path, issues: list[ConfigIssue], seen: tuple[Path, ...], named_by: str, key: str
+) -> _Tree | None:
     path = path.resolve()
     if path in seen:
         chain = " -> ".join(str(p) for p in (*seen, path))
@@ -179,9 +181,7 @@ def _apply_overrides(tree: _Tree, overrides: Sequence[str], issues: list[ConfigI
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep or not key.strip():
-            issues.append(
-                ConfigIssue(COMMAND_LINE, override, "an override must look like key.path=value")
-            )
+            issues.append(ConfigIssue(COMMAND_LINE, override, "an override must look like key.path=value"))
             continue
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
@@ -217,7 +217,11 @@ def load_pipeline(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -
             )
     name = data.get("name", pipeline_path.stem)
     if not isinstance(name, str) or not name.replace("-", "_").isidentifier():
-        issues.append(ConfigIssue(tree.source_of(("name",)), "name", f"invalid name {name!r}", "use letters, digits, _ and -"))
+        issues.append(
+            ConfigIssue(
+                tree.source_of(("name",)), "name", f"invalid name {name!r}", "use letters, digits, _ and -"
+            )
+        )
         name = pipeline_path.stem
     seed = data.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
@@ -230,7 +234,11 @@ def load_pipeline(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -
     raw_steps = data.get("steps")
     steps: dict[str, StepConfig] = {}
     if not isinstance(raw_steps, dict) or not raw_steps:
-        issues.append(ConfigIssue(tree.source_of(("steps",)), "steps", "expected a non-empty mapping of step id -> step"))
+        issues.append(
+            ConfigIssue(
+                tree.source_of(("steps",)), "steps", "expected a non-empty mapping of step id -> step"
+            )
+        )
     else:
         registry = all_steps()
         for step_id, raw in raw_steps.items():
@@ -252,7 +260,9 @@ def load_pipeline(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -
     )
 
 
-def _pydantic_issues(error: pydantic.ValidationError, tree: _Tree, prefix: tuple[str, ...], fields: Sequence[str]) -> list[ConfigIssue]:
+def _pydantic_issues(
+    error: pydantic.ValidationError, tree: _Tree, prefix: tuple[str, ...], fields: Sequence[str]
+) -> list[ConfigIssue]:
     issues = []
     for detail in error.errors():
         loc = tuple(str(part) for part in detail["loc"])
@@ -299,38 +309,84 @@ def _resolve_path(value: str | Path, source: str) -> Path:
     return path.resolve()
 
 
-def _validate_step(tree: _Tree, step_id: str, raw: Any, seed: int, registry: Mapping[str, StepSpec], issues: list[ConfigIssue]) -> StepConfig | None:
+def _validate_step(
+    tree: _Tree,
+    step_id: str,
+    raw: Any,
+    seed: int,
+    registry: Mapping[str, StepSpec],
+    issues: list[ConfigIssue],
+) -> StepConfig | None:
     prefix = ("steps", step_id)
     source = tree.source_of(prefix)
     key = ".".join(prefix)
     if not step_id.replace("-", "_").isidentifier():
-        issues.append(ConfigIssue(source, key, f"invalid step id {step_id!r}", "use letters, digits, _ and -"))
+        issues.append(
+            ConfigIssue(source, key, f"invalid step id {step_id!r}", "use letters, digits, _ and -")
+        )
     if not isinstance(raw, dict):
         issues.append(ConfigIssue(source, key, "expected a mapping with a 'step' key"))
         return None
     name = raw.get("step")
     if name is None:
-        issues.append(ConfigIssue(source, f"{key}.step", "missing: which registered step to run", "`rebalance steps` lists them"))
+        issues.append(
+            ConfigIssue(
+                source, f"{key}.step", "missing: which registered step to run", "`rebalance steps` lists them"
+            )
+        )
         return None
     if name not in registry:
-        issues.append(ConfigIssue(tree.source_of((*prefix, "step")), f"{key}.step", f"unknown step {name!r}", did_you_mean(str(name), list(registry))))
+        issues.append(
+            ConfigIssue(
+                tree.source_of((*prefix, "step")),
+                f"{key}.step",
+                f"unknown step {name!r}",
+                did_you_mean(str(name), list(registry)),
+            )
+        )
         return None
     spec = registry[name]
 
     inputs = raw.get("inputs", {}) or {}
     if not isinstance(inputs, dict):
-        issues.append(ConfigIssue(tree.source_of((*prefix, "inputs")), f"{key}.inputs", "expected a mapping of input name -> step id"))
+        issues.append(
+            ConfigIssue(
+                tree.source_of((*prefix, "inputs")),
+                f"{key}.inputs",
+                "expected a mapping of input name -> step id",
+            )
+        )
         inputs = {}
     input_names = [spec_input.name for spec_input in spec.inputs]
     for input_name, upstream in inputs.items():
         input_key = f"{key}.inputs.{input_name}"
         if input_name not in input_names:
-            issues.append(ConfigIssue(tree.source_of((*prefix, "inputs", input_name)), input_key, f"step {name!r} has no input {input_name!r}", did_you_mean(str(input_name), input_names) if input_names else "it takes no inputs"))
+            issues.append(
+                ConfigIssue(
+                    tree.source_of((*prefix, "inputs", input_name)),
+                    input_key,
+                    f"step {name!r} has no input {input_name!r}",
+                    did_you_mean(str(input_name), input_names) if input_names else "it takes no inputs",
+                )
+            )
         elif not isinstance(upstream, str):
-            issues.append(ConfigIssue(tree.source_of((*prefix, "inputs", input_name)), input_key, f"expected a step id, got {upstream!r}"))
+            issues.append(
+                ConfigIssue(
+                    tree.source_of((*prefix, "inputs", input_name)),
+                    input_key,
+                    f"expected a step id, got {upstream!r}",
+                )
+            )
     for spec_input in spec.inputs:
         if not spec_input.optional and spec_input.name not in inputs:
-            issues.append(ConfigIssue(source, f"{key}.inputs.{spec_input.name}", f"missing required input ({spec_input.artifact_type.__name__})", "name the step that produces it"))
+            issues.append(
+                ConfigIssue(
+                    source,
+                    f"{key}.inputs.{spec_input.name}",
+                    f"missing required input ({spec_input.artifact_type.__name__})",
+                    "name the step that produces it",
+                )
+            )
 
     raw_params = {k: v for k, v in raw.items() if k not in RESERVED_STEP_KEYS}
     param_names = [p.name for p in spec.params]
@@ -351,25 +407,58 @@ def _validate_step(tree: _Tree, step_id: str, raw: Any, seed: int, registry: Map
     for param in spec.params:
         value = params[param.name]
         if param.content_hashed and value is not None and not Path(value).exists():
-            issues.append(ConfigIssue(tree.source_of((*prefix, param.name)), f"{key}.{param.name}", f"path does not exist: {value}", "fix the path or override it with key=value"))
+            issues.append(
+                ConfigIssue(
+                    tree.source_of((*prefix, param.name)),
+                    f"{key}.{param.name}",
+                    f"path does not exist: {value}",
+                    "fix the path or override it with key=value",
+                )
+            )
     return StepConfig(step_id, spec, wired, params)
 
 
-def _validate_wiring(tree: _Tree, raw_steps: dict, steps: dict[str, StepConfig], issues: list[ConfigIssue]) -> None:
+def _validate_wiring(
+    tree: _Tree, raw_steps: dict, steps: dict[str, StepConfig], issues: list[ConfigIssue]
+) -> None:
     ids = list(raw_steps)
     for step in steps.values():
         for input_name, upstream in step.inputs.items():
             path = ("steps", step.id, "inputs", input_name)
             if upstream not in raw_steps:
-                issues.append(ConfigIssue(tree.source_of(path), ".".join(path), f"no step with id {upstream!r}", did_you_mean(upstream, ids)))
+                issues.append(
+                    ConfigIssue(
+                        tree.source_of(path),
+                        ".".join(path),
+                        f"no step with id {upstream!r}",
+                        did_you_mean(upstream, ids),
+                    )
+                )
                 continue
             producer = steps.get(upstream)
             expected = step.spec.input(input_name)
-            if producer is not None and expected is not None and not issubclass(producer.spec.output_type, expected.artifact_type):
-                issues.append(ConfigIssue(tree.source_of(path), ".".join(path), f"step {upstream!r} produces {producer.spec.output_type.__name__}, but input {input_name!r} expects {expected.artifact_type.__name__}"))
+            if (
+                producer is not None
+                and expected is not None
+                and not issubclass(producer.spec.output_type, expected.artifact_type)
+            ):
+                issues.append(
+                    ConfigIssue(
+                        tree.source_of(path),
+                        ".".join(path),
+                        f"step {upstream!r} produces {producer.spec.output_type.__name__}, but input {input_name!r} expects {expected.artifact_type.__name__}",
+                    )
+                )
     cycle = _find_cycle(steps)
     if cycle:
-        issues.append(ConfigIssue(tree.source_of(("steps", cycle[0])), f"steps.{cycle[0]}.inputs", "the steps form a cycle: " + " -> ".join(cycle), "a step cannot depend on its own output"))
+        issues.append(
+            ConfigIssue(
+                tree.source_of(("steps", cycle[0])),
+                f"steps.{cycle[0]}.inputs",
+                "the steps form a cycle: " + " -> ".join(cycle),
+                "a step cannot depend on its own output",
+            )
+        )
 
 
 def _find_cycle(steps: dict[str, StepConfig]) -> list[str]:
@@ -383,7 +472,7 @@ def _find_cycle(steps: dict[str, StepConfig]) -> list[str]:
             if upstream not in steps:
                 continue
             if state.get(upstream) == 1:
-                return stack[stack.index(upstream):] + [upstream]
+                return stack[stack.index(upstream) :] + [upstream]
             if upstream not in state and (found := visit(upstream)):
                 return found
         stack.pop()

@@ -131,12 +131,8 @@ def _build_spec(name: str, fn: Callable[..., Any], version: int, shardable: bool
             raise TypeError(f"step {name!r}: *args/**kwargs are not allowed in steps")
     if shardable and not inputs:
         raise TypeError(f"step {name!r}: a shardable step needs an input to shard")
-    fields = {
-        spec.name: (spec.annotation, ... if spec.required else spec.default) for spec in params
-    }
-    model = pydantic.create_model(
-        f"{name}_params", __config__=pydantic.ConfigDict(extra="forbid"), **fields
-    )
+    fields = {spec.name: (spec.annotation, ... if spec.required else spec.default) for spec in params}
+    model = pydantic.create_model(f"{name}_params", __config__=pydantic.ConfigDict(extra="forbid"), **fields)
     return StepSpec(name, fn, version, shardable, tuple(inputs), tuple(params), hints["return"], model)
 
 

@@ -31,7 +31,15 @@ from rebalance.errors import RebalanceError, StepError
 
 MANIFEST = "manifest.json"
 _VERSIONED_PACKAGES = (
-    "rebalance", "numpy", "pyarrow", "datasets", "torch", "dask", "distributed", "pydantic", "pillow",
+    "rebalance",
+    "numpy",
+    "pyarrow",
+    "datasets",
+    "torch",
+    "dask",
+    "distributed",
+    "pydantic",
+    "pillow",
 )
 
 
@@ -81,7 +89,11 @@ def _why_changed(now: dict[str, Any], before: dict[str, Any] | None, config: Pip
         return f"step changed ({then['step']} -> {now['step']})"
     if then["version"] != now["version"]:
         return f"step version changed ({then['version']} -> {now['version']})"
-    changed = sorted(k for k in now["params"].keys() | then["params"].keys() if now["params"].get(k) != then["params"].get(k))
+    changed = sorted(
+        k
+        for k in now["params"].keys() | then["params"].keys()
+        if now["params"].get(k) != then["params"].get(k)
+    )
     if changed:
         return "changed parameter: " + ", ".join(changed)
     files = sorted(k for k in now["files"] if now["files"][k] != then["files"].get(k))
@@ -127,7 +139,9 @@ class RunResult:
         return [s["id"] for s in self.manifest["steps"] if s["cache"] == "miss"]
 
 
-def run_pipeline(config: PipelineConfig, *, reporter: Reporter | None = None, executor: Executor | None = None) -> RunResult:
+def run_pipeline(
+    config: PipelineConfig, *, reporter: Reporter | None = None, executor: Executor | None = None
+) -> RunResult:
     """Run every step that is not cached, publish the sink outputs, write ``manifest.json``."""
     reporter = reporter or SilentReporter()
     executor = executor or make_executor(config.executor)
@@ -164,23 +178,45 @@ def run_pipeline(config: PipelineConfig, *, reporter: Reporter | None = None, ex
     return RunResult(manifest, config.output_dir)
 
 
-def _run_step(plan: StepPlan, by_id: dict[str, StepPlan], cache: Cache, config: PipelineConfig, executor: Executor, reporter: Reporter) -> dict[str, Any]:
+def _run_step(
+    plan: StepPlan,
+    by_id: dict[str, StepPlan],
+    cache: Cache,
+    config: PipelineConfig,
+    executor: Executor,
+    reporter: Reporter,
+) -> dict[str, Any]:
     step, spec = plan.step, plan.step.spec
     folder = cache.entry_dir(spec.name, plan.key)
     rows_in = sum(_rows(cache, by_id[upstream]) for upstream in step.inputs.values())
-    record: dict[str, Any] = {"id": step.id, "step": spec.name, "version": spec.version, "key": plan.key, "components": plan.components, "rows_in": rows_in}
+    record: dict[str, Any] = {
+        "id": step.id,
+        "step": spec.name,
+        "version": spec.version,
+        "key": plan.key,
+        "components": plan.components,
+        "rows_in": rows_in,
+    }
     started = time.perf_counter()
     shards = {"total": 0, "reused": 0}
     if plan.cached:
         reporter.step_started(step.id, spec.name, "cached", 1)
     else:
-        input_dirs = {name: (str(cache.entry_dir(by_id[up].step.spec.name, by_id[up].key)), spec.input(name).artifact_type) for name, up in step.inputs.items()}
+        input_dirs = {
+            name: (
+                str(cache.entry_dir(by_id[up].step.spec.name, by_id[up].key)),
+                spec.input(name).artifact_type,
+            )
+            for name, up in step.inputs.items()
+        }
         try:
             if spec.shardable:
                 shards = _run_sharded(plan, input_dirs, cache, config, executor, reporter)
             else:
                 reporter.step_started(step.id, spec.name, plan.reason, 1)
-                inputs = {name: artifact_type.read(Path(d)) for name, (d, artifact_type) in input_dirs.items()}
+                inputs = {
+                    name: artifact_type.read(Path(d)) for name, (d, artifact_type) in input_dirs.items()
+                }
                 result: Artifact = spec.fn(**inputs, **step.params)
                 write_entry(folder, result, {"step": spec.name, "key": plan.key})
         except RebalanceError as error:
@@ -189,15 +225,26 @@ def _run_step(plan: StepPlan, by_id: dict[str, StepPlan], cache: Cache, config: 
             log = config.output_dir / "error.log"
             log.parent.mkdir(parents=True, exist_ok=True)
             log.write_text(traceback.format_exc())
-            raise StepError(f"step {step.id!r} ({spec.name}) failed: {type(error).__name__}: {error}\nTraceback in {log}. {_resume_hint(config)}") from error
+            raise StepError(
+                f"step {step.id!r} ({spec.name}) failed: {type(error).__name__}: {error}\nTraceback in {log}. {_resume_hint(config)}"
+            ) from error
     wall_s = time.perf_counter() - started
     rows_out = _rows(cache, plan)
     reporter.step_finished(step.id, plan.cached, wall_s, rows_out)
-    record.update(cache="hit" if plan.cached else "miss", wall_s=round(wall_s, 3), rows_out=rows_out, shards=shards)
+    record.update(
+        cache="hit" if plan.cached else "miss", wall_s=round(wall_s, 3), rows_out=rows_out, shards=shards
+    )
     return record
 
 
-def _run_sharded(plan: StepPlan, input_dirs: dict[str, tuple[str, type]], cache: Cache, config: PipelineConfig, executor: Executor, reporter: Reporter) -> dict[str, int]:
+def _run_sharded(
+    plan: StepPlan,
+    input_dirs: dict[str, tuple[str, type]],
+    cache: Cache,
+    config: PipelineConfig,
+    executor: Executor,
+    reporter: Reporter,
+) -> dict[str, int]:
     step, spec = plan.step, plan.step.spec
     primary = spec.inputs[0].name
     primary_rows = read_marker(Path(input_dirs[primary][0]))["rows"]
@@ -207,11 +254,18 @@ def _run_sharded(plan: StepPlan, input_dirs: dict[str, tuple[str, type]], cache:
     reporter.step_started(step.id, spec.name, plan.reason, num_shards)
     for _ in range(num_shards - len(pending)):
         reporter.shard_finished()
-    tasks = [ShardTask(spec.name, step.params, input_dirs, primary, i, num_shards, str(shard_dirs[i]), plan.key) for i in pending]
+    tasks = [
+        ShardTask(spec.name, step.params, input_dirs, primary, i, num_shards, str(shard_dirs[i]), plan.key)
+        for i in pending
+    ]
     for _ in executor.map_unordered(run_shard, tasks):
         reporter.shard_finished()
     result = spec.output_type.concat([spec.output_type.read(d) for d in shard_dirs])
-    write_entry(cache.entry_dir(spec.name, plan.key), result, {"step": spec.name, "key": plan.key, "shards": num_shards})
+    write_entry(
+        cache.entry_dir(spec.name, plan.key),
+        result,
+        {"step": spec.name, "key": plan.key, "shards": num_shards},
+    )
     cache.drop_shards(spec.name, plan.key)
     return {"total": num_shards, "reused": num_shards - len(pending)}
 
@@ -221,9 +275,13 @@ def _rows(cache: Cache, plan: StepPlan) -> int:
     return marker["rows"] if marker else 0
 
 
-def _publish(config: PipelineConfig, by_id: dict[str, StepPlan], cache: Cache, previous: dict[str, Any]) -> dict[str, str]:
+def _publish(
+    config: PipelineConfig, by_id: dict[str, StepPlan], cache: Cache, previous: dict[str, Any]
+) -> dict[str, str]:
     """Copy each sink step's artifact into ``output_dir/<step id>`` (skipped when unchanged)."""
-    published_before = {s["id"]: s["key"] for s in previous.get("steps", [])} if previous.get("status") == "complete" else {}
+    published_before = (
+        {s["id"]: s["key"] for s in previous.get("steps", [])} if previous.get("status") == "complete" else {}
+    )
     outputs = {}
     for step_id in config.sinks():
         plan = by_id[step_id]

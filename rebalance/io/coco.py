@@ -34,16 +34,25 @@ def read_coco(path: Path, split: str) -> tuple[pa.Table, pa.Table, pa.Table]:
     try:
         payload = json.loads(path.read_bytes())
     except json.JSONDecodeError as error:
-        raise DataError(f"{path}: malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}") from None
+        raise DataError(
+            f"{path}: malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}"
+        ) from None
     if not isinstance(payload, dict):
         raise DataError(f"{path}: expected a JSON object with images, annotations and categories")
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(payload.get(k), list)]
     if missing:
-        raise DataError(f"{path}: missing or invalid section(s) {missing}; is this a COCO/LVIS instances file?")
+        raise DataError(
+            f"{path}: missing or invalid section(s) {missing}; is this a COCO/LVIS instances file?"
+        )
 
     categories = _categories(path, payload["categories"])
     images = _images(path, payload["images"], split)
-    annotations = _annotations(path, payload["annotations"], set(images["image_id"].to_pylist()), set(categories["category_id"].to_pylist()))
+    annotations = _annotations(
+        path,
+        payload["annotations"],
+        set(images["image_id"].to_pylist()),
+        set(categories["category_id"].to_pylist()),
+    )
     return images, annotations, categories
 
 
@@ -112,7 +121,10 @@ def _annotations(path: Path, rows: list[Any], image_ids: set[int], category_ids:
         _require(path, "annotations", row, ("id", "image_id", "category_id"))
     rows = sorted(rows, key=lambda r: (r["image_id"], r["id"]))
     _unique(path, "annotations", [r["id"] for r in rows])
-    for field, known, section in (("image_id", image_ids, "images"), ("category_id", category_ids, "categories")):
+    for field, known, section in (
+        ("image_id", image_ids, "images"),
+        ("category_id", category_ids, "categories"),
+    ):
         unknown = {r[field] for r in rows} - known
         if unknown:
             bad = sum(1 for r in rows if r[field] in unknown)

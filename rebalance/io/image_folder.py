@@ -9,7 +9,9 @@ from rebalance.errors import DataError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-def scan_image_folder(root: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> tuple[list[str], list[tuple[str, int]]]:
+def scan_image_folder(
+    root: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS
+) -> tuple[list[str], list[tuple[str, int]]]:
     """List class folders and their images, both sorted by name.
 
     Returns:

@@ -42,9 +42,14 @@ def export_hf(
     class_names = dataset.class_names()
     splits = {"train": dataset, **({"test": test} if test is not None else {})}
     if test is not None and test.class_names() != class_names:
-        raise DataError(f"the test split's classes {test.class_names()[:5]}... differ from train's {class_names[:5]}...")
+        raise DataError(
+            f"the test split's classes {test.class_names()[:5]}... differ from train's {class_names[:5]}..."
+        )
     exported = datasets.DatasetDict(
-        {name: _to_hf(split_data, name, resolved, class_names, embed_images) for name, split_data in splits.items()}
+        {
+            name: _to_hf(split_data, name, resolved, class_names, embed_images)
+            for name, split_data in splits.items()
+        }
     )
     card = _card(title, dataset, original, test, resolved, num_shards, list(splits))
     return HFDatasetExport(exported, card, num_shards)
@@ -54,7 +59,9 @@ def _resolve_task(dataset: LabeledDataset, task: Task) -> Literal["classificatio
     if task != "auto":
         return task
     per_image = pc.value_counts(dataset.annotations["image_id"]).field("counts")
-    single = dataset.annotations.num_rows == dataset.num_rows and (len(per_image) == 0 or pc.max(per_image).as_py() == 1)
+    single = dataset.annotations.num_rows == dataset.num_rows and (
+        len(per_image) == 0 or pc.max(per_image).as_py() == 1
+    )
     no_boxes = dataset.annotations["bbox"].null_count == dataset.annotations.num_rows
     return "classification" if single and no_boxes else "detection"
 
@@ -65,17 +72,27 @@ def _to_hf(data: LabeledDataset, split: str, task: str, class_names: list[str], 
     images = data.images.drop_columns(["split"])
     paths = [data.image_path(name) for name in images["file_name"].to_pylist()]
     image_column = [
-        {"bytes": path.read_bytes(), "path": path.name} if embed_images else {"bytes": None, "path": str(path)}
+        {"bytes": path.read_bytes(), "path": path.name}
+        if embed_images
+        else {"bytes": None, "path": str(path)}
         for path in paths
     ]
     label_of = {cid: i for i, cid in enumerate(data.categories["category_id"].to_pylist())}
     features: dict[str, Any] = {"image": datasets.Image()}
     columns: dict[str, Any] = {"image": image_column}
     if task == "classification":
-        by_image = dict(zip(data.annotations["image_id"].to_pylist(), data.annotations["category_id"].to_pylist()))
+        by_image = dict(
+            zip(
+                data.annotations["image_id"].to_pylist(),
+                data.annotations["category_id"].to_pylist(),
+                strict=True,
+            )
+        )
         missing = [i for i in images["image_id"].to_pylist() if i not in by_image]
         if missing:
-            raise DataError(f"{len(missing)} image(s) have no label (first ids: {missing[:5]}); use task: detection for unlabeled images")
+            raise DataError(
+                f"{len(missing)} image(s) have no label (first ids: {missing[:5]}); use task: detection for unlabeled images"
+            )
         columns["label"] = [label_of[by_image[i]] for i in images["image_id"].to_pylist()]
         features["label"] = datasets.ClassLabel(names=class_names)
     else:
@@ -97,11 +114,18 @@ def _to_hf(data: LabeledDataset, split: str, task: str, class_names: list[str], 
     return datasets.Dataset(built.data, info=built.info, split=built.split, fingerprint=fingerprint)
 
 
-def _objects(data: LabeledDataset, image_ids: list[int], label_of: dict[int, int]) -> list[list[dict[str, Any]]]:
+def _objects(
+    data: LabeledDataset, image_ids: list[int], label_of: dict[int, int]
+) -> list[list[dict[str, Any]]]:
     grouped: dict[int, list[dict[str, Any]]] = {image_id: [] for image_id in image_ids}
     for row in data.annotations.to_pylist():
         grouped[row["image_id"]].append(
-            {"id": row["annotation_id"], "bbox": row["bbox"], "category": label_of[row["category_id"]], "area": row["area"]}
+            {
+                "id": row["annotation_id"],
+                "bbox": row["bbox"],
+                "category": label_of[row["category_id"]],
+                "area": row["area"],
+            }
         )
     return [grouped[image_id] for image_id in image_ids]
 
@@ -113,7 +137,15 @@ def _table_digest(table: pa.Table) -> str:
     return hashlib.sha256(sink.getvalue()).hexdigest()[:32]
 
 
-def _card(title: str, dataset: LabeledDataset, original: LabeledDataset | None, test: LabeledDataset | None, task: str, num_shards: int, splits: list[str]) -> str:
+def _card(
+    title: str,
+    dataset: LabeledDataset,
+    original: LabeledDataset | None,
+    test: LabeledDataset | None,
+    task: str,
+    num_shards: int,
+    splits: list[str],
+) -> str:
     stats = compute_class_stats(dataset)
     after = stats.table["images"].to_numpy()
     counts: dict[str, Any] = {"class": stats.table["name"], "bucket": stats.table["bucket"]}
@@ -142,8 +174,8 @@ def _card(title: str, dataset: LabeledDataset, original: LabeledDataset | None, 
         f"{header}# {title}\n\n"
         f"Exported by rebalance as a {task} dataset with splits {', '.join(splits)}; "
         f"{num_shards} parquet shard(s) per split under `data/`, and `datasets.save_to_disk` files.\n\n"
-        "```python\nimport datasets\nds = datasets.load_from_disk(\"<this folder>\")\n"
-        "# or: datasets.load_dataset(\"<this folder>\")\n```\n\n"
+        '```python\nimport datasets\nds = datasets.load_from_disk("<this folder>")\n'
+        '# or: datasets.load_dataset("<this folder>")\n```\n\n'
         f"## Class counts (train images)\n\n{before_total}{dataset.num_rows:,} images, {summary['classes']} classes, "
         f"imbalance ratio {_ratio(summary['imbalance_ratio'])}; buckets: rare ≤ 10 < common ≤ 100 < frequent "
         f"images per class ({summary['bucket_source']}).\n\n"
@@ -155,4 +187,3 @@ def _card(title: str, dataset: LabeledDataset, original: LabeledDataset | None, 
 
 def _ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
-

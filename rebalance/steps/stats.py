@@ -18,15 +18,23 @@ def class_counts(dataset: LabeledDataset) -> tuple[np.ndarray, np.ndarray]:
     """Images and instances per category, aligned with ``dataset.categories`` rows."""
     category_ids = dataset.categories["category_id"].to_numpy()
     annotations = dataset.annotations
-    positions = pc.index_in(annotations["category_id"], value_set=dataset.categories["category_id"]).to_numpy(zero_copy_only=False)
+    positions = pc.index_in(annotations["category_id"], value_set=dataset.categories["category_id"]).to_numpy(
+        zero_copy_only=False
+    )
     instances = np.bincount(positions, minlength=len(category_ids))
-    unique_pairs = annotations.select(["image_id", "category_id"]).group_by(["image_id", "category_id"]).aggregate([])
-    pair_positions = pc.index_in(unique_pairs["category_id"], value_set=dataset.categories["category_id"]).to_numpy(zero_copy_only=False)
+    unique_pairs = (
+        annotations.select(["image_id", "category_id"]).group_by(["image_id", "category_id"]).aggregate([])
+    )
+    pair_positions = pc.index_in(
+        unique_pairs["category_id"], value_set=dataset.categories["category_id"]
+    ).to_numpy(zero_copy_only=False)
     images = np.bincount(pair_positions, minlength=len(category_ids))
     return images, instances
 
 
-def frequency_buckets(image_counts: np.ndarray, rare_max_images: int = 10, common_max_images: int = 100) -> list[str]:
+def frequency_buckets(
+    image_counts: np.ndarray, rare_max_images: int = 10, common_max_images: int = 100
+) -> list[str]:
     """LVIS buckets by training images per class: rare ≤ 10 < common ≤ 100 < frequent (Gupta et al., 2019)."""
     return [
         "rare" if n <= rare_max_images else "common" if n <= common_max_images else "frequent"
@@ -34,7 +42,9 @@ def frequency_buckets(image_counts: np.ndarray, rare_max_images: int = 10, commo
     ]
 
 
-def compute_class_stats(dataset: LabeledDataset, *, rare_max_images: int = 10, common_max_images: int = 100) -> ClassStats:
+def compute_class_stats(
+    dataset: LabeledDataset, *, rare_max_images: int = 10, common_max_images: int = 100
+) -> ClassStats:
     images, instances = class_counts(dataset)
     declared = dataset.categories["frequency"].to_pylist()
     if all(code in _LVIS_CODES for code in declared):
@@ -67,7 +77,9 @@ def compute_class_stats(dataset: LabeledDataset, *, rare_max_images: int = 10, c
 
 
 @step("class_stats")
-def class_stats(dataset: LabeledDataset, *, rare_max_images: PositiveInt = 10, common_max_images: PositiveInt = 100) -> ClassStats:
+def class_stats(
+    dataset: LabeledDataset, *, rare_max_images: PositiveInt = 10, common_max_images: PositiveInt = 100
+) -> ClassStats:
     """Images and instances per class, imbalance ratio, and rare/common/frequent buckets.
 
     Buckets use the dataset's own LVIS ``frequency`` field when every class has one; otherwise

@@ -21,7 +21,9 @@ def verify_images(dataset: LabeledDataset, *, on_error: Literal["drop", "fail"] 
     the reason, so nothing disappears silently. Row-wise, so it runs sharded on the executor.
     """
     widths, heights, bad = [], [], []
-    for image_id, file_name in zip(dataset.images["image_id"].to_pylist(), dataset.images["file_name"].to_pylist()):
+    for image_id, file_name in zip(
+        dataset.images["image_id"].to_pylist(), dataset.images["file_name"].to_pylist(), strict=False
+    ):
         try:
             width, height = probe_image(dataset.image_path(file_name))
         except (OSError, ValueError) as error:
@@ -31,10 +33,16 @@ def verify_images(dataset: LabeledDataset, *, on_error: Literal["drop", "fail"] 
         heights.append(height)
     if bad and on_error == "fail":
         listed = "; ".join(f"{path} ({reason})" for _, path, reason in bad[:5])
-        raise DataError(f"{len(bad)} unreadable image(s) under {dataset.image_root}: {listed}. Replace them or set on_error: drop")
+        raise DataError(
+            f"{len(bad)} unreadable image(s) under {dataset.image_root}: {listed}. Replace them or set on_error: drop"
+        )
 
-    images = dataset.images.set_column(dataset.images.schema.get_field_index("width"), "width", pa.array(widths, pa.int32()))
-    images = images.set_column(images.schema.get_field_index("height"), "height", pa.array(heights, pa.int32()))
+    images = dataset.images.set_column(
+        dataset.images.schema.get_field_index("width"), "width", pa.array(widths, pa.int32())
+    )
+    images = images.set_column(
+        images.schema.get_field_index("height"), "height", pa.array(heights, pa.int32())
+    )
     bad_ids = pa.array([image_id for image_id, _, _ in bad], pa.int64())
     removed = pa.table(
         {
@@ -47,7 +55,9 @@ def verify_images(dataset: LabeledDataset, *, on_error: Literal["drop", "fail"] 
     )
     return LabeledDataset(
         images=images.filter(pc.invert(pc.is_in(images["image_id"], value_set=bad_ids))),
-        annotations=dataset.annotations.filter(pc.invert(pc.is_in(dataset.annotations["image_id"], value_set=bad_ids))),
+        annotations=dataset.annotations.filter(
+            pc.invert(pc.is_in(dataset.annotations["image_id"], value_set=bad_ids))
+        ),
         categories=dataset.categories,
         removed=pa.concat_tables([dataset.removed, removed]),
         image_root=dataset.image_root,

@@ -49,38 +49,59 @@ def test_unknown_parameter_names_key_and_suggests(tmp_path: Path) -> None:
 
 
 def test_mistyped_parameter_says_what_was_expected(tmp_path: Path) -> None:
-    path = write(tmp_path, f"steps:\n  a: {{step: ingest_image_folder, root: {tmp_path}, max_images_per_class: many}}\n")
+    path = write(
+        tmp_path,
+        f"steps:\n  a: {{step: ingest_image_folder, root: {tmp_path}, max_images_per_class: many}}\n",
+    )
     message = one_issue(path)
     assert "steps.a.max_images_per_class" in message and "valid integer" in message and "'many'" in message
 
 
 def test_literal_parameter_lists_allowed_values(tmp_path: Path) -> None:
-    path = write(tmp_path, f"steps:\n  a: {{step: ingest_image_folder, root: {tmp_path}}}\n  b: {{step: verify_images, inputs: {{dataset: a}}, on_error: ignore}}\n")
+    path = write(
+        tmp_path,
+        f"steps:\n  a: {{step: ingest_image_folder, root: {tmp_path}}}\n  b: {{step: verify_images, inputs: {{dataset: a}}, on_error: ignore}}\n",
+    )
     message = one_issue(path)
     assert "steps.b.on_error" in message and "'drop' or 'fail'" in message
 
 
 def test_missing_input_and_unknown_upstream(tmp_path: Path) -> None:
-    path = write(tmp_path, "steps:\n  a: {step: verify_images}\n  b: {step: class_stats, inputs: {dataset: verifed}}\n")
+    path = write(
+        tmp_path, "steps:\n  a: {step: verify_images}\n  b: {step: class_stats, inputs: {dataset: verifed}}\n"
+    )
     found = issues_of(path)
     assert any("steps.a.inputs.dataset: missing required input (LabeledDataset)" in m for m in found)
     assert any("steps.b.inputs.dataset: no step with id 'verifed'" in m for m in found)
 
 
 def test_unknown_input_name_suggests(tmp_path: Path) -> None:
-    path = write(tmp_path, f"steps:\n  a: {{step: ingest_image_folder, root: {tmp_path}}}\n  b: {{step: class_stats, inputs: {{datset: a}}}}\n")
+    path = write(
+        tmp_path,
+        f"steps:\n  a: {{step: ingest_image_folder, root: {tmp_path}}}\n  b: {{step: class_stats, inputs: {{datset: a}}}}\n",
+    )
     found = issues_of(path)
     assert any("steps.b.inputs.datset" in m and "did you mean 'dataset'" in m for m in found)
 
 
 def test_input_of_the_wrong_artifact_type(tmp_path: Path) -> None:
-    path = write(tmp_path, f"steps:\n  a: {{step: ingest_image_folder, root: {tmp_path}}}\n  s: {{step: class_stats, inputs: {{dataset: a}}}}\n  e: {{step: export_hf, inputs: {{dataset: s}}}}\n")
+    path = write(
+        tmp_path,
+        f"steps:\n  a: {{step: ingest_image_folder, root: {tmp_path}}}\n  s: {{step: class_stats, inputs: {{dataset: a}}}}\n  e: {{step: export_hf, inputs: {{dataset: s}}}}\n",
+    )
     message = one_issue(path)
-    assert "steps.e.inputs.dataset" in message and "produces ClassStats" in message and "expects LabeledDataset" in message
+    assert (
+        "steps.e.inputs.dataset" in message
+        and "produces ClassStats" in message
+        and "expects LabeledDataset" in message
+    )
 
 
 def test_cycle_is_reported_with_its_path(tmp_path: Path) -> None:
-    path = write(tmp_path, "steps:\n  a: {step: verify_images, inputs: {dataset: b}}\n  b: {step: verify_images, inputs: {dataset: a}}\n")
+    path = write(
+        tmp_path,
+        "steps:\n  a: {step: verify_images, inputs: {dataset: b}}\n  b: {step: verify_images, inputs: {dataset: a}}\n",
+    )
     message = one_issue(path)
     assert "cycle" in message and ("a -> b -> a" in message or "b -> a -> b" in message)
 
@@ -97,7 +118,10 @@ def test_invalid_yaml_names_line(tmp_path: Path) -> None:
 
 
 def test_unknown_top_level_key_and_executor_value(tmp_path: Path) -> None:
-    path = write(tmp_path, f"sed: 1\nexecutor: {{kind: dusk}}\nsteps:\n  a: {{step: ingest_image_folder, root: {tmp_path}}}\n")
+    path = write(
+        tmp_path,
+        f"sed: 1\nexecutor: {{kind: dusk}}\nsteps:\n  a: {{step: ingest_image_folder, root: {tmp_path}}}\n",
+    )
     found = issues_of(path)
     assert any("sed: unknown key" in m and "did you mean 'seed'" in m for m in found)
     assert any("executor.kind" in m and "'local' or 'dask'" in m for m in found)
@@ -105,7 +129,10 @@ def test_unknown_top_level_key_and_executor_value(tmp_path: Path) -> None:
 
 def test_all_errors_are_reported_at_once_with_their_source(tmp_path: Path) -> None:
     preset = write(tmp_path, "steps:\n  a: {step: ingest_image_folder, root: missing}\n", "preset.yaml")
-    path = write(tmp_path, "extends: preset.yaml\nsteps:\n  b: {step: class_stats, inputs: {dataset: a}, rare_max_images: 0}\n")
+    path = write(
+        tmp_path,
+        "extends: preset.yaml\nsteps:\n  b: {step: class_stats, inputs: {dataset: a}, rare_max_images: 0}\n",
+    )
     found = issues_of(path, ["steps.b.common_max_images=lots", "seed=x"])
     assert len(found) == 4, found
     assert any(m.startswith(f"{preset}: steps.a.root") for m in found)
@@ -114,7 +141,9 @@ def test_all_errors_are_reported_at_once_with_their_source(tmp_path: Path) -> No
     assert any(m.startswith("command line: seed") for m in found)
 
 
-def test_overrides_are_typed_and_cli_paths_relative_to_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_overrides_are_typed_and_cli_paths_relative_to_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     config = load_pipeline(TINY, ["steps.export.num_shards=3", "seed=7", "cache_dir=here"])
     assert config.steps["export"].params["num_shards"] == 3

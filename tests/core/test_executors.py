@@ -10,8 +10,16 @@ from tests.conftest import TINY, tree_digest
 
 
 def test_dask_local_cluster_gives_the_same_output_as_local(tmp_path: Path) -> None:
-    local = api.run(TINY, [f"cache_dir={tmp_path / 'lc'}", f"output_dir={tmp_path / 'lo'}"])
-    config = load_pipeline(TINY, [f"cache_dir={tmp_path / 'dc'}", f"output_dir={tmp_path / 'do'}", "executor.kind=dask", "executor.n_workers=2"])
+    api.run(TINY, [f"cache_dir={tmp_path / 'lc'}", f"output_dir={tmp_path / 'lo'}"])
+    config = load_pipeline(
+        TINY,
+        [
+            f"cache_dir={tmp_path / 'dc'}",
+            f"output_dir={tmp_path / 'do'}",
+            "executor.kind=dask",
+            "executor.n_workers=2",
+        ],
+    )
     executor = DaskExecutor(scheduler=None, n_workers=2, retries=1)
     distributed = run_pipeline(config, executor=executor)
     assert distributed.manifest["executor"] == "dask (LocalCluster)"

@@ -12,10 +12,9 @@ from rebalance.core.fs import atomic_dir, remove_stale_temps, temp_sibling, writ
 
 def test_atomic_dir_publishes_complete_folders_only(tmp_path: Path) -> None:
     final = tmp_path / "entry"
-    with pytest.raises(RuntimeError):
-        with atomic_dir(final) as temp:
-            (temp / "part").write_text("half")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_dir(final) as temp:
+        (temp / "part").write_text("half")
+        raise RuntimeError("killed")
     assert not final.exists() and list(tmp_path.iterdir()) == []
     with atomic_dir(final) as temp:
         (temp / "part").write_text("whole")
@@ -31,7 +30,9 @@ def test_write_json_atomic_round_trips(tmp_path: Path) -> None:
 
 
 def test_stale_temps_of_dead_processes_are_removed_live_ones_kept(tmp_path: Path) -> None:
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     dead_pid = int(dead.stdout)
     live = temp_sibling(tmp_path / "key")
     live.mkdir()

@@ -22,7 +22,11 @@ def test_second_run_executes_nothing(run_dirs: list[str], tmp_path: Path) -> Non
     second = api.run(TINY, run_dirs)
     assert second.executed == []
     assert all(step["cache"] == "hit" for step in second.manifest["steps"])
-    assert all(not p.cached for p in api.plan(TINY, [*run_dirs, "seed=1", "steps.export.title=x"]) if p.step.id == "export")
+    assert all(
+        not p.cached
+        for p in api.plan(TINY, [*run_dirs, "seed=1", "steps.export.title=x"])
+        if p.step.id == "export"
+    )
 
 
 def test_changing_one_parameter_reruns_only_downstream(run_dirs: list[str]) -> None:
@@ -47,13 +51,18 @@ def test_changed_input_file_is_detected_by_content(tmp_path: Path, run_dirs: lis
     for index, png in enumerate(source[:4]):
         (root / ("a" if index < 2 else "b") / png.name).write_bytes(png.read_bytes())
     pipeline = tmp_path / "p.yaml"
-    pipeline.write_text(f"steps:\n  d: {{step: ingest_image_folder, root: {root}}}\n  s: {{step: class_stats, inputs: {{dataset: d}}}}\n")
+    pipeline.write_text(
+        f"steps:\n  d: {{step: ingest_image_folder, root: {root}}}\n  s: {{step: class_stats, inputs: {{dataset: d}}}}\n"
+    )
     api.run(pipeline, run_dirs)
     touched = next((root / "a").iterdir())
     os.utime(touched)  # a new mtime with the same bytes is not a change
     assert [p.reason for p in api.plan(pipeline, run_dirs)] == ["cached", "cached"]
     touched.write_bytes(source[-1].read_bytes())
-    assert [p.reason for p in api.plan(pipeline, run_dirs)] == ["changed input file: root", "upstream changed: d"]
+    assert [p.reason for p in api.plan(pipeline, run_dirs)] == [
+        "changed input file: root",
+        "upstream changed: d",
+    ]
 
 
 def test_manifest_records_the_run(run_dirs: list[str], tmp_path: Path) -> None:
@@ -108,7 +117,7 @@ def test_a_run_killed_mid_step_resumes_without_redoing_finished_shards(tmp_path:
     import tests.core.gated_step  # noqa: F401  registers the step in this process too
 
     resumed = api.run(pipeline, dirs)
-    calls_after = (tmp_path / "gate.calls").read_text().split()[len(calls_before):]
+    calls_after = (tmp_path / "gate.calls").read_text().split()[len(calls_before) :]
     step = next(s for s in resumed.manifest["steps"] if s["id"] == "g")
     assert step["shards"] == {"total": 5, "reused": 2}
     assert sorted(calls_after) == sorted(set(calls_after)) and not set(calls_after) & {"0", "20"}

@@ -30,7 +30,9 @@ def test_classification_export_loads_without_rebalance(tmp_path: Path) -> None:
     assert first["label"] == 0 and first["file_name"].startswith("ankle_boot/")
 
     from_card = datasets.load_dataset(str(tmp_path / "export"))
-    from_parquet = datasets.load_dataset("parquet", data_files={"train": str(tmp_path / "export/data/train-*.parquet")})
+    from_parquet = datasets.load_dataset(
+        "parquet", data_files={"train": str(tmp_path / "export/data/train-*.parquet")}
+    )
     for loaded in (from_card["train"], from_parquet["train"]):
         assert loaded["label"] == from_disk["train"]["label"]
         assert loaded.features["label"].names == train.class_names()

@@ -20,7 +20,13 @@ def test_lvis_json_keeps_category_metadata_and_derives_file_names(tmp_path: Path
     assert categories[0]["synonyms"] == ["aerosol_can", "spray_can"]
     assert [c["frequency"] for c in categories] == ["c", "r", "f"]
     assert categories[2]["definition"].startswith("elongated")
-    ordered = list(zip(dataset.annotations["image_id"].to_pylist(), dataset.annotations["annotation_id"].to_pylist()))
+    ordered = list(
+        zip(
+            dataset.annotations["image_id"].to_pylist(),
+            dataset.annotations["annotation_id"].to_pylist(),
+            strict=True,
+        )
+    )
     assert ordered == sorted(ordered) and len(ordered) == 10
 
 
@@ -31,13 +37,18 @@ def test_malformed_json_names_file_and_position(tmp_path: Path) -> None:
         ingest_coco(annotations=path, image_root=tmp_path)
 
 
-@pytest.mark.parametrize("field, value, section", [("category_id", 999, "categories"), ("image_id", 42, "images")])
+@pytest.mark.parametrize(
+    "field, value, section", [("category_id", 999, "categories"), ("image_id", 42, "images")]
+)
 def test_unknown_ids_are_reported(tmp_path: Path, field: str, value: int, section: str) -> None:
     annotations, image_root = build_lvis(tmp_path)
     payload = json.loads(annotations.read_text())
     payload["annotations"][0][field] = value
     annotations.write_text(json.dumps(payload))
-    with pytest.raises(DataError, match=rf"1 annotation\(s\) reference 1 {field}\(s\) missing from '{section}' \(first: \[{value}\]\)"):
+    with pytest.raises(
+        DataError,
+        match=rf"1 annotation\(s\) reference 1 {field}\(s\) missing from '{section}' \(first: \[{value}\]\)",
+    ):
         ingest_coco(annotations=annotations, image_root=image_root)
 
 
@@ -61,7 +72,12 @@ def test_image_folder_classes_subset_and_empty_class(tmp_path: Path) -> None:
     (tmp_path / "a_dog" / "notes.txt").write_text("not an image")
     dataset = ingest_image_folder(root=tmp_path, max_images_per_class=2)
     assert dataset.class_names() == ["a_dog", "b_cat", "c_empty"]
-    assert dataset.images["file_name"].to_pylist() == ["a_dog/0.png", "a_dog/1.png", "b_cat/0.png", "b_cat/1.png"]
+    assert dataset.images["file_name"].to_pylist() == [
+        "a_dog/0.png",
+        "a_dog/1.png",
+        "b_cat/0.png",
+        "b_cat/1.png",
+    ]
     assert dataset.annotations["category_id"].to_pylist() == [0, 0, 1, 1]
 
 

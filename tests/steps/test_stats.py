@@ -5,7 +5,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from rebalance.core.artifacts import ANNOTATIONS_SCHEMA, CATEGORIES_SCHEMA, IMAGES_SCHEMA, REMOVED_SCHEMA, LabeledDataset
+from rebalance.core.artifacts import (
+    ANNOTATIONS_SCHEMA,
+    CATEGORIES_SCHEMA,
+    IMAGES_SCHEMA,
+    REMOVED_SCHEMA,
+    LabeledDataset,
+)
 from rebalance.steps.ingest import ingest_coco
 from rebalance.steps.stats import class_stats, frequency_buckets
 from tests.steps.lvis_fixture import build_lvis
@@ -14,15 +20,48 @@ from tests.steps.lvis_fixture import build_lvis
 def classification(counts: list[int]) -> LabeledDataset:
     labels = [c for c, n in enumerate(counts) for _ in range(n)]
     n = len(labels)
-    images = pa.table({"image_id": range(n), "file_name": [f"{i}.png" for i in range(n)], "split": ["train"] * n, "width": [None] * n, "height": [None] * n, "source": ["original"] * n}, schema=IMAGES_SCHEMA)
-    annotations = pa.table({"annotation_id": range(n), "image_id": range(n), "category_id": labels, "bbox": [None] * n, "area": [None] * n}, schema=ANNOTATIONS_SCHEMA)
+    images = pa.table(
+        {
+            "image_id": range(n),
+            "file_name": [f"{i}.png" for i in range(n)],
+            "split": ["train"] * n,
+            "width": [None] * n,
+            "height": [None] * n,
+            "source": ["original"] * n,
+        },
+        schema=IMAGES_SCHEMA,
+    )
+    annotations = pa.table(
+        {
+            "annotation_id": range(n),
+            "image_id": range(n),
+            "category_id": labels,
+            "bbox": [None] * n,
+            "area": [None] * n,
+        },
+        schema=ANNOTATIONS_SCHEMA,
+    )
     k = len(counts)
-    categories = pa.table({"category_id": range(k), "name": [f"c{i}" for i in range(k)], **{f: [None] * k for f in CATEGORIES_SCHEMA.names[2:]}}, schema=CATEGORIES_SCHEMA)
+    categories = pa.table(
+        {
+            "category_id": range(k),
+            "name": [f"c{i}" for i in range(k)],
+            **{f: [None] * k for f in CATEGORIES_SCHEMA.names[2:]},
+        },
+        schema=CATEGORIES_SCHEMA,
+    )
     return LabeledDataset(images, annotations, categories, REMOVED_SCHEMA.empty_table(), None)
 
 
 def test_bucket_edges_follow_lvis() -> None:
-    assert frequency_buckets(np.array([0, 1, 10, 11, 100, 101])) == ["rare", "rare", "rare", "common", "common", "frequent"]
+    assert frequency_buckets(np.array([0, 1, 10, 11, 100, 101])) == [
+        "rare",
+        "rare",
+        "rare",
+        "common",
+        "common",
+        "frequent",
+    ]
 
 
 def test_hand_computed_classification_stats() -> None:
