@@ -22,7 +22,7 @@ app = typer.Typer(
 )
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect or clear the step cache.")
 app.add_typer(cache_app, name="cache")
-out = Console()
+out = Console(soft_wrap=True)
 err = Console(stderr=True)
 
 Pipeline = Annotated[str, typer.Argument(help="Pipeline YAML file.")]
@@ -68,13 +68,17 @@ def run(
 @user_errors
 def plan(pipeline: Pipeline, overrides: Overrides = None) -> None:
     """Show which steps a run would execute, and why."""
-    table = Table("step", "runs", "why", "cache key")
-    for step_plan in api.plan(pipeline, overrides or []):
-        runs = "[dim]no[/dim]" if step_plan.cached else "[green]yes[/green]"
-        table.add_row(
-            f"{step_plan.step.id} ({step_plan.step.spec.name})", runs, step_plan.reason, step_plan.key
+    plans = api.plan(pipeline, overrides or [])
+    for step_plan in plans:
+        action = "skip" if step_plan.cached else "RUN "
+        label = f"{step_plan.step.id} ({step_plan.step.spec.name})"
+        out.print(
+            f"{action} {label:<36} {step_plan.reason:<40} key {step_plan.key}",
+            highlight=False,
+            soft_wrap=True,
         )
-    out.print(table)
+    to_run = sum(not p.cached for p in plans)
+    out.print(f"{to_run} of {len(plans)} step(s) would run", highlight=False)
 
 
 @app.command()

@@ -129,11 +129,16 @@ def _build_spec(name: str, fn: Callable[..., Any], version: int, shardable: bool
             inputs.append(InputSpec(parameter.name, artifact_types[0], parameter.default is None))
         else:
             raise TypeError(f"step {name!r}: *args/**kwargs are not allowed in steps")
-    if shardable and not inputs:
-        raise TypeError(f"step {name!r}: a shardable step needs an input to shard")
+    output_type = hints["return"]
+    if shardable and not (
+        inputs and hasattr(inputs[0].artifact_type, "shard") and hasattr(output_type, "concat")
+    ):
+        raise TypeError(
+            f"step {name!r}: a shardable step needs a shardable first input and a concatenable output"
+        )
     fields = {spec.name: (spec.annotation, ... if spec.required else spec.default) for spec in params}
     model = pydantic.create_model(f"{name}_params", __config__=pydantic.ConfigDict(extra="forbid"), **fields)
-    return StepSpec(name, fn, version, shardable, tuple(inputs), tuple(params), hints["return"], model)
+    return StepSpec(name, fn, version, shardable, tuple(inputs), tuple(params), output_type, model)
 
 
 def _ensure_builtins() -> None:

@@ -23,7 +23,7 @@ from rebalance.core.artifacts import Artifact
 from rebalance.core.cache import MARKER, Cache, read_marker, write_entry
 from rebalance.core.config import PipelineConfig, StepConfig
 from rebalance.core.executors import Executor, make_executor
-from rebalance.core.fs import atomic_dir, write_json_atomic
+from rebalance.core.fs import atomic_dir, remove_stale_temps, write_json_atomic
 from rebalance.core.hashing import ContentHasher, stable_hash
 from rebalance.core.progress import Reporter, SilentReporter
 from rebalance.core.registry import get_step
@@ -287,6 +287,7 @@ def _publish(
         plan = by_id[step_id]
         destination = config.output_dir / step_id
         if published_before.get(step_id) != plan.key or not destination.is_dir():
+            remove_stale_temps(config.output_dir, step_id)
             source = cache.entry_dir(plan.step.spec.name, plan.key)
             with atomic_dir(destination) as temp:
                 shutil.copytree(source, temp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MARKER))

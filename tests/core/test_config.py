@@ -160,3 +160,8 @@ def test_extends_loop_is_an_error(tmp_path: Path) -> None:
     write(tmp_path, "extends: b.yaml\n", "a.yaml")
     write(tmp_path, "extends: a.yaml\n", "b.yaml")
     assert any("extends itself" in m for m in issues_of(tmp_path / "a.yaml"))
+
+
+def test_shipped_pipelines_are_valid() -> None:
+    for pipeline in sorted((TINY.parent).glob("*.yaml")):
+        assert load_pipeline(pipeline).steps

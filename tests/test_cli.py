@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from rebalance.cli import app
+from tests.conftest import TINY
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_run_then_rerun_reports_nothing_to_do(tmp_path: Path) -> None:
+    dirs = [f"cache_dir={tmp_path / 'c'}", f"output_dir={tmp_path / 'o'}"]
+    first = invoke("run", str(TINY), *dirs)
+    assert first.exit_code == 0, first.output
+    assert "5 step(s) executed" in first.output
+    second = invoke("run", str(TINY), *dirs)
+    assert "nothing to do: every step was cached" in second.output
+    plan = invoke("plan", str(TINY), *dirs, "steps.export.num_shards=3")
+    assert plan.exit_code == 0 and "changed parameter: num_shards" in plan.output
+
+    listing = invoke("cache", "ls", "--cache-dir", str(tmp_path / "c"))
+    assert "verify_images" in listing.output and "complete" in listing.output
+    cleared = invoke("cache", "clear", "--cache-dir", str(tmp_path / "c"), "--step", "export_hf")
+    assert "removed 1 cache entry" in cleared.output
+    assert "export (export_hf)" in invoke("plan", str(TINY), *dirs).output
+
+
+def test_config_error_is_a_message_not_a_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps:\n  a: {step: ingest_imagefolder}\n")
+    result = invoke("validate", str(bad))
+    assert result.exit_code == 2
+    assert "did you mean 'ingest_image_folder'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_validate_and_steps_listing() -> None:
+    assert "valid (5 steps" in invoke("validate", str(TINY)).output
+    listing = invoke("steps").output
+    for name in ("ingest_image_folder", "ingest_coco", "verify_images", "class_stats", "export_hf"):
+        assert name in listing
+    assert "extensions: tuple[str, ...]" in listing and "on_error: 'drop' | 'fail' = 'drop'" in listing
