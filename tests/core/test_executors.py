@@ -34,3 +34,15 @@ def test_a_fully_cached_run_starts_no_cluster(tmp_path: Path) -> None:
     executor = DaskExecutor(scheduler=None, n_workers=1, retries=0)
     result = run_pipeline(load_pipeline(TINY, [*overrides, "executor.kind=dask"]), executor=executor)
     assert result.executed == [] and executor._client is None
+
+
+def test_scheduler_address_runs_on_an_existing_cluster(tmp_path: Path) -> None:
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        dirs = [f"cache_dir={tmp_path / 'c'}", f"output_dir={tmp_path / 'o'}"]
+        result = api.run(TINY, dirs, scheduler=cluster.scheduler_address)
+    assert result.manifest["executor"] == f"dask ({cluster.scheduler_address})"
+    local = api.run(TINY, [f"cache_dir={tmp_path / 'lc'}", f"output_dir={tmp_path / 'lo'}"])
+    assert local.manifest["executor"] == "local"
+    assert tree_digest(tmp_path / "o") == tree_digest(tmp_path / "lo")
