@@ -60,7 +60,7 @@ class DaskExecutor:
                     n_workers=self._n_workers or os.cpu_count() or 1,
                     threads_per_worker=1,
                     processes=True,
-                    dashboard_address=None,
+                    dashboard_address=":0",  # a free port: never clash with a running dashboard
                     silence_logs=logging.ERROR,
                 )
                 self._client = Client(self._cluster)

@@ -39,7 +39,7 @@ def test_a_fully_cached_run_starts_no_cluster(tmp_path: Path) -> None:
 def test_scheduler_address_runs_on_an_existing_cluster(tmp_path: Path) -> None:
     from dask.distributed import LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
         dirs = [f"cache_dir={tmp_path / 'c'}", f"output_dir={tmp_path / 'o'}"]
         result = api.run(TINY, dirs, scheduler=cluster.scheduler_address)
     assert result.manifest["executor"] == f"dask ({cluster.scheduler_address})"
