@@ -180,6 +180,24 @@ class ClassStats:
 
 
 @dataclasses.dataclass(frozen=True)
+class EpochIndex:
+    """Image ids in training order, one row per draw: ``epoch``, ``position``, ``image_id``."""
+
+    table: pa.Table
+
+    @property
+    def num_rows(self) -> int:
+        return self.table.num_rows
+
+    def write(self, directory: Path) -> None:
+        write_parquet(self.table, directory / "epoch_index.parquet")
+
+    @classmethod
+    def read(cls, directory: Path) -> Self:
+        return cls(read_parquet(directory / "epoch_index.parquet"))
+
+
+@dataclasses.dataclass(frozen=True)
 class HFDatasetExport:
     """A Hugging Face ``DatasetDict`` plus its dataset card, written so any trainer can load it.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import PositiveInt
@@ -12,7 +13,7 @@ from pydantic import PositiveInt
 from rebalance.core.artifacts import HFDatasetExport, LabeledDataset, markdown_table
 from rebalance.core.registry import step
 from rebalance.errors import DataError
-from rebalance.steps.stats import class_counts, compute_class_stats
+from rebalance.steps.stats import class_counts, compute_class_stats, expected_draws_per_epoch
 
 Task = Literal["auto", "classification", "detection"]
 
@@ -156,6 +157,8 @@ def _card(
         counts["change"] = pa.array(after - before, pa.int64())
     else:
         counts["images"] = pa.array(after, pa.int64())
+    if "repeat_factor" in dataset.images.column_names:
+        counts["per epoch"] = pa.array(np.round(expected_draws_per_epoch(dataset), 1), pa.float64())
     if test is not None:
         counts["test"] = pa.array(class_counts(test)[0], pa.int64())
     header = "\n".join(
@@ -180,7 +183,14 @@ def _card(
         f"imbalance ratio {_ratio(summary['imbalance_ratio'])}; buckets: rare ≤ 10 < common ≤ 100 < frequent "
         f"images per class ({summary['bucket_source']}).\n\n"
         f"{markdown_table(pa.table(counts))}\n"
-        f"## Removed images\n\n" + "\n".join(removal_lines) + "\n\n"
+        + (
+            "`per epoch`: expected draws per epoch, Σ `repeat_factor` over the class's images.\n\n"
+            if "per epoch" in counts
+            else ""
+        )
+        + "## Removed images\n\n"
+        + "\n".join(removal_lines)
+        + "\n\n"
         "The columns `source` and `file_name` record where each row comes from.\n"
     )
 

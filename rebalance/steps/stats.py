@@ -32,6 +32,22 @@ def class_counts(dataset: LabeledDataset) -> tuple[np.ndarray, np.ndarray]:
     return images, instances
 
 
+def expected_draws_per_epoch(dataset: LabeledDataset) -> np.ndarray:
+    """Σ of ``repeat_factor`` over the images containing each class: its expected images per epoch."""
+    pairs = (
+        dataset.annotations.select(["image_id", "category_id"])
+        .group_by(["image_id", "category_id"])
+        .aggregate([])
+    )
+    weighted = pairs.join(dataset.images.select(["image_id", "repeat_factor"]), "image_id")
+    positions = pc.index_in(weighted["category_id"], value_set=dataset.categories["category_id"]).to_numpy(
+        zero_copy_only=False
+    )
+    return np.bincount(
+        positions, weights=weighted["repeat_factor"].to_numpy(), minlength=dataset.categories.num_rows
+    )
+
+
 def frequency_buckets(
     image_counts: np.ndarray, rare_max_images: int = 10, common_max_images: int = 100
 ) -> list[str]:

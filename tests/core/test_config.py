@@ -29,10 +29,10 @@ def one_issue(path: Path, overrides: list[str] | None = None) -> str:
 
 def test_tiny_pipeline_is_valid_and_ordered() -> None:
     config = load_pipeline(TINY)
-    assert list(config.steps) == ["train", "test", "verified", "stats", "export"]
+    assert list(config.steps) == ["train", "test", "verified", "stats", "sampled", "epochs", "export"]
     assert config.steps["train"].params["max_images_per_class"] == 20  # tiny.yaml over demo.yaml
     assert config.steps["train"].params["root"].is_absolute()
-    assert config.sinks() == ["stats", "export"]
+    assert config.sinks() == ["stats", "epochs", "export"]
 
 
 def test_unknown_step_suggests_the_closest_name(tmp_path: Path) -> None:

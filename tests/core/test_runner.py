@@ -18,7 +18,7 @@ from tests.conftest import REPO, TINY, tree_digest
 
 def test_second_run_executes_nothing(run_dirs: list[str], tmp_path: Path) -> None:
     first = api.run(TINY, run_dirs)
-    assert first.executed == ["train", "test", "verified", "stats", "export"]
+    assert first.executed == ["train", "test", "verified", "stats", "sampled", "epochs", "export"]
     second = api.run(TINY, run_dirs)
     assert second.executed == []
     assert all(step["cache"] == "hit" for step in second.manifest["steps"])
@@ -38,9 +38,11 @@ def test_changing_one_parameter_reruns_only_downstream(run_dirs: list[str]) -> N
         "test": "cached",
         "verified": "changed parameter: on_error",
         "stats": "upstream changed: verified",
-        "export": "upstream changed: verified",
+        "sampled": "upstream changed: verified",
+        "epochs": "upstream changed: sampled",
+        "export": "upstream changed: sampled",
     }
-    assert api.run(TINY, changed).executed == ["verified", "stats", "export"]
+    assert api.run(TINY, changed).executed == ["verified", "stats", "sampled", "epochs", "export"]
 
 
 def test_changed_input_file_is_detected_by_content(tmp_path: Path, run_dirs: list[str]) -> None:
@@ -76,7 +78,7 @@ def test_manifest_records_the_run(run_dirs: list[str], tmp_path: Path) -> None:
     assert verified["rows_in"] == verified["rows_out"] == 187
     assert verified["shards"] == {"total": 5, "reused": 0}  # 187 rows / shard_rows 40
     assert {"key", "cache", "wall_s", "components"} <= set(verified)
-    assert manifest["outputs"] == {"stats": "stats", "export": "export"}
+    assert manifest["outputs"] == {"stats": "stats", "epochs": "epochs", "export": "export"}
 
 
 def test_same_config_and_seed_give_byte_identical_outputs(tmp_path: Path) -> None:

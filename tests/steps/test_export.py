@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import datasets
+import pytest
 
 from rebalance.core.artifacts import HFDatasetExport
 from rebalance.steps.export import export_hf
@@ -55,3 +56,15 @@ def test_detection_export_groups_objects(tmp_path: Path) -> None:
     assert first["objects"][0]["bbox"] == [1.0, 2.0, 10.0, 12.0]
     assert Path(train.cast_column("image", datasets.Image(decode=False))[0]["image"]["path"]).is_file()
     assert first["neg_category_ids"] == [3]
+
+
+def test_card_shows_expected_draws_per_epoch_after_sampling(tmp_path: Path) -> None:
+    from rebalance.steps.sampling import repeat_factors_step
+
+    train = ingest_image_folder(root=DEMO / "train", max_images_per_class=40)
+    sampled = repeat_factors_step(train, method="class_balanced")
+    export = export_hf(sampled, original=train)
+    assert "| class | bucket | before | after | change | per epoch |" in export.card
+    # 40 images per class but ankle_boot (10), bag (17), sneaker (28): 335 images, 33.5 per class.
+    assert "| ankle_boot | rare | 10 | 10 | 0 | 33.5 |" in export.card
+    assert export.dataset["train"]["repeat_factor"][0] == pytest.approx(33.5 / 10)
