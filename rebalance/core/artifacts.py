@@ -13,9 +13,12 @@ import math
 from pathlib import Path
 from typing import Any, Protocol, Self, runtime_checkable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from rebalance.errors import DataError
 
 
 @runtime_checkable
@@ -154,6 +157,23 @@ class LabeledDataset:
     def class_names(self) -> list[str]:
         return self.categories["name"].to_pylist()
 
+    def category_lists(self) -> pa.ListArray:
+        """For each image (in row order), the category positions (0..C-1) of its annotations."""
+        positions = pc.index_in(self.annotations["category_id"], value_set=self.categories["category_id"])
+        annotated = self.annotations["image_id"].to_numpy()
+        image_ids = self.images["image_id"].to_numpy()
+        # Both tables are sorted by image_id (the invariant above), so each image's annotations
+        # form one contiguous run that searchsorted finds without a loop.
+        starts = np.searchsorted(annotated, image_ids, side="left")
+        ends = np.searchsorted(annotated, image_ids, side="right")
+        if not np.array_equal(starts[1:], ends[:-1]) or (
+            len(starts) and (starts[0], ends[-1]) != (0, len(annotated))
+        ):
+            raise DataError("annotations reference images that are not in the dataset")
+        offsets = np.append(starts, len(annotated)) if len(starts) else np.zeros(1, dtype=np.int64)
+        values = positions.combine_chunks() if isinstance(positions, pa.ChunkedArray) else positions
+        return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values.cast(pa.int64()))
+
 
 @dataclasses.dataclass(frozen=True)
 class ClassStats:
@@ -177,6 +197,65 @@ class ClassStats:
             table=read_parquet(directory / "class_stats.parquet"),
             summary=json.loads((directory / "summary.json").read_text()),
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class Embeddings:
+    """One float32 vector per image: ``ids`` (image ids, int64) aligned with ``vectors`` (n × d).
+
+    ``encoder`` names what produced them (e.g. ``pixels_pca``), so every figure downstream can say
+    which representation it was computed on.
+    """
+
+    ids: np.ndarray
+    vectors: np.ndarray
+    encoder: str
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.ids)
+
+    def write(self, directory: Path) -> None:
+        np.save(directory / "ids.npy", self.ids)
+        np.save(directory / "vectors.npy", self.vectors)
+        (directory / "meta.json").write_text(
+            json.dumps({"encoder": self.encoder, "dim": int(self.vectors.shape[1])})
+        )
+
+    @classmethod
+    def read(cls, directory: Path) -> Self:
+        meta = json.loads((directory / "meta.json").read_text())
+        return cls(
+            np.load(directory / "ids.npy"), np.load(directory / "vectors.npy", mmap_mode="r"), meta["encoder"]
+        )
+
+    def shard(self, index: int, num_shards: int) -> Self:
+        size = math.ceil(self.num_rows / num_shards)
+        rows = slice(index * size, (index + 1) * size)
+        return dataclasses.replace(self, ids=self.ids[rows], vectors=np.asarray(self.vectors[rows]))
+
+    @classmethod
+    def concat(cls, parts: list[Self]) -> Self:
+        return cls(
+            np.concatenate([p.ids for p in parts]),
+            np.concatenate([p.vectors for p in parts]),
+            parts[0].encoder,
+        )
+
+    def aligned_to(self, image_ids: np.ndarray) -> np.ndarray:
+        """Vectors in the order of ``image_ids``; every id must have a vector."""
+        order = np.argsort(self.ids, kind="stable")
+        found = np.searchsorted(self.ids, image_ids, sorter=order)
+        found = np.minimum(found, len(order) - 1)
+        rows = order[found] if len(order) else found
+        missing = (
+            image_ids[(len(order) == 0) | (self.ids[rows] != image_ids)] if len(image_ids) else image_ids
+        )
+        if len(missing):
+            raise DataError(
+                f"{len(missing)} image(s) have no embedding (first ids: {missing[:5].tolist()}); embed the same dataset"
+            )
+        return np.asarray(self.vectors[rows])
 
 
 @dataclasses.dataclass(frozen=True)

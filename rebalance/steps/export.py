@@ -169,8 +169,11 @@ def _card(
     removed = dataset.removed
     removal_lines = ["No image was removed."]
     if removed.num_rows:
-        reasons = pc.value_counts(removed["step"]).to_pylist()
-        removal_lines = [f"- `{r['values']}`: {r['counts']} image(s)" for r in reasons]
+        removal_lines = []
+        for entry in pc.value_counts(removed["step"]).to_pylist():
+            by_step = removed.filter(pc.equal(removed["step"], entry["values"])).slice(0, 3).to_pylist()
+            removal_lines.append(f"- `{entry['values']}`: {entry['counts']} image(s), e.g.")
+            removal_lines += [f"  - `{row['file_name']}`: {row['reason']}" for row in by_step]
     summary = stats.summary
     before_total = f"{original.num_rows:,} → " if original is not None else ""
     return (

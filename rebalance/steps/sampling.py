@@ -6,7 +6,6 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 
 from rebalance.core.artifacts import EpochIndex, LabeledDataset
@@ -15,26 +14,6 @@ from rebalance.errors import DataError
 
 SamplingMethod = Literal["rfs", "irfs", "class_balanced", "sqrt", "power"]
 _POWERS = {"class_balanced": 0.0, "sqrt": 0.5}
-
-
-def image_category_lists(dataset: LabeledDataset) -> pa.ListArray:
-    """For each image (in row order), the dense category positions of its annotations."""
-    positions = pc.index_in(dataset.annotations["category_id"], value_set=dataset.categories["category_id"])
-    annotated = dataset.annotations["image_id"].to_numpy()
-    image_ids = dataset.images["image_id"].to_numpy()
-    # Both tables are sorted by image_id (LabeledDataset invariant), so each image's annotations
-    # form one contiguous run that searchsorted finds without a loop.
-    starts = np.searchsorted(annotated, image_ids, side="left")
-    ends = np.searchsorted(annotated, image_ids, side="right")
-    if (
-        not np.array_equal(starts[1:], ends[:-1])
-        or (len(ends) and ends[-1] != len(annotated))
-        or (len(starts) and starts[0] != 0)
-    ):
-        raise DataError("annotations reference images that are not in the dataset")
-    offsets = np.append(starts, len(annotated)) if len(starts) else np.zeros(1, dtype=np.int64)
-    values = positions.combine_chunks() if isinstance(positions, pa.ChunkedArray) else positions
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values.cast(pa.int64()))
 
 
 @step("repeat_factors")
@@ -55,7 +34,7 @@ def repeat_factors_step(
     """
     from rebalance.sampling import class_balanced_factors, repeat_factors
 
-    lists = image_category_lists(dataset)
+    lists = dataset.category_lists()
     if method in ("rfs", "irfs"):
         factors = repeat_factors(lists, threshold=threshold, method=method)
     else:

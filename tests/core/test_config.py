@@ -29,7 +29,18 @@ def one_issue(path: Path, overrides: list[str] | None = None) -> str:
 
 def test_tiny_pipeline_is_valid_and_ordered() -> None:
     config = load_pipeline(TINY)
-    assert list(config.steps) == ["train", "test", "verified", "stats", "sampled", "epochs", "export"]
+    assert list(config.steps) == [
+        "train",
+        "test",
+        "verified",
+        "stats",
+        "embedded",
+        "deduped",
+        "thinned",
+        "sampled",
+        "epochs",
+        "export",
+    ]
     assert config.steps["train"].params["max_images_per_class"] == 20  # tiny.yaml over demo.yaml
     assert config.steps["train"].params["root"].is_absolute()
     assert config.sinks() == ["stats", "epochs", "export"]

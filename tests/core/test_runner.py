@@ -18,7 +18,18 @@ from tests.conftest import REPO, TINY, tree_digest
 
 def test_second_run_executes_nothing(run_dirs: list[str], tmp_path: Path) -> None:
     first = api.run(TINY, run_dirs)
-    assert first.executed == ["train", "test", "verified", "stats", "sampled", "epochs", "export"]
+    assert first.executed == [
+        "train",
+        "test",
+        "verified",
+        "stats",
+        "embedded",
+        "deduped",
+        "thinned",
+        "sampled",
+        "epochs",
+        "export",
+    ]
     second = api.run(TINY, run_dirs)
     assert second.executed == []
     assert all(step["cache"] == "hit" for step in second.manifest["steps"])
@@ -38,11 +49,23 @@ def test_changing_one_parameter_reruns_only_downstream(run_dirs: list[str]) -> N
         "test": "cached",
         "verified": "changed parameter: on_error",
         "stats": "upstream changed: verified",
-        "sampled": "upstream changed: verified",
+        "embedded": "upstream changed: verified",
+        "deduped": "upstream changed: verified, embedded",
+        "thinned": "upstream changed: deduped",
+        "sampled": "upstream changed: thinned",
         "epochs": "upstream changed: sampled",
         "export": "upstream changed: sampled",
     }
-    assert api.run(TINY, changed).executed == ["verified", "stats", "sampled", "epochs", "export"]
+    assert api.run(TINY, changed).executed == [
+        "verified",
+        "stats",
+        "embedded",
+        "deduped",
+        "thinned",
+        "sampled",
+        "epochs",
+        "export",
+    ]
 
 
 def test_changed_input_file_is_detected_by_content(tmp_path: Path, run_dirs: list[str]) -> None:

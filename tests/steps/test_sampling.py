@@ -8,7 +8,7 @@ import pytest
 from rebalance.errors import DataError
 from rebalance.sampling import repeat_factors
 from rebalance.steps.ingest import ingest_coco, ingest_image_folder
-from rebalance.steps.sampling import epoch_index, image_category_lists, repeat_factors_step
+from rebalance.steps.sampling import epoch_index, repeat_factors_step
 from tests.conftest import REPO
 from tests.steps.lvis_fixture import build_lvis
 
@@ -18,7 +18,7 @@ DEMO_TRAIN = REPO / "data" / "fashion_mnist_lt" / "train"
 def test_rfs_on_lvis_fixture_uses_every_instance(tmp_path: Path) -> None:
     annotations, root = build_lvis(tmp_path)
     dataset = ingest_coco(annotations=annotations, image_root=root)
-    lists = image_category_lists(dataset)
+    lists = dataset.category_lists()
     # Dense positions: aerosol_can 0, alcohol 1, banana 2. Images 1-2: [0, 2, 2], images 3-6: [2].
     assert [sorted(x) for x in lists.to_pylist()] == [[0, 2, 2]] * 2 + [[2]] * 4
     out = repeat_factors_step(dataset, method="rfs", threshold=0.5)

@@ -1,0 +1,1 @@
+"""Encoders and generators behind small interfaces; heavy libraries load lazily."""

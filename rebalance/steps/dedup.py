@@ -1,0 +1,141 @@
+"""Head thinning: SemDeDup near-duplicate removal and entity-frequency thinning. Tail images are
+never removed; every removal is recorded in ``removed`` with its rule."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import NonNegativeInt, PositiveInt, confloat
+
+from rebalance.core.artifacts import REMOVED_SCHEMA, Embeddings, LabeledDataset
+from rebalance.core.registry import step
+from rebalance.steps.stats import class_counts, compute_class_stats
+
+Bucket = Literal["rare", "common", "frequent"]
+
+
+def thinnable_images(dataset: LabeledDataset, thin_buckets: tuple[str, ...]) -> np.ndarray:
+    """True for images whose every class is in ``thin_buckets`` (an image with any tail class is kept)."""
+    in_bucket = np.isin(
+        compute_class_stats(dataset).table["bucket"].to_numpy(zero_copy_only=False), thin_buckets
+    )
+    lists = dataset.category_lists()
+    lengths = np.diff(lists.offsets.to_numpy())
+    outside = np.bincount(
+        np.repeat(np.arange(dataset.num_rows), lengths),
+        weights=~in_bucket[lists.flatten().to_numpy()],
+        minlength=dataset.num_rows,
+    )
+    return (lengths > 0) & (outside == 0)
+
+
+def drop_images(
+    dataset: LabeledDataset, drop: np.ndarray, step_name: str, reasons: list[str]
+) -> LabeledDataset:
+    """Remove the images where ``drop`` is True (and their annotations), recording each in ``removed``."""
+    dropped_ids = pa.array(dataset.images["image_id"].to_numpy()[drop], pa.int64())
+    removed = pa.table(
+        {
+            "image_id": dropped_ids,
+            "file_name": dataset.images["file_name"].filter(pa.array(drop)),
+            "step": [step_name] * len(dropped_ids),
+            "reason": reasons,
+        },
+        schema=REMOVED_SCHEMA,
+    )
+    keep_annotation = pc.invert(pc.is_in(dataset.annotations["image_id"], value_set=dropped_ids))
+    return LabeledDataset(
+        images=dataset.images.filter(pa.array(~drop)),
+        annotations=dataset.annotations.filter(keep_annotation),
+        categories=dataset.categories,
+        removed=pa.concat_tables([dataset.removed, removed]),
+        image_root=dataset.image_root,
+    )
+
+
+@step("semdedup")
+def semdedup_step(
+    dataset: LabeledDataset,
+    embeddings: Embeddings,
+    *,
+    epsilon: confloat(gt=0, lt=1) = 0.05,
+    images_per_cluster: PositiveInt = 1000,
+    kmeans_iterations: PositiveInt = 10,
+    thin_buckets: tuple[Bucket, ...] = ("frequent",),
+    seed: NonNegativeInt = 0,
+) -> LabeledDataset:
+    """Remove semantic near-duplicates (cosine > 1 - epsilon) of head images, SemDeDup-style.
+
+    Spherical k-means into ceil(n / images_per_cluster) clusters; within a cluster and class, items
+    are visited farthest-from-centroid first and dropped when too similar to a kept item (see
+    rebalance.dedup). Only images whose classes are all in thin_buckets can be removed.
+    """
+    from rebalance.dedup import semdedup
+
+    vectors = embeddings.aligned_to(dataset.images["image_id"].to_numpy())
+    groups = pc.dictionary_encode(
+        pc.binary_join(pc.cast(dataset.category_lists(), pa.list_(pa.string())), "+")
+    )
+    result = semdedup(
+        vectors,
+        epsilon=epsilon,
+        n_clusters=-(-dataset.num_rows // images_per_cluster),
+        seed=seed,
+        groups=groups.indices.to_numpy(zero_copy_only=False),
+        protected=~thinnable_images(dataset, thin_buckets),
+        kmeans_iterations=kmeans_iterations,
+    )
+    drop = ~result.keep
+    image_ids = dataset.images["image_id"].to_numpy()
+    reasons = [
+        f"near-duplicate of image {image_ids[keeper]} (cosine {similarity:.4f}, {embeddings.encoder})"
+        for keeper, similarity in zip(result.duplicate_of[drop], result.similarity[drop], strict=True)
+    ]
+    return drop_images(dataset, drop, "semdedup", reasons)
+
+
+@step("entity_thinning")
+def entity_thinning(
+    dataset: LabeledDataset,
+    *,
+    tau: PositiveInt | None = None,
+    thin_buckets: tuple[Bucket, ...] = ("frequent",),
+    seed: NonNegativeInt = 0,
+) -> LabeledDataset:
+    """Keep each head image with probability p = min(1, tau / N_e), N_e = images of its most frequent class.
+
+    The data-rebalancing rule of ADR ("From Head to Tail", Song et al., 2025) at the level of class
+    labels (ADR's object entities): a class with N_e images keeps about min(N_e, tau) of them.
+    tau defaults to the largest image count among the classes that are not thinned, so head classes
+    come down to the size of the largest protected class. Bernoulli draws come from seed.
+    """
+    images_per_class, _ = class_counts(dataset)
+    candidates = thinnable_images(dataset, thin_buckets)
+    protected_counts = images_per_class[
+        ~np.isin(compute_class_stats(dataset).table["bucket"].to_numpy(zero_copy_only=False), thin_buckets)
+    ]
+    threshold = (
+        tau
+        if tau is not None
+        else int(protected_counts.max())
+        if len(protected_counts)
+        else int(np.median(images_per_class))
+    )
+    lists = dataset.category_lists()
+    lengths = np.diff(lists.offsets.to_numpy())
+    most_frequent = np.zeros(dataset.num_rows)
+    nonempty = lengths > 0
+    most_frequent[nonempty] = np.maximum.reduceat(
+        images_per_class[lists.flatten().to_numpy()], lists.offsets.to_numpy()[:-1][nonempty]
+    )
+    keep_probability = np.minimum(1.0, threshold / np.maximum(most_frequent, 1))
+    draws = np.random.default_rng(seed).random(dataset.num_rows)
+    drop = candidates & (draws >= keep_probability)
+    reasons = [
+        f"entity thinning: kept with p = min(1, {threshold} / {int(n)}) = {p:.4f}"
+        for n, p in zip(most_frequent[drop], keep_probability[drop], strict=True)
+    ]
+    return drop_images(dataset, drop, "entity_thinning", reasons)
