@@ -18,6 +18,8 @@ import dataclasses
 import numba
 import numpy as np
 
+from rebalance.errors import RebalanceError
+
 _BLOCK_ROWS = 2048
 
 
@@ -44,7 +46,12 @@ def semdedup(
     sample_per_cluster: int = 64,
 ) -> DedupResult:
     """Find near-duplicates (cosine > 1 − ``epsilon``) as described in the module docstring."""
-    import faiss
+    try:
+        import faiss
+    except ImportError:
+        raise RebalanceError(
+            "SemDeDup needs FAISS: pip install -e '.[cpu]' (or '.[gpu]' on a CUDA 12 node)"
+        ) from None
 
     count = len(vectors)
     groups = np.zeros(count, dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
