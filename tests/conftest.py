@@ -7,7 +7,19 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "pipelines" / "tiny.yaml"
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# The steps of pipelines/tiny.yaml (and demo.yaml) in the order they run.
+TINY_STEPS = [
+    "train",
+    "test",
+    "verified",
+    "stats",
+    "embedded",
+    "deduped",
+    "thinned",
+    "sampled",
+    "epochs",
+    "export",
+]
 
 
 def tree_digest(root: Path, exclude: tuple[str, ...] = ("manifest.json",)) -> dict[str, str]:

@@ -6,7 +6,7 @@ import pytest
 
 from rebalance.core.config import load_pipeline
 from rebalance.errors import ConfigError
-from tests.conftest import TINY
+from tests.conftest import TINY, TINY_STEPS
 
 
 def write(tmp_path: Path, text: str, name: str = "pipeline.yaml") -> Path:
@@ -29,18 +29,7 @@ def one_issue(path: Path, overrides: list[str] | None = None) -> str:
 
 def test_tiny_pipeline_is_valid_and_ordered() -> None:
     config = load_pipeline(TINY)
-    assert list(config.steps) == [
-        "train",
-        "test",
-        "verified",
-        "stats",
-        "embedded",
-        "deduped",
-        "thinned",
-        "sampled",
-        "epochs",
-        "export",
-    ]
+    assert list(config.steps) == TINY_STEPS
     assert config.steps["train"].params["max_images_per_class"] == 20  # tiny.yaml over demo.yaml
     assert config.steps["train"].params["root"].is_absolute()
     assert config.sinks() == ["stats", "epochs", "export"]

@@ -11,7 +11,7 @@ from tests.conftest import TINY, tree_digest
 
 def test_dask_local_cluster_gives_the_same_output_as_local(tmp_path: Path) -> None:
     api.run(TINY, [f"cache_dir={tmp_path / 'lc'}", f"output_dir={tmp_path / 'lo'}"])
-    config = load_pipeline(
+    distributed = api.run(
         TINY,
         [
             f"cache_dir={tmp_path / 'dc'}",
@@ -20,8 +20,6 @@ def test_dask_local_cluster_gives_the_same_output_as_local(tmp_path: Path) -> No
             "executor.n_workers=2",
         ],
     )
-    executor = DaskExecutor(scheduler=None, n_workers=2, retries=1)
-    distributed = run_pipeline(config, executor=executor)
     assert distributed.manifest["executor"] == "dask (LocalCluster)"
     verified = next(s for s in distributed.manifest["steps"] if s["id"] == "verified")
     assert verified["shards"]["total"] == 5
