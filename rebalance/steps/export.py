@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from typing import Any, Literal
 
@@ -18,7 +19,7 @@ from rebalance.steps.stats import class_counts, compute_class_stats, expected_dr
 Task = Literal["auto", "classification", "detection"]
 
 
-@step("export_hf")
+@step("export_hf", version=2)
 def export_hf(
     dataset: LabeledDataset,
     original: LabeledDataset | None = None,
@@ -153,6 +154,8 @@ def _card(
     if original is not None:
         before, _ = class_counts(original)
         counts["before"] = pa.array(before, pa.int64())
+        for step_name, removed_images in _removed_per_class(original, dataset.removed).items():
+            counts[f"-{step_name}"] = pa.array(-removed_images, pa.int64())
         counts["after"] = pa.array(after, pa.int64())
         counts["change"] = pa.array(after - before, pa.int64())
     else:
@@ -196,6 +199,16 @@ def _card(
         + "\n\n"
         "The columns `source` and `file_name` record where each row comes from.\n"
     )
+
+
+def _removed_per_class(original: LabeledDataset, removed: pa.Table) -> dict[str, Any]:
+    """For each step that removed images (in the order they ran), images removed per class."""
+    per_step = {}
+    for step_name in dict.fromkeys(removed["step"].to_pylist()):
+        ids = removed.filter(pc.equal(removed["step"], step_name))["image_id"]
+        annotations = original.annotations.filter(pc.is_in(original.annotations["image_id"], value_set=ids))
+        per_step[step_name] = class_counts(dataclasses.replace(original, annotations=annotations))[0]
+    return per_step
 
 
 def _ratio(value: float | None) -> str:

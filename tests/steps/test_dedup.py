@@ -12,6 +12,7 @@ from rebalance.core.artifacts import Embeddings
 from rebalance.errors import DataError
 from rebalance.steps.dedup import entity_thinning, semdedup_step, thinnable_images
 from rebalance.steps.embed import embed_images
+from rebalance.steps.export import export_hf
 from rebalance.steps.ingest import ingest_image_folder
 from rebalance.steps.stats import class_counts
 from tests.conftest import REPO
@@ -43,6 +44,9 @@ def test_semdedup_removes_planted_head_copies_and_no_tail_image(tmp_path: Path) 
     assert len(removed) == 8 and all(r["step"] == "semdedup" and "pixels_pca" in r["reason"] for r in removed)
     names = {r["file_name"].replace("zz_copy_", "") for r in removed}
     assert len(names) == 8  # one copy of each pair, whichever is farther from its centroid is kept
+    card = export_hf(out, original=dataset).card
+    assert "| class | bucket | before | -semdedup | after | change |" in card
+    assert "| trouser | frequent | 128 | -8 | 120 | -8 |" in card and "near-duplicate of image" in card
 
 
 def test_thinnable_images_are_those_of_head_classes_only() -> None:
