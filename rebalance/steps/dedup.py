@@ -109,8 +109,10 @@ def entity_thinning(
 
     The data-rebalancing rule of ADR ("From Head to Tail", Song et al., 2025) at the level of class
     labels (ADR's object entities): a class with N_e images keeps about min(N_e, tau) of them.
-    tau defaults to the largest image count among the classes that are not thinned, so head classes
-    come down to the size of the largest protected class. Bernoulli draws come from seed.
+    ADR's thresholds on LLaVA-665K (its Table 1) are token 120, object 304, co-occurrence 24,
+    interrogation 4895; the caption-based levels need captions, which this dataset type lacks.
+    tau defaults to the largest image count among the classes that are not thinned, so head
+    classes come down to the size of the largest protected class. Bernoulli draws come from seed.
     """
     images_per_class, _ = class_counts(dataset)
     candidates = thinnable_images(dataset, thin_buckets)
