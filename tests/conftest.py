@@ -14,11 +14,15 @@ TINY_STEPS = [
     "verified",
     "stats",
     "embedded",
+    "test_embedded",
     "deduped",
     "thinned",
     "sampled",
     "epochs",
+    "baseline",
+    "rebalanced",
     "export",
+    "report",
 ]
 
 

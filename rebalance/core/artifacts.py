@@ -277,6 +277,54 @@ class EpochIndex:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainReport:
+    """What a training run measured: ``metrics`` (top-1, mean class accuracy, per bucket, per
+    class), the configuration, the loss of each epoch and any warnings; stored as one JSON."""
+
+    metrics: dict[str, Any]
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.metrics["test_samples"])
+
+    def write(self, directory: Path) -> None:
+        (directory / "metrics.json").write_text(json.dumps(self.metrics, indent=2, sort_keys=True))
+
+    @classmethod
+    def read(cls, directory: Path) -> Self:
+        return cls(json.loads((directory / "metrics.json").read_text()))
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """The run report: ``report.html`` beside ``plots/<name>.png`` and the figures as ``report.json``."""
+
+    html: str
+    plots: dict[str, bytes]
+    figures: dict[str, Any]
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.plots)
+
+    def write(self, directory: Path) -> None:
+        (directory / "plots").mkdir()
+        for name, png in self.plots.items():
+            (directory / "plots" / f"{name}.png").write_bytes(png)
+        (directory / "report.html").write_text(self.html)
+        (directory / "report.json").write_text(json.dumps(self.figures, indent=2, sort_keys=True))
+
+    @classmethod
+    def read(cls, directory: Path) -> Self:
+        plots = {path.stem: path.read_bytes() for path in sorted((directory / "plots").glob("*.png"))}
+        return cls(
+            (directory / "report.html").read_text(),
+            plots,
+            json.loads((directory / "report.json").read_text()),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class HFDatasetExport:
     """A Hugging Face ``DatasetDict`` plus its dataset card, written so any trainer can load it.
 

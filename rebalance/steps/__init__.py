@@ -1,5 +1,5 @@
 """Built-in steps. Importing this package registers them."""
 
-from rebalance.steps import dedup, embed, export, ingest, sampling, stats, verify
+from rebalance.steps import dedup, embed, export, ingest, report, sampling, stats, train, verify
 
-__all__ = ["dedup", "embed", "export", "ingest", "sampling", "stats", "verify"]
+__all__ = ["dedup", "embed", "export", "ingest", "report", "sampling", "stats", "train", "verify"]

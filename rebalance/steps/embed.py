@@ -17,6 +17,7 @@ from rebalance.models.pixels import pca_project
 @step("embed_images")
 def embed_images(
     dataset: LabeledDataset,
+    fit: LabeledDataset | None = None,
     *,
     encoder: Literal["pixels_pca"] = "pixels_pca",
     dim: PositiveInt = 64,
@@ -24,11 +25,13 @@ def embed_images(
 ) -> Embeddings:
     """Embed every image: pixels_pca = grey pixels resized to image_size², projected on their top-dim PCA axes.
 
-    pixels_pca is an offline baseline, not a semantic encoder (see rebalance.models.pixels). Rows
-    that come out NaN or infinite are an error naming their image ids.
+    The PCA axes are fitted on ``fit`` when given (embed a test split with the training split's
+    axes), else on ``dataset``. pixels_pca is an offline baseline, not a semantic encoder (see
+    rebalance.models.pixels). Rows that come out NaN or infinite are an error naming their ids.
     """
-    paths = [dataset.image_path(name) for name in dataset.images["file_name"].to_pylist()]
-    vectors = pca_project(load_pixels(paths, image_size), dim)
+    pixels = load_pixels(_paths(dataset), image_size)
+    reference = pixels if fit is None else load_pixels(_paths(fit), image_size)
+    vectors = pca_project(pixels, dim, fit_on=reference)
     ids = dataset.images["image_id"].to_numpy()
     bad = ~np.isfinite(vectors).all(axis=1)
     if bad.any():
@@ -36,3 +39,7 @@ def embed_images(
             f"{int(bad.sum())} embedding(s) are NaN or infinite (first image ids: {ids[bad][:5].tolist()})"
         )
     return Embeddings(ids, vectors, encoder)
+
+
+def _paths(dataset: LabeledDataset) -> list:
+    return [dataset.image_path(name) for name in dataset.images["file_name"].to_pylist()]

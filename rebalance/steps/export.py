@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from typing import Any, Literal
 
@@ -14,7 +13,12 @@ from pydantic import PositiveInt
 from rebalance.core.artifacts import HFDatasetExport, LabeledDataset, markdown_table
 from rebalance.core.registry import step
 from rebalance.errors import DataError
-from rebalance.steps.stats import class_counts, compute_class_stats, expected_draws_per_epoch
+from rebalance.steps.stats import (
+    class_counts,
+    compute_class_stats,
+    expected_draws_per_epoch,
+    removed_per_class,
+)
 
 Task = Literal["auto", "classification", "detection"]
 
@@ -154,7 +158,7 @@ def _card(
     if original is not None:
         before, _ = class_counts(original)
         counts["before"] = pa.array(before, pa.int64())
-        for step_name, removed_images in _removed_per_class(original, dataset.removed).items():
+        for step_name, removed_images in removed_per_class(original, dataset.removed).items():
             counts[f"-{step_name}"] = pa.array(-removed_images, pa.int64())
         counts["after"] = pa.array(after, pa.int64())
         counts["change"] = pa.array(after - before, pa.int64())
@@ -199,16 +203,6 @@ def _card(
         + "\n\n"
         "The columns `source` and `file_name` record where each row comes from.\n"
     )
-
-
-def _removed_per_class(original: LabeledDataset, removed: pa.Table) -> dict[str, Any]:
-    """For each step that removed images (in the order they ran), images removed per class."""
-    per_step = {}
-    for step_name in dict.fromkeys(removed["step"].to_pylist()):
-        ids = removed.filter(pc.equal(removed["step"], step_name))["image_id"]
-        annotations = original.annotations.filter(pc.is_in(original.annotations["image_id"], value_set=ids))
-        per_step[step_name] = class_counts(dataclasses.replace(original, annotations=annotations))[0]
-    return per_step
 
 
 def _ratio(value: float | None) -> str:

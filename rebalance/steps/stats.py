@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -46,6 +48,16 @@ def expected_draws_per_epoch(dataset: LabeledDataset) -> np.ndarray:
     return np.bincount(
         positions, weights=weighted["repeat_factor"].to_numpy(), minlength=dataset.categories.num_rows
     )
+
+
+def removed_per_class(original: LabeledDataset, removed: pa.Table) -> dict[str, np.ndarray]:
+    """For each step that removed images (in the order they ran), images removed per class of ``original``."""
+    per_step = {}
+    for step_name in dict.fromkeys(removed["step"].to_pylist()):
+        ids = removed.filter(pc.equal(removed["step"], step_name))["image_id"]
+        annotations = original.annotations.filter(pc.is_in(original.annotations["image_id"], value_set=ids))
+        per_step[step_name] = class_counts(dataclasses.replace(original, annotations=annotations))[0]
+    return per_step
 
 
 def frequency_buckets(

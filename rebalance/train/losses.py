@@ -37,12 +37,16 @@ def balanced_softmax_loss(logits: torch.Tensor, targets: torch.Tensor, counts: t
     return F.cross_entropy(logits + torch.log(counts.float().clamp_min(1.0)), targets)
 
 
-def logit_adjusted_loss(logits: torch.Tensor, targets: torch.Tensor, counts: torch.Tensor, tau: float) -> torch.Tensor:
+def logit_adjusted_loss(
+    logits: torch.Tensor, targets: torch.Tensor, counts: torch.Tensor, tau: float
+) -> torch.Tensor:
     prior = counts.float().clamp_min(1.0) / counts.float().clamp_min(1.0).sum()
     return F.cross_entropy(logits + tau * torch.log(prior), targets)
 
 
-def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float, weight: torch.Tensor | None = None) -> torch.Tensor:
+def focal_loss(
+    logits: torch.Tensor, targets: torch.Tensor, gamma: float, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     log_p = F.log_softmax(logits, dim=1).gather(1, targets[:, None])[:, 0]
     loss = -((1.0 - log_p.exp()) ** gamma) * log_p
     if weight is not None:
@@ -55,7 +59,13 @@ def ldam_margins(counts: torch.Tensor, max_margin: float) -> torch.Tensor:
     return margins * (max_margin / margins.max())
 
 
-def ldam_loss(logits: torch.Tensor, targets: torch.Tensor, margins: torch.Tensor, scale: float, weight: torch.Tensor | None = None) -> torch.Tensor:
+def ldam_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    margins: torch.Tensor,
+    scale: float,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
     adjusted = logits - F.one_hot(targets, logits.shape[1]).to(logits.dtype) * margins[targets][:, None]
     return F.cross_entropy(scale * adjusted, targets, weight=weight)
 
@@ -76,12 +86,18 @@ def make_loss(
     if name == "ce":
         return lambda logits, targets, progress: F.cross_entropy(logits, targets)
     if name == "balanced_softmax":
-        return lambda logits, targets, progress: balanced_softmax_loss(logits, targets, counts.to(logits.device))
+        return lambda logits, targets, progress: balanced_softmax_loss(
+            logits, targets, counts.to(logits.device)
+        )
     if name == "logit_adjustment":
-        return lambda logits, targets, progress: logit_adjusted_loss(logits, targets, counts.to(logits.device), tau)
+        return lambda logits, targets, progress: logit_adjusted_loss(
+            logits, targets, counts.to(logits.device), tau
+        )
     weights = class_balanced_weights(counts, beta)
     if name == "class_balanced":
-        return lambda logits, targets, progress: F.cross_entropy(logits, targets, weight=weights.to(logits.device))
+        return lambda logits, targets, progress: F.cross_entropy(
+            logits, targets, weight=weights.to(logits.device)
+        )
     if name == "focal":
         return lambda logits, targets, progress: focal_loss(logits, targets, gamma)
     if name == "ldam_drw":

@@ -32,7 +32,7 @@ def test_tiny_pipeline_is_valid_and_ordered() -> None:
     assert list(config.steps) == TINY_STEPS
     assert config.steps["train"].params["max_images_per_class"] == 20  # tiny.yaml over demo.yaml
     assert config.steps["train"].params["root"].is_absolute()
-    assert config.sinks() == ["stats", "epochs", "export"]
+    assert config.sinks() == ["stats", "epochs", "export", "report"]
 
 
 def test_unknown_step_suggests_the_closest_name(tmp_path: Path) -> None:

@@ -39,6 +39,10 @@ def test_changing_one_parameter_reruns_only_downstream(run_dirs: list[str]) -> N
         "verified": "changed parameter: on_error",
         "stats": "upstream changed: verified",
         "embedded": "upstream changed: verified",
+        "test_embedded": "upstream changed: verified",
+        "baseline": "upstream changed: verified, embedded, test_embedded",
+        "rebalanced": "upstream changed: sampled, embedded, verified, test_embedded",
+        "report": "upstream changed: baseline, sampled, verified, rebalanced",
         "deduped": "upstream changed: verified, embedded",
         "thinned": "upstream changed: deduped",
         "sampled": "upstream changed: thinned",
@@ -81,7 +85,12 @@ def test_manifest_records_the_run(run_dirs: list[str], tmp_path: Path) -> None:
     assert verified["rows_in"] == verified["rows_out"] == 187
     assert verified["shards"] == {"total": 5, "reused": 0}  # 187 rows / shard_rows 40
     assert {"key", "cache", "wall_s", "components"} <= set(verified)
-    assert manifest["outputs"] == {"stats": "stats", "epochs": "epochs", "export": "export"}
+    assert manifest["outputs"] == {
+        "stats": "stats",
+        "epochs": "epochs",
+        "export": "export",
+        "report": "report",
+    }
 
 
 def test_same_config_and_seed_give_byte_identical_outputs(tmp_path: Path) -> None:

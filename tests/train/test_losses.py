@@ -53,12 +53,17 @@ def test_class_balanced_weights_and_loss() -> None:
     raw = [(1 - beta) / (1 - beta**n) for n in (100, 10, 1)]
     expected = [3 * w / sum(raw) for w in raw]
     assert class_balanced_weights(COUNTS, beta).tolist() == pytest.approx(expected, rel=1e-6)
-    assert value("class_balanced", beta=beta) == pytest.approx(nll(LOGITS.tolist(), [0, 2], expected), rel=1e-6)
+    assert value("class_balanced", beta=beta) == pytest.approx(
+        nll(LOGITS.tolist(), [0, 2], expected), rel=1e-6
+    )
 
 
 def test_focal_down_weights_easy_examples() -> None:
     rows = LOGITS.tolist()
-    p = [math.exp(rows[0][0]) / sum(math.exp(v) for v in rows[0]), math.exp(rows[1][2]) / sum(math.exp(v) for v in rows[1])]
+    p = [
+        math.exp(rows[0][0]) / sum(math.exp(v) for v in rows[0]),
+        math.exp(rows[1][2]) / sum(math.exp(v) for v in rows[1]),
+    ]
     expected = sum(-((1 - q) ** 2) * math.log(q) for q in p) / 2
     assert value("focal", gamma=2.0) == pytest.approx(expected, rel=1e-6)
     assert value("focal", gamma=0.0) == pytest.approx(value("ce"), rel=1e-6)
@@ -69,7 +74,10 @@ def test_ldam_margins_and_deferred_reweighting() -> None:
     expected_margins = [0.5 * m / max(margins) for m in margins]
     assert ldam_margins(COUNTS, 0.5).tolist() == pytest.approx(expected_margins, rel=1e-6)
     rows = LOGITS.tolist()
-    adjusted = [[30 * (v - (expected_margins[t] if c == t else 0.0)) for c, v in enumerate(row)] for row, t in zip(rows, [0, 2], strict=True)]
+    adjusted = [
+        [30 * (v - (expected_margins[t] if c == t else 0.0)) for c, v in enumerate(row)]
+        for row, t in zip(rows, [0, 2], strict=True)
+    ]
     assert value("ldam_drw", progress=0.1) == pytest.approx(nll(adjusted, [0, 2]), rel=1e-5)
     weights = class_balanced_weights(COUNTS, 0.9999).tolist()
     assert value("ldam_drw", progress=0.9) == pytest.approx(nll(adjusted, [0, 2], weights), rel=1e-5)

@@ -1,0 +1,1 @@
+"""The run report: one HTML page with PNG plots."""

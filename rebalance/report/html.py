@@ -1,0 +1,128 @@
+"""Assemble the run report: stage-by-stage class counts, removals, and baseline vs rebalanced accuracy."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import numpy as np
+
+from rebalance.core.artifacts import LabeledDataset, Report, TrainReport
+from rebalance.report import plots
+from rebalance.steps.stats import (
+    BUCKETS,
+    class_counts,
+    compute_class_stats,
+    expected_draws_per_epoch,
+    removed_per_class,
+)
+
+_STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}
+.better{color:#17692a}.worse{color:#a11}"""
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def build_report(
+    title: str, original: LabeledDataset, final: LabeledDataset, runs: dict[str, TrainReport]
+) -> Report:
+    """The report for one pipeline run (``runs`` maps a name such as "baseline" to its training report)."""
+    names = original.class_names()
+    buckets = compute_class_stats(original).table["bucket"].to_pylist()
+    before = class_counts(original)[0]
+    stages: dict[str, np.ndarray] = {"original": before}
+    removed = removed_per_class(original, final.removed)
+    current = before.copy()
+    for step_name, counts in removed.items():
+        current = current - counts
+        stages[f"after {step_name}"] = current
+    stages["final"] = class_counts(final)[0]
+    per_epoch = expected_draws_per_epoch(final) if "repeat_factor" in final.images.column_names else None
+    if per_epoch is not None:
+        stages["expected per epoch"] = per_epoch
+
+    images = {
+        "class_distribution": plots.class_distribution(names, stages),
+        "stage_changes": plots.stage_changes(names, removed),
+    }
+    count_rows = [
+        [
+            html.escape(name),
+            bucket,
+            *(f"{stage[i]:.1f}" if stage.dtype.kind == "f" else int(stage[i]) for stage in stages.values()),
+        ]
+        for i, (name, bucket) in enumerate(zip(names, buckets, strict=True))
+    ]
+    sections = [
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>{original.num_rows:,} images in {len(names)} classes before; {final.num_rows:,} after. "
+        f"Buckets from the original training set: rare ≤ 10 < common ≤ 100 < frequent images.</p>",
+        "<h2>Class distribution, stage by stage</h2>",
+        '<img src="plots/class_distribution.png" alt="class distribution per stage">',
+        _table(["class", "bucket", *stages], count_rows),
+        "<h2>What each stage removed</h2>",
+        '<img src="plots/stage_changes.png" alt="removals per stage">',
+        _table(["stage", "images removed"], [[html.escape(k), int(v.sum())] for k, v in removed.items()])
+        if removed
+        else "<p>No stage removed images.</p>",
+    ]
+    figures: dict[str, Any] = {
+        "stages": {k: v.tolist() for k, v in stages.items()},
+        "classes": names,
+        "buckets": buckets,
+    }
+    if runs:
+        groups = [*BUCKETS, "top1", "mean_class_accuracy"]
+        accuracy = {
+            run: {
+                group: report.metrics["bucket_accuracy"].get(group, report.metrics.get(group))
+                for group in groups
+            }
+            for run, report in runs.items()
+        }
+        images["bucket_accuracy"] = plots.bucket_accuracy(accuracy)
+        first = next(iter(accuracy))
+        rows = []
+        for group in groups:
+            row = [group, *(_fmt(accuracy[run][group]) for run in accuracy)]
+            if len(accuracy) > 1:
+                delta = [
+                    accuracy[run][group] - accuracy[first][group]
+                    for run in list(accuracy)[1:]
+                    if accuracy[run][group] is not None and accuracy[first][group] is not None
+                ]
+                row += [
+                    f'<span class="{"better" if d > 0 else "worse" if d < 0 else ""}">{d:+.3f}</span>'
+                    for d in delta
+                ]
+            rows.append(row)
+        deltas = [f"Δ {run}" for run in list(accuracy)[1:]]
+        encoders = sorted({report.metrics["encoder"] for report in runs.values()})
+        sections += [
+            "<h2>Accuracy per frequency bucket</h2>",
+            f"<p>Test-set accuracy of a head trained on <code>{html.escape(', '.join(encoders))}</code> features "
+            "(bucket accuracy = mean of the bucket's per-class accuracies).</p>",
+            '<img src="plots/bucket_accuracy.png" alt="accuracy per bucket">',
+            _table(["", *accuracy, *deltas], rows),
+        ]
+        for run, report in runs.items():
+            config = report.metrics["config"]
+            sections.append(
+                f"<p><b>{html.escape(run)}</b>: loss <code>{config['loss']}</code>, sampler <code>{config['sampler']}</code>, {report.metrics['train_samples']:,} training images, {config['epochs']} epochs on {config['device']}.</p>"
+            )
+            sections += [
+                f'<p class="worse">warning: {html.escape(w)}</p>' for w in report.metrics["warnings"]
+            ]
+        figures["accuracy"] = accuracy
+    page = f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>{"".join(sections)}</body></html>\n'
+    return Report(page, images, figures)

@@ -1,0 +1,28 @@
+"""The report step: one HTML page with plots for the whole run."""
+
+from __future__ import annotations
+
+from rebalance.core.artifacts import LabeledDataset, Report, TrainReport
+from rebalance.core.registry import step
+
+
+@step("report")
+def report(
+    original: LabeledDataset,
+    final: LabeledDataset,
+    baseline: TrainReport | None = None,
+    rebalanced: TrainReport | None = None,
+    *,
+    title: str = "rebalance report",
+) -> Report:
+    """Write report.html and PNG plots: class counts after each stage, removals, and per-bucket accuracy.
+
+    ``original`` is the data before rebalancing (it defines the rare/common/frequent buckets),
+    ``final`` the data after; ``baseline`` and ``rebalanced`` are training reports to compare.
+    """
+    from rebalance.report.html import build_report
+
+    runs = {
+        name: run for name, run in (("baseline", baseline), ("rebalanced", rebalanced)) if run is not None
+    }
+    return build_report(title, original, final, runs)

@@ -1,0 +1,88 @@
+"""Training step: a linear / MLP head on embeddings, evaluated per frequency bucket."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal
+
+import numpy as np
+from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
+
+from rebalance.core.artifacts import Embeddings, LabeledDataset, TrainReport
+from rebalance.core.registry import step
+from rebalance.errors import DataError
+from rebalance.steps.stats import compute_class_stats
+from rebalance.train.losses import LossName
+
+
+def single_labels(dataset: LabeledDataset) -> np.ndarray:
+    """The class position of every image; an error unless each image has exactly one label."""
+    lists = dataset.category_lists()
+    if dataset.num_rows and not np.all(np.diff(lists.offsets.to_numpy()) == 1):
+        raise DataError("training a classifier needs exactly one label per image (a classification dataset)")
+    return lists.flatten().to_numpy()
+
+
+@step("train_probe")
+def train_probe(
+    dataset: LabeledDataset,
+    embeddings: Embeddings,
+    test: LabeledDataset,
+    test_embeddings: Embeddings,
+    original: LabeledDataset | None = None,
+    *,
+    loss: LossName = "ce",
+    sampler: Literal["uniform", "repeat_factor"] = "uniform",
+    hidden: NonNegativeInt = 0,
+    epochs: PositiveInt = 30,
+    batch_size: PositiveInt = 256,
+    lr: PositiveFloat = 0.01,
+    weight_decay: float = 1e-4,
+    tau: float = 1.0,
+    beta: float = 0.9999,
+    gamma: float = 2.0,
+    tau_norm: float | None = None,
+    device: Literal["auto", "cpu", "cuda"] = "auto",
+    seed: NonNegativeInt = 0,
+) -> TrainReport:
+    """Train a linear probe (hidden = 0) or MLP head on embeddings; report top-1 and per-bucket accuracy.
+
+    Buckets (rare/common/frequent) come from ``original`` (the data before rebalancing) when given,
+    so a baseline and a rebalanced run are scored on the same buckets. ``sampler: repeat_factor``
+    uses the dataset's repeat_factor column; a balanced loss on top of it triggers a
+    double-correction warning, recorded in the report.
+    """
+    from rebalance.train.metrics import classification_metrics
+    from rebalance.train.trainer import HeadConfig, predict, resolve_device, train_head
+
+    if test.class_names() != dataset.class_names():
+        raise DataError("train and test splits have different classes")
+    config = HeadConfig(
+        loss, sampler, hidden, epochs, batch_size, lr, weight_decay, tau, beta, gamma, tau_norm, device, seed
+    )
+    factors = (
+        dataset.images["repeat_factor"].to_numpy() if "repeat_factor" in dataset.images.column_names else None
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        head, history = train_head(
+            embeddings.aligned_to(dataset.images["image_id"].to_numpy()),
+            single_labels(dataset),
+            len(dataset.class_names()),
+            config,
+            repeat_factors=factors,
+        )
+    predictions = predict(head, test_embeddings.aligned_to(test.images["image_id"].to_numpy()))
+    buckets = compute_class_stats(original if original is not None else dataset).table["bucket"].to_pylist()
+    metrics = classification_metrics(predictions, single_labels(test), dataset.class_names(), buckets)
+    return TrainReport(
+        {
+            **metrics,
+            "config": {**vars(config), "device": str(resolve_device(device))},
+            "encoder": embeddings.encoder,
+            "train_samples": dataset.num_rows,
+            "test_samples": test.num_rows,
+            "loss_per_epoch": [round(value, 6) for value in history],
+            "warnings": [str(w.message) for w in caught],
+        }
+    )

@@ -1,0 +1,44 @@
+"""Classification metrics per frequency bucket.
+
+Bucket accuracy is the mean of the per-class accuracies of the bucket's classes (the
+many/medium/few-shot convention of OLTR, Liu et al., CVPR 2019), so a test set that is itself
+imbalanced does not tilt it. All accuracies are fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from rebalance.steps.stats import BUCKETS
+
+
+def classification_metrics(
+    predictions: np.ndarray, targets: np.ndarray, class_names: list[str], buckets: list[str]
+) -> dict[str, Any]:
+    """Top-1, mean per-class accuracy, accuracy per bucket and a per-class table."""
+    num_classes = len(class_names)
+    support = np.bincount(targets, minlength=num_classes)
+    correct = np.bincount(targets[predictions == targets], minlength=num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = np.where(support > 0, correct / np.maximum(support, 1), np.nan)
+    bucket_array = np.asarray(buckets)
+    by_bucket = {}
+    for bucket in BUCKETS:
+        values = per_class[(bucket_array == bucket) & (support > 0)]
+        by_bucket[bucket] = float(values.mean()) if len(values) else None
+    return {
+        "top1": float(correct.sum() / max(support.sum(), 1)),
+        "mean_class_accuracy": float(np.nanmean(per_class)) if (support > 0).any() else None,
+        "bucket_accuracy": by_bucket,
+        "per_class": [
+            {
+                "class": name,
+                "bucket": bucket,
+                "support": int(n),
+                "accuracy": None if np.isnan(acc) else float(acc),
+            }
+            for name, bucket, n, acc in zip(class_names, buckets, support, per_class, strict=True)
+        ],
+    }
