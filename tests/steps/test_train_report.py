@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+from rebalance import api
+from tests.conftest import TINY
+
+
+class _Images(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[str] = []
+        self.cells: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "img":
+            self.sources.append(dict(attrs)["src"] or "")
+
+    def handle_data(self, data: str) -> None:
+        self.cells.append(data.strip())
+
+
+def test_tiny_run_trains_both_heads_and_renders_the_report(run_dirs: list[str], tmp_path: Path) -> None:
+    api.run(TINY, run_dirs)
+    report_dir = tmp_path / "out" / "report"
+    parser = _Images()
+    parser.feed((report_dir / "report.html").read_text())
+    assert parser.sources == [
+        "plots/class_distribution.png",
+        "plots/stage_changes.png",
+        "plots/bucket_accuracy.png",
+    ]
+    for source in parser.sources:
+        png = (report_dir / source).read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 1000
+    assert {"baseline", "rebalanced", "Δ rebalanced", "rare", "common", "frequent"} <= set(parser.cells)
+    figures = json.loads((report_dir / "report.json").read_text())
+    assert set(figures["accuracy"]) == {"baseline", "rebalanced"}
+    assert set(figures["accuracy"]["baseline"]) == {
+        "rare",
+        "common",
+        "frequent",
+        "top1",
+        "mean_class_accuracy",
+    }
+    assert all(
+        0.0 <= value <= 1.0
+        for run in figures["accuracy"].values()
+        for value in run.values()
+        if value is not None
+    )
+    assert {"original", "final", "expected per epoch"} <= set(figures["stages"])
+
+
+PLAIN_TRAINING = """
+import sys, datasets, numpy as np, torch
+assert "rebalance" not in sys.modules
+folder = sys.argv[1]
+from_disk = datasets.load_from_disk(folder)
+from_parquet = datasets.load_dataset("parquet", data_files={"train": folder + "/data/train-*.parquet"})["train"]
+assert from_parquet.num_rows == from_disk["train"].num_rows
+names = from_parquet.features["label"].names
+def collate(rows):
+    pixels = np.stack([np.asarray(r["image"], dtype=np.float32).reshape(-1) / 255 for r in rows])
+    return torch.from_numpy(pixels), torch.tensor([r["label"] for r in rows])
+loader = torch.utils.data.DataLoader(from_parquet, batch_size=32, shuffle=True, collate_fn=collate)
+model = torch.nn.Linear(28 * 28, len(names))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+for images, labels in loader:
+    loss = torch.nn.functional.cross_entropy(model(images), labels)
+    optimizer.zero_grad(); loss.backward(); optimizer.step()
+print(len(names), from_parquet.num_rows, "repeat_factor" in from_parquet.column_names)
+"""
+
+
+def test_export_trains_with_plain_pytorch_without_rebalance(run_dirs: list[str], tmp_path: Path) -> None:
+    api.run(TINY, run_dirs)
+    result = subprocess.run(
+        [sys.executable, "-c", PLAIN_TRAINING, str(tmp_path / "out" / "export")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    sampled_rows = next(step["rows_out"] for step in manifest["steps"] if step["id"] == "sampled")
+    assert result.stdout.split() == ["10", str(sampled_rows), "True"]
