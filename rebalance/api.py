@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rebalance.core.cache import Cache, CacheEntry
 from rebalance.core.config import PipelineConfig, load_pipeline
@@ -18,6 +19,7 @@ __all__ = [
     "plan",
     "run",
     "steps",
+    "train",
     "validate",
 ]
 
@@ -57,3 +59,14 @@ def cache_entries(cache_dir: str | os.PathLike[str]) -> list[CacheEntry]:
 def cache_clear(cache_dir: str | os.PathLike[str], step: str | None = None) -> int:
     """Remove cached entries (all, or one step's); returns how many were removed."""
     return Cache(Path(cache_dir)).clear(step)
+
+
+def train(dataset: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
+    """Train a head on an exported dataset (or a run folder with ``export/``); returns the metrics.
+
+    ``options`` are ``HeadConfig`` fields (loss, sampler, hidden, epochs, lr, seed, device, ...).
+    """
+    from rebalance.train.hf import train_on_export
+    from rebalance.train.trainer import HeadConfig
+
+    return train_on_export(Path(dataset), HeadConfig(**options))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -106,6 +108,43 @@ def steps() -> None:
             out.print(
                 f"    param  {param.name}: {param.type_name()} {default}", markup=False, highlight=False
             )
+
+
+@app.command()
+@user_errors
+def train(
+    dataset: Annotated[str, typer.Argument(help="An exported dataset folder, or a run folder with export/.")],
+    loss: Annotated[
+        str, typer.Option(help="ce, balanced_softmax, logit_adjustment, class_balanced, focal, ldam_drw.")
+    ] = "ce",
+    sampler: Annotated[
+        str, typer.Option(help="uniform, or repeat_factor (uses the dataset's column).")
+    ] = "uniform",
+    hidden: Annotated[int, typer.Option(help="Hidden units of an MLP head; 0 is a linear probe.")] = 0,
+    epochs: int = 30,
+    lr: float = 0.01,
+    seed: int = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    metrics_json: Annotated[
+        str | None, typer.Option(help="Also write the metrics as JSON to this file.")
+    ] = None,
+) -> None:
+    """Train a linear probe / MLP head on an exported dataset; print accuracy per frequency bucket."""
+    metrics = api.train(
+        dataset, loss=loss, sampler=sampler, hidden=hidden, epochs=epochs, lr=lr, seed=seed, device=device
+    )
+    table = Table("metric", "accuracy")
+    for bucket, value in metrics["bucket_accuracy"].items():
+        table.add_row(bucket, "–" if value is None else f"{value:.3f}")
+    table.add_row("top-1", f"{metrics['top1']:.3f}")
+    table.add_row("mean per class", f"{metrics['mean_class_accuracy']:.3f}")
+    if metrics_json:
+        Path(metrics_json).write_text(json.dumps(metrics, indent=2))
+    out.print(
+        f"{metrics['encoder']} features, loss {loss}, sampler {sampler}, {metrics['config']['device']}",
+        highlight=False,
+    )
+    out.print(table)
 
 
 @cache_app.command("ls")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -46,3 +47,23 @@ def test_validate_and_steps_listing() -> None:
     for name in ("ingest_image_folder", "ingest_coco", "verify_images", "class_stats", "export_hf"):
         assert name in listing
     assert "extensions: tuple[str, ...]" in listing and "on_error: 'drop' | 'fail' = 'drop'" in listing
+
+
+def test_train_on_an_exported_run(tmp_path: Path) -> None:
+    invoke("run", str(TINY), f"cache_dir={tmp_path / 'c'}", f"output_dir={tmp_path / 'o'}")
+    result = invoke(
+        "train",
+        str(tmp_path / "o"),
+        "--sampler",
+        "repeat_factor",
+        "--epochs",
+        "5",
+        "--metrics-json",
+        str(tmp_path / "m.json"),
+    )
+    assert result.exit_code == 0, result.output
+    assert "pixels_pca features, loss ce, sampler repeat_factor" in result.output
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert set(metrics["bucket_accuracy"]) == {"rare", "common", "frequent"} and 0 <= metrics["top1"] <= 1
+    missing = invoke("train", str(tmp_path))
+    assert missing.exit_code == 3 and "no exported dataset here" in missing.output
