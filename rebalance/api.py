@@ -16,7 +16,9 @@ from rebalance.core.runner import RunResult, StepPlan, plan_pipeline, run_pipeli
 __all__ = [
     "cache_clear",
     "cache_entries",
+    "compare",
     "plan",
+    "report_figures",
     "run",
     "steps",
     "train",
@@ -70,3 +72,26 @@ def train(dataset: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
     from rebalance.train.trainer import HeadConfig
 
     return train_on_export(Path(dataset), HeadConfig(**options))
+
+
+def compare(
+    pipeline: str | os.PathLike[str], overrides: Sequence[str] = (), *, ablation: bool = False
+) -> list[dict[str, Any]]:
+    """Baseline vs rebalanced accuracy per bucket; with ``ablation``, one row per stage turned off."""
+    from rebalance.compare import compare as compare_runs
+
+    return compare_runs(pipeline, overrides, ablation=ablation)
+
+
+def report_figures(run_dir: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    """The report page of a finished run and the figures behind it (``report.json``)."""
+    import json
+
+    from rebalance.errors import DataError
+
+    pages = sorted(Path(run_dir).glob("*/report.html"))
+    if not pages:
+        raise DataError(
+            f"{run_dir}: no report here; run a pipeline with a `report` step, then pass its output_dir"
+        )
+    return pages[0], json.loads((pages[0].parent / "report.json").read_text())

@@ -147,6 +147,51 @@ def train(
     out.print(table)
 
 
+@app.command()
+@user_errors
+def report(run_dir: Annotated[str, typer.Argument(help="A run's output folder.")] = "runs/demo") -> None:
+    """Show where a run's HTML report is, and its per-bucket accuracy."""
+    page, figures = api.report_figures(run_dir)
+    out.print(f"report: {page.resolve()}", highlight=False)
+    if "accuracy" in figures:
+        out.print(
+            _accuracy_table([{"variant": run, **values} for run, values in figures["accuracy"].items()])
+        )
+
+
+@app.command()
+@user_errors
+def compare(
+    pipeline: Pipeline,
+    overrides: Overrides = None,
+    ablation: Annotated[bool, typer.Option(help="Also turn each rebalancing stage off in turn.")] = False,
+) -> None:
+    """Train the same head on the original and the rebalanced data; print both (and the ablation)."""
+    out.print(_accuracy_table(api.compare(pipeline, overrides or [], ablation=ablation)))
+
+
+def _accuracy_table(rows: list[dict]) -> Table:
+    from rebalance.compare import HEADERS, METRICS
+
+    table = Table("variant", *HEADERS, title="test accuracy per frequency bucket; (±) vs rebalanced")
+    reference = next((row for row in rows if row["variant"] == "rebalanced"), None)
+    for row in rows:
+        cells = []
+        for metric in METRICS:
+            value = row.get(metric)
+            text = "–" if value is None else f"{value:.3f}"
+            if (
+                reference is not None
+                and row is not reference
+                and row["variant"] != "baseline"
+                and value is not None
+            ):
+                text += f" ({value - reference[metric]:+.3f})"
+            cells.append(text)
+        table.add_row(row["variant"], *cells)
+    return table
+
+
 @cache_app.command("ls")
 @user_errors
 def cache_ls(cache_dir: CacheDir = "cache") -> None:
