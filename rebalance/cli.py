@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rebalance import api
+from rebalance.core.config import LINEAGE_PARAM
 from rebalance.core.progress import RichReporter
 from rebalance.errors import RebalanceError
 
@@ -105,6 +106,8 @@ def steps() -> None:
             out.print(f"    input  {spec_input.name}: {spec_input.artifact_type.__name__}{optional}")
         for param in spec.params:
             default = "required" if param.required else f"= {param.default!r}"
+            if param.name == LINEAGE_PARAM:
+                default = "(filled in by the runner)"
             out.print(
                 f"    param  {param.name}: {param.type_name()} {default}", markup=False, highlight=False
             )

@@ -62,7 +62,9 @@ def test_train_on_an_exported_run(tmp_path: Path) -> None:
         str(tmp_path / "m.json"),
     )
     assert result.exit_code == 0, result.output
-    assert "pixels_pca features, loss ce, sampler repeat_factor" in result.output
+    assert (
+        "embedding column features, loss ce, sampler repeat_factor" in result.output
+    )  # the export's vectors
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert set(metrics["bucket_accuracy"]) == {"rare", "common", "frequent"} and 0 <= metrics["top1"] <= 1
     missing = invoke("train", str(tmp_path))

@@ -336,6 +336,7 @@ class HFDatasetExport:
     dataset: Any  # datasets.DatasetDict; typed loosely to keep `datasets` out of import time
     card: str
     num_shards: int
+    plots: dict[str, bytes] = dataclasses.field(default_factory=dict)
 
     @property
     def num_rows(self) -> int:
@@ -355,6 +356,10 @@ class HFDatasetExport:
                 part.to_parquet(str(data / f"{split}-{index:05d}-of-{shards:05d}.parquet"))
         (directory / "README.md").write_text(self.card)
         (directory / "export.json").write_text(json.dumps({"num_shards": self.num_shards}))
+        if self.plots:
+            (directory / "plots").mkdir()
+            for name, png in self.plots.items():
+                (directory / "plots" / f"{name}.png").write_bytes(png)
 
     def _shards_per_split(self) -> dict[str, int]:
         return {split: max(1, min(self.num_shards, ds.num_rows)) for split, ds in self.dataset.items()}

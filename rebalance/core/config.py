@@ -23,6 +23,10 @@ from rebalance.core.registry import StepSpec, all_steps
 from rebalance.errors import ConfigError, ConfigIssue
 
 COMMAND_LINE = "command line"
+# A step that declares this keyword parameter receives the resolved config of itself and every step
+# it depends on (e.g. to print in a dataset card). It is derived from the upstream configs, which
+# already key the cache, so it never causes extra re-runs; users cannot set it.
+LINEAGE_PARAM = "lineage"
 RESERVED_STEP_KEYS = ("step", "inputs")
 TOP_LEVEL_KEYS = ("name", "seed", "cache_dir", "output_dir", "executor", "steps")
 
@@ -73,7 +77,7 @@ class PipelineConfig:
             "name": self.name,
             "seed": self.seed,
             "steps": {
-                s.id: {"step": s.spec.name, "inputs": s.inputs, "params": _jsonable(s.params)}
+                s.id: {"step": s.spec.name, "inputs": s.inputs, "params": _jsonable(_own_params(s))}
                 for s in self.steps.values()
             },
         }
@@ -82,6 +86,10 @@ class PipelineConfig:
     def config_hash(self) -> str:
         canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _own_params(step: StepConfig) -> dict[str, Any]:
+    return {k: v for k, v in step.params.items() if k != LINEAGE_PARAM}
 
 
 def _jsonable(value: Any) -> Any:
@@ -249,15 +257,40 @@ def load_pipeline(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -
 
     if issues:
         raise ConfigError(issues)
+    ordered = {step_id: steps[step_id] for step_id in _topological_order(steps)}
     return PipelineConfig(
         name=name,
         seed=seed,
         cache_dir=cache_dir,
         output_dir=output_dir,
         executor=executor,
-        steps={step_id: steps[step_id] for step_id in _topological_order(steps)},
+        steps=_with_lineage(ordered, seed),
         source=pipeline_path.resolve(),
     )
+
+
+def _with_lineage(steps: dict[str, StepConfig], seed: int) -> dict[str, StepConfig]:
+    """Fill ``lineage`` for the steps that declare it: their own and their ancestors' configs."""
+    filled = {}
+    for step in steps.values():
+        if step.spec.param(LINEAGE_PARAM) is not None:
+            needed, pending = {step.id}, [step.id]
+            while pending:
+                for upstream in steps[pending.pop()].inputs.values():
+                    if upstream not in needed:
+                        needed.add(upstream)
+                        pending.append(upstream)
+            lineage = {
+                "seed": seed,
+                "steps": {
+                    s.id: {"step": s.spec.name, "inputs": s.inputs, "params": _jsonable(_own_params(s))}
+                    for s in steps.values()
+                    if s.id in needed
+                },
+            }
+            step = dataclasses.replace(step, params={**step.params, LINEAGE_PARAM: lineage})
+        filled[step.id] = step
+    return filled
 
 
 def _pydantic_issues(
@@ -392,6 +425,16 @@ def _validate_step(
     param_names = [p.name for p in spec.params]
     if any(p.name == "seed" for p in spec.params):
         raw_params.setdefault("seed", seed)
+    if LINEAGE_PARAM in raw_params:
+        issues.append(
+            ConfigIssue(
+                tree.source_of((*prefix, LINEAGE_PARAM)),
+                f"{key}.{LINEAGE_PARAM}",
+                "is filled in by the runner",
+                "remove it",
+            )
+        )
+        raw_params.pop(LINEAGE_PARAM)
     for param in spec.params:
         value = raw_params.get(param.name)
         if param.is_path and isinstance(value, (str, Path)):

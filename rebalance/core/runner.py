@@ -21,7 +21,7 @@ from typing import Any
 
 from rebalance.core.artifacts import Artifact
 from rebalance.core.cache import MARKER, Cache, read_marker, write_entry
-from rebalance.core.config import PipelineConfig, StepConfig
+from rebalance.core.config import LINEAGE_PARAM, PipelineConfig, StepConfig
 from rebalance.core.executors import Executor, make_executor
 from rebalance.core.fs import atomic_dir, remove_stale_temps, write_json_atomic
 from rebalance.core.hashing import ContentHasher, stable_hash
@@ -89,10 +89,11 @@ def _why_changed(now: dict[str, Any], before: dict[str, Any] | None, config: Pip
         return f"step changed ({then['step']} -> {now['step']})"
     if then["version"] != now["version"]:
         return f"step version changed ({then['version']} -> {now['version']})"
+    # lineage is derived from upstream configs: a change there is reported as an upstream change.
     changed = sorted(
         k
         for k in now["params"].keys() | then["params"].keys()
-        if now["params"].get(k) != then["params"].get(k)
+        if k != LINEAGE_PARAM and now["params"].get(k) != then["params"].get(k)
     )
     if changed:
         return "changed parameter: " + ", ".join(changed)

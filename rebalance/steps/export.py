@@ -8,9 +8,10 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import yaml
 from pydantic import PositiveInt
 
-from rebalance.core.artifacts import HFDatasetExport, LabeledDataset, markdown_table
+from rebalance.core.artifacts import Embeddings, HFDatasetExport, LabeledDataset, markdown_table
 from rebalance.core.registry import step
 from rebalance.errors import DataError
 from rebalance.steps.stats import (
@@ -23,24 +24,29 @@ from rebalance.steps.stats import (
 Task = Literal["auto", "classification", "detection"]
 
 
-@step("export_hf", version=2)
+@step("export_hf", version=3)
 def export_hf(
     dataset: LabeledDataset,
     original: LabeledDataset | None = None,
     test: LabeledDataset | None = None,
+    embeddings: Embeddings | None = None,
+    test_embeddings: Embeddings | None = None,
     *,
     task: Task = "auto",
     embed_images: bool = True,
     num_shards: PositiveInt = 1,
     title: str = "Rebalanced dataset",
+    lineage: dict[str, Any] | None = None,
 ) -> HFDatasetExport:
     """Write a datasets.DatasetDict (train, and test when given) plus a dataset card.
 
     Classification data gets ``label: ClassLabel``; detection data gets ``objects`` (bbox in COCO
     xywh pixels, category as ClassLabel, area, id). ``embed_images`` stores image bytes in the
     dataset (self-contained); otherwise the ``image`` column holds absolute paths. Every other
-    image column (``source``, provenance, ...) is kept. The card's class-count table compares
-    ``dataset`` with ``original`` (the data before rebalancing) when it is given.
+    image column (``source``, provenance, ...) is kept, and ``embeddings`` add an ``embedding``
+    column (float32). The card (README.md) compares ``dataset`` with ``original`` (the data before
+    rebalancing) per class and per stage, with a plot, and prints the exact pipeline config that
+    produced the data (``lineage``, filled in by the runner).
     """
     import datasets
 
@@ -51,14 +57,15 @@ def export_hf(
         raise DataError(
             f"the test split's classes {test.class_names()[:5]}... differ from train's {class_names[:5]}..."
         )
+    vectors = {"train": embeddings, "test": test_embeddings}
     exported = datasets.DatasetDict(
         {
-            name: _to_hf(split_data, name, resolved, class_names, embed_images)
+            name: _to_hf(split_data, name, resolved, class_names, embed_images, vectors[name])
             for name, split_data in splits.items()
         }
     )
-    card = _card(title, dataset, original, test, resolved, num_shards, list(splits))
-    return HFDatasetExport(exported, card, num_shards)
+    card, plots = _card(title, dataset, original, test, resolved, num_shards, list(splits), lineage)
+    return HFDatasetExport(exported, card, num_shards, plots)
 
 
 def _resolve_task(dataset: LabeledDataset, task: Task) -> Literal["classification", "detection"]:
@@ -72,7 +79,14 @@ def _resolve_task(dataset: LabeledDataset, task: Task) -> Literal["classificatio
     return "classification" if single and no_boxes else "detection"
 
 
-def _to_hf(data: LabeledDataset, split: str, task: str, class_names: list[str], embed_images: bool) -> Any:
+def _to_hf(
+    data: LabeledDataset,
+    split: str,
+    task: str,
+    class_names: list[str],
+    embed_images: bool,
+    embeddings: Embeddings | None,
+) -> Any:
     import datasets
 
     images = data.images.drop_columns(["split"])
@@ -114,6 +128,9 @@ def _to_hf(data: LabeledDataset, split: str, task: str, class_names: list[str], 
     for name in images.column_names:
         columns[name] = images[name].to_pylist()
         features[name] = datasets.Features.from_arrow_schema(pa.schema([images.schema.field(name)]))[name]
+    if embeddings is not None:
+        columns["embedding"] = list(embeddings.aligned_to(images["image_id"].to_numpy()))
+        features["embedding"] = datasets.List(datasets.Value("float32"))
     built = datasets.Dataset.from_dict(columns, features=datasets.Features(features), split=split)
     # In-memory datasets get a random fingerprint; a content hash keeps state.json reproducible.
     fingerprint = _table_digest(built.data.table)
@@ -151,12 +168,18 @@ def _card(
     task: str,
     num_shards: int,
     splits: list[str],
-) -> str:
+    lineage: dict[str, Any] | None,
+) -> tuple[str, dict[str, bytes]]:
+    """The dataset card (README.md) and its plots."""
+    from rebalance.report.plots import class_distribution
+
     stats = compute_class_stats(dataset)
     after = stats.table["images"].to_numpy()
     counts: dict[str, Any] = {"class": stats.table["name"], "bucket": stats.table["bucket"]}
+    stages = {}
     if original is not None:
         before, _ = class_counts(original)
+        stages["before"] = before
         counts["before"] = pa.array(before, pa.int64())
         for step_name, removed_images in removed_per_class(original, dataset.removed).items():
             counts[f"-{step_name}"] = pa.array(-removed_images, pa.int64())
@@ -164,10 +187,15 @@ def _card(
         counts["change"] = pa.array(after - before, pa.int64())
     else:
         counts["images"] = pa.array(after, pa.int64())
+    stages["after"] = after
     if "repeat_factor" in dataset.images.column_names:
-        counts["per epoch"] = pa.array(np.round(expected_draws_per_epoch(dataset), 1), pa.float64())
+        per_epoch = expected_draws_per_epoch(dataset)
+        stages["expected per epoch"] = per_epoch
+        counts["per epoch"] = pa.array(np.round(per_epoch, 1), pa.float64())
     if test is not None:
         counts["test"] = pa.array(class_counts(test)[0], pa.int64())
+    plots = {"class_counts": class_distribution(dataset.class_names(), stages)}
+
     header = "\n".join(
         ["---", "configs:", "- config_name: default", "  data_files:"]
         + [f"  - split: {s}\n    path: data/{s}-*.parquet" for s in splits]
@@ -183,26 +211,28 @@ def _card(
             removal_lines += [f"  - `{row['file_name']}`: {row['reason']}" for row in by_step]
     summary = stats.summary
     before_total = f"{original.num_rows:,} → " if original is not None else ""
-    return (
-        f"{header}# {title}\n\n"
+    sections = [
+        f"{header}# {title}\n",
         f"Exported by rebalance as a {task} dataset with splits {', '.join(splits)}; "
-        f"{num_shards} parquet shard(s) per split under `data/`, and `datasets.save_to_disk` files.\n\n"
+        f"{num_shards} parquet shard(s) per split under `data/`, and `datasets.save_to_disk` files.\n",
         '```python\nimport datasets\nds = datasets.load_from_disk("<this folder>")\n'
-        '# or: datasets.load_dataset("<this folder>")\n```\n\n'
+        '# or: datasets.load_dataset("<this folder>")\n```\n',
         f"## Class counts (train images)\n\n{before_total}{dataset.num_rows:,} images, {summary['classes']} classes, "
         f"imbalance ratio {_ratio(summary['imbalance_ratio'])}; buckets: rare ≤ 10 < common ≤ 100 < frequent "
-        f"images per class ({summary['bucket_source']}).\n\n"
-        f"{markdown_table(pa.table(counts))}\n"
-        + (
-            "`per epoch`: expected draws per epoch, Σ `repeat_factor` over the class's images.\n\n"
-            if "per epoch" in counts
-            else ""
+        f"images per class ({summary['bucket_source']}).\n",
+        "![class counts before and after](plots/class_counts.png)\n",
+        markdown_table(pa.table(counts)),
+    ]
+    if "per epoch" in counts:
+        sections.append("`per epoch`: expected draws per epoch, Σ `repeat_factor` over the class's images.\n")
+    sections += ["## Removed images\n", "\n".join(removal_lines) + "\n"]
+    sections.append("The columns `source` and `file_name` record where each row comes from.\n")
+    if lineage is not None:
+        config = yaml.safe_dump(lineage, sort_keys=False, allow_unicode=True)
+        sections.append(
+            f"## Pipeline\n\nThe exact configuration of every step that produced this dataset:\n\n```yaml\n{config}```\n"
         )
-        + "## Removed images\n\n"
-        + "\n".join(removal_lines)
-        + "\n\n"
-        "The columns `source` and `file_name` record where each row comes from.\n"
-    )
+    return "\n".join(sections), plots
 
 
 def _ratio(value: float | None) -> str:

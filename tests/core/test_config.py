@@ -165,3 +165,26 @@ def test_extends_loop_is_an_error(tmp_path: Path) -> None:
 def test_shipped_pipelines_are_valid() -> None:
     for pipeline in sorted((TINY.parent).glob("*.yaml")):
         assert load_pipeline(pipeline).steps
+
+
+def test_lineage_holds_the_exact_config_of_a_step_and_its_ancestors(tmp_path: Path) -> None:
+    config = load_pipeline(TINY)
+    lineage = config.steps["export"].params["lineage"]
+    assert set(lineage["steps"]) == {
+        "train",
+        "test",
+        "verified",
+        "embedded",
+        "test_embedded",
+        "deduped",
+        "thinned",
+        "sampled",
+        "export",
+    }
+    assert lineage["steps"]["train"]["params"]["max_images_per_class"] == 20 and lineage["seed"] == 0
+    assert "lineage" not in config.to_json()["steps"]["export"]["params"]
+    path = write(
+        tmp_path,
+        f"steps:\n  a: {{step: ingest_image_folder, root: {tmp_path}}}\n  e: {{step: export_hf, inputs: {{dataset: a}}, lineage: {{}}}}\n",
+    )
+    assert "steps.e.lineage: is filled in by the runner" in one_issue(path)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from rebalance.core.artifacts import ClassStats, LabeledDataset
+from rebalance.core.artifacts import ClassStats, Embeddings, LabeledDataset
 from rebalance.core.registry import all_steps, step
 
 
@@ -14,6 +14,8 @@ def test_builtin_steps_have_typed_inputs_params_and_summaries() -> None:
         ("dataset", LabeledDataset, False),
         ("original", LabeledDataset, True),
         ("test", LabeledDataset, True),
+        ("embeddings", Embeddings, True),
+        ("test_embeddings", Embeddings, True),
     ]
     assert export.param("num_shards").default == 1 and export.summary
     assert steps["ingest_coco"].param("annotations").content_hashed

@@ -47,7 +47,7 @@ def test_changing_one_parameter_reruns_only_downstream(run_dirs: list[str]) -> N
         "thinned": "upstream changed: deduped",
         "sampled": "upstream changed: thinned",
         "epochs": "upstream changed: sampled",
-        "export": "upstream changed: sampled",
+        "export": "upstream changed: sampled, embedded, test_embedded",
     }
     assert api.run(TINY, changed).executed == TINY_STEPS[2:]
 

@@ -54,6 +54,10 @@ def test_tiny_run_trains_both_heads_and_renders_the_report(run_dirs: list[str], 
         if value is not None
     )
     assert {"original", "final", "expected per epoch"} <= set(figures["stages"])
+    card = (tmp_path / "out" / "export" / "README.md").read_text()
+    assert "![class counts before and after](plots/class_counts.png)" in card
+    assert (tmp_path / "out" / "export" / "plots" / "class_counts.png").stat().st_size > 1000
+    assert "## Pipeline" in card and "step: semdedup" in card and "epsilon: 0.03" in card
 
 
 PLAIN_TRAINING = """
@@ -73,7 +77,7 @@ optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 for images, labels in loader:
     loss = torch.nn.functional.cross_entropy(model(images), labels)
     optimizer.zero_grad(); loss.backward(); optimizer.step()
-print(len(names), from_parquet.num_rows, "repeat_factor" in from_parquet.column_names)
+print(len(names), from_parquet.num_rows, "repeat_factor" in from_parquet.column_names, len(from_parquet[0]["embedding"]))
 """
 
 
@@ -89,4 +93,4 @@ def test_export_trains_with_plain_pytorch_without_rebalance(run_dirs: list[str],
     assert result.returncode == 0, result.stderr
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     sampled_rows = next(step["rows_out"] for step in manifest["steps"] if step["id"] == "sampled")
-    assert result.stdout.split() == ["10", str(sampled_rows), "True"]
+    assert result.stdout.split() == ["10", str(sampled_rows), "True", "64"]
