@@ -63,15 +63,20 @@ def cache_clear(cache_dir: str | os.PathLike[str], step: str | None = None) -> i
     return Cache(Path(cache_dir)).clear(step)
 
 
-def train(dataset: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
+def train(
+    dataset: str | os.PathLike[str], *, checkpoint: str | os.PathLike[str] | None = None, **options: Any
+) -> dict[str, Any]:
     """Train a head on an exported dataset (or a run folder with ``export/``); returns the metrics.
 
-    ``options`` are ``HeadConfig`` fields (loss, sampler, hidden, epochs, lr, seed, device, ...).
+    ``options`` are ``HeadConfig`` fields (loss, sampler, hidden, epochs, crt_epochs, lr, seed,
+    device, ...). With ``checkpoint``, training saves after every epoch and resumes from the file.
     """
     from rebalance.train.hf import train_on_export
     from rebalance.train.trainer import HeadConfig
 
-    return train_on_export(Path(dataset), HeadConfig(**options))
+    return train_on_export(
+        Path(dataset), HeadConfig(**options), checkpoint=Path(checkpoint) if checkpoint else None
+    )
 
 
 def compare(

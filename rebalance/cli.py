@@ -125,16 +125,27 @@ def train(
     ] = "uniform",
     hidden: Annotated[int, typer.Option(help="Hidden units of an MLP head; 0 is a linear probe.")] = 0,
     epochs: int = 30,
+    crt_epochs: Annotated[int, typer.Option(help="Then re-train the classifier class-balanced (cRT).")] = 0,
     lr: float = 0.01,
     seed: int = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    checkpoint: Annotated[str | None, typer.Option(help="Save after every epoch; resume from it.")] = None,
     metrics_json: Annotated[
         str | None, typer.Option(help="Also write the metrics as JSON to this file.")
     ] = None,
 ) -> None:
     """Train a linear probe / MLP head on an exported dataset; print accuracy per frequency bucket."""
     metrics = api.train(
-        dataset, loss=loss, sampler=sampler, hidden=hidden, epochs=epochs, lr=lr, seed=seed, device=device
+        dataset,
+        checkpoint=checkpoint,
+        loss=loss,
+        sampler=sampler,
+        hidden=hidden,
+        epochs=epochs,
+        crt_epochs=crt_epochs,
+        lr=lr,
+        seed=seed,
+        device=device,
     )
     table = Table("metric", "accuracy")
     for bucket, value in metrics["bucket_accuracy"].items():

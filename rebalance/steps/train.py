@@ -42,6 +42,7 @@ def train_probe(
     beta: float = 0.9999,
     gamma: float = 2.0,
     tau_norm: float | None = None,
+    crt_epochs: NonNegativeInt = 0,
     device: Literal["auto", "cpu", "cuda"] = "auto",
     seed: NonNegativeInt = 0,
 ) -> TrainReport:
@@ -50,7 +51,8 @@ def train_probe(
     Buckets (rare/common/frequent) come from ``original`` (the data before rebalancing) when given,
     so a baseline and a rebalanced run are scored on the same buckets. ``sampler: repeat_factor``
     uses the dataset's repeat_factor column; a balanced loss on top of it triggers a
-    double-correction warning, recorded in the report.
+    double-correction warning, recorded in the report. crt_epochs > 0 then re-trains the classifier
+    on frozen features with class-balanced sampling (cRT); tau_norm applies τ-normalisation.
     """
     from rebalance.train.metrics import classification_metrics
     from rebalance.train.trainer import HeadConfig, predict, resolve_device, train_head
@@ -58,7 +60,20 @@ def train_probe(
     if test.class_names() != dataset.class_names():
         raise DataError("train and test splits have different classes")
     config = HeadConfig(
-        loss, sampler, hidden, epochs, batch_size, lr, weight_decay, tau, beta, gamma, tau_norm, device, seed
+        loss,
+        sampler,
+        hidden,
+        epochs,
+        batch_size,
+        lr,
+        weight_decay,
+        tau,
+        beta,
+        gamma,
+        tau_norm,
+        crt_epochs,
+        device,
+        seed,
     )
     factors = (
         dataset.images["repeat_factor"].to_numpy() if "repeat_factor" in dataset.images.column_names else None

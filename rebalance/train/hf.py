@@ -33,7 +33,9 @@ def _features(split: Any, image_size: int) -> np.ndarray:
     return pixels
 
 
-def train_on_export(path: Path, config: HeadConfig, *, dim: int = 64, image_size: int = 28) -> dict[str, Any]:
+def train_on_export(
+    path: Path, config: HeadConfig, *, checkpoint: Path | None = None, dim: int = 64, image_size: int = 28
+) -> dict[str, Any]:
     """Train a head on the export's train split and score it on its test split, per bucket.
 
     Features: the ``embedding`` column when the export has one, else grey pixels projected on the
@@ -59,7 +61,9 @@ def train_on_export(path: Path, config: HeadConfig, *, dim: int = 64, image_size
         )
     labels = np.asarray(train["label"])
     factors = np.asarray(train["repeat_factor"]) if "repeat_factor" in train.column_names else None
-    head, history = train_head(train_x, labels, len(names), config, repeat_factors=factors)
+    head, history = train_head(
+        train_x, labels, len(names), config, repeat_factors=factors, checkpoint=checkpoint
+    )
     buckets = frequency_buckets(np.bincount(labels, minlength=len(names)))
     metrics = classification_metrics(predict(head, test_x), np.asarray(test["label"]), names, buckets)
     return {

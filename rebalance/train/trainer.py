@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import warnings
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from rebalance.sampling import epoch_indices
-from rebalance.train.losses import BALANCED_LOSSES, LossName, make_loss, tau_normalise
+from rebalance.core.fs import write_bytes_atomic
+from rebalance.errors import RebalanceError
+from rebalance.sampling import class_balanced_factors, epoch_indices
+from rebalance.train.losses import BALANCED_LOSSES, Loss, LossName, make_loss, tau_normalise
 
 Device = Literal["auto", "cpu", "cuda"]
 SamplerName = Literal["uniform", "repeat_factor"]
@@ -32,6 +36,7 @@ class HeadConfig:
     beta: float = 0.9999
     gamma: float = 2.0
     tau_norm: float | None = None
+    crt_epochs: int = 0
     device: Device = "auto"
     seed: int = 0
 
@@ -63,15 +68,19 @@ def train_head(
     num_classes: int,
     config: HeadConfig,
     repeat_factors: np.ndarray | None = None,
+    checkpoint: Path | None = None,
 ) -> tuple[Head, list[float]]:
     """Fit a head; returns it (on CPU) and the mean training loss of each epoch.
 
     ``sampler="repeat_factor"`` draws each epoch with ``epoch_indices(repeat_factors, seed, epoch)``
-    (stochastic rounding, as detectron2); ``uniform`` shuffles every sample once per epoch.
+    (stochastic rounding, as detectron2); ``uniform`` shuffles every sample once per epoch. With
+    ``crt_epochs`` the classifier is then re-initialised and re-trained on frozen features with
+    class-balanced sampling (cRT, Kang et al., ICLR 2020). With ``checkpoint``, the state is saved
+    atomically after every epoch and a run with the same configuration resumes from it.
     """
     if config.sampler == "repeat_factor":
         if repeat_factors is None:
-            raise ValueError(
+            raise RebalanceError(
                 "sampler 'repeat_factor' needs repeat factors; add a repeat_factors step upstream"
             )
         if config.loss in BALANCED_LOSSES and not np.allclose(repeat_factors, repeat_factors.mean()):
@@ -87,14 +96,70 @@ def train_head(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         head = Head(x.mean(0), x.std(0).clamp_min(1e-6), num_classes, config.hidden).to(device)
-    loss_fn = make_loss(config.loss, counts, tau=config.tau, beta=config.beta, gamma=config.gamma)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    main = _Phase(
+        "main",
+        head.parameters(),
+        config,
+        make_loss(config.loss, counts, tau=config.tau, beta=config.beta, gamma=config.gamma),
+        config.epochs,
+    )
+    main_factors = repeat_factors if config.sampler == "repeat_factor" else None
+    history = _fit(head, main, x, y, main_factors, config, device, checkpoint, earlier=[])
+    if config.crt_epochs:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed + 1)
+            head.classifier.reset_parameters()
+        for parameter in head.body.parameters():
+            parameter.requires_grad_(False)
+        crt = _Phase("crt", head.classifier.parameters(), config, make_loss("ce", counts), config.crt_epochs)
+        balanced = class_balanced_factors(y.numpy(), power=0.0)
+        history += _fit(head, crt, x, y, balanced, config, device, checkpoint, earlier=history)
+    head = head.cpu().eval()
+    if config.tau_norm is not None:
+        with torch.no_grad():
+            head.classifier.weight.copy_(tau_normalise(head.classifier.weight, config.tau_norm))
+            head.classifier.bias.zero_()
+    return head, history
+
+
+class _Phase:
+    """One optimisation phase (the main training, or cRT): its optimizer, loss and length."""
+
+    def __init__(self, name: str, parameters, config: HeadConfig, loss: Loss, epochs: int):
+        self.name, self.loss, self.epochs = name, loss, epochs
+        self.optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+
+
+_PHASES = ("main", "crt")
+
+
+def _fit(
+    head: Head,
+    phase: _Phase,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    factors: np.ndarray | None,
+    config: HeadConfig,
+    device: torch.device,
+    checkpoint: Path | None,
+    earlier: list[float],
+) -> list[float]:
+    """Run one phase; ``earlier`` is the loss history of the phases before it (kept in checkpoints)."""
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     shuffler = torch.Generator().manual_seed(config.seed)
-    history = []
-    for epoch in range(config.epochs):
-        if config.sampler == "repeat_factor":
-            order = torch.as_tensor(epoch_indices(repeat_factors, seed=config.seed, epoch=epoch))
+    history: list[float] = []
+    start_epoch = 0
+    saved = _load_checkpoint(checkpoint, config)
+    if saved is not None and _PHASES.index(saved["phase"]) > _PHASES.index(phase.name):
+        return saved["earlier"]  # this phase finished before the checkpoint; a later one loads the head
+    if saved is not None and saved["phase"] == phase.name:
+        head.load_state_dict(saved["head"])
+        phase.optimizer.load_state_dict(saved["optimizer"])
+        shuffler.set_state(saved["shuffler"])
+        history, start_epoch = saved["history"], saved["epoch"] + 1
+    for epoch in range(start_epoch, phase.epochs):
+        if factors is not None:
+            order = torch.as_tensor(epoch_indices(factors, seed=config.seed, epoch=epoch))
         else:
             order = torch.randperm(len(y), generator=shuffler)
         total, batches = 0.0, 0
@@ -103,20 +168,45 @@ def train_head(
             inputs, targets = x[batch].to(device), y[batch].to(device)
             with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
                 logits = head(inputs)
-            loss = loss_fn(logits.float(), targets, epoch / max(config.epochs, 1))
-            optimizer.zero_grad(set_to_none=True)
+            loss = phase.loss(logits.float(), targets, epoch / max(phase.epochs, 1))
+            phase.optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            scaler.step(optimizer)
+            scaler.step(phase.optimizer)
             scaler.update()
             total += loss.item()
             batches += 1
         history.append(total / max(batches, 1))
-    head = head.cpu().eval()
-    if config.tau_norm is not None:
-        with torch.no_grad():
-            head.classifier.weight.copy_(tau_normalise(head.classifier.weight, config.tau_norm))
-            head.classifier.bias.zero_()
-    return head, history
+        if checkpoint is not None:
+            state = {
+                "config": _resumable(config),
+                "phase": phase.name,
+                "epoch": epoch,
+                "history": history,
+                "earlier": earlier,
+                "head": head.state_dict(),
+                "optimizer": phase.optimizer.state_dict(),
+                "shuffler": shuffler.get_state(),
+            }
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            write_bytes_atomic(checkpoint, buffer.getvalue())
+    return history
+
+
+def _resumable(config: HeadConfig) -> dict:
+    # Training longer is a valid resume; anything else changed means a different run.
+    return {k: v for k, v in vars(config).items() if k not in ("epochs", "crt_epochs")}
+
+
+def _load_checkpoint(checkpoint: Path | None, config: HeadConfig) -> dict | None:
+    if checkpoint is None or not checkpoint.is_file():
+        return None
+    state = torch.load(checkpoint, weights_only=False)
+    if state["config"] != _resumable(config):
+        raise RebalanceError(
+            f"{checkpoint} was written by a run with another configuration; delete it or pass another path"
+        )
+    return state
 
 
 @torch.no_grad()

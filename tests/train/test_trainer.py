@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
+from rebalance.errors import RebalanceError
 from rebalance.train.trainer import HeadConfig, predict, train_head
 
 
@@ -26,7 +29,7 @@ def test_learns_separable_blobs_and_is_seeded() -> None:
 
 def test_repeat_factor_sampler_needs_factors_and_warns_on_double_correction() -> None:
     x, y = blobs()
-    with pytest.raises(ValueError, match="needs repeat factors"):
+    with pytest.raises(RebalanceError, match="needs repeat factors"):
         train_head(x, y, 3, HeadConfig(sampler="repeat_factor", epochs=1))
     factors = np.where(y == 2, 5.0, 1.0)
     with pytest.warns(UserWarning, match="corrected twice"):
@@ -44,3 +47,28 @@ def test_mlp_head_and_tau_normalisation() -> None:
     head, _ = train_head(x, y, 3, HeadConfig(hidden=16, epochs=5, tau_norm=1.0))
     norms = head.classifier.weight.norm(dim=1)
     assert torch.allclose(norms, torch.ones(3), atol=1e-5) and head.classifier.bias.abs().sum() == 0
+
+
+def test_crt_retrains_the_classifier_with_class_balanced_sampling() -> None:
+    x, y = blobs()
+    head, history = train_head(x, y, 3, HeadConfig(hidden=16, epochs=4, crt_epochs=3, batch_size=32))
+    assert len(history) == 7 and (predict(head, x) == y).mean() > 0.9
+
+
+@pytest.mark.parametrize("crt_epochs", [0, 2])
+def test_a_run_resumes_from_its_checkpoint_exactly(tmp_path, crt_epochs: int) -> None:
+    x, y = blobs()
+    config = HeadConfig(hidden=8, epochs=6, crt_epochs=crt_epochs, batch_size=32)
+    uninterrupted, full_history = train_head(x, y, 3, config)
+    checkpoint = tmp_path / "head.pt"
+    train_head(
+        x, y, 3, dataclasses.replace(config, epochs=3, crt_epochs=0), checkpoint=checkpoint
+    )  # "killed" at epoch 3
+    resumed, history = train_head(x, y, 3, config, checkpoint=checkpoint)
+    assert history == pytest.approx(full_history)
+    for name, tensor in uninterrupted.state_dict().items():
+        assert torch.allclose(tensor, resumed.state_dict()[name]), name
+    again, _ = train_head(x, y, 3, config, checkpoint=checkpoint)  # finished: nothing left to train
+    assert torch.equal(again.classifier.weight, resumed.classifier.weight)
+    with pytest.raises(RebalanceError, match="another configuration"):
+        train_head(x, y, 3, dataclasses.replace(config, lr=0.5), checkpoint=checkpoint)
