@@ -110,6 +110,49 @@ class LabeledDataset:
     removed: pa.Table
     image_root: str | None
 
+    @classmethod
+    def classification(
+        cls,
+        file_names: list[str],
+        labels: list[int],
+        class_names: list[str],
+        *,
+        split: str = "train",
+        image_root: str | None = None,
+    ) -> Self:
+        """One image per file with one label each; image and category ids are positions."""
+        count = len(file_names)
+        images = pa.table(
+            {
+                "image_id": range(count),
+                "file_name": file_names,
+                "split": [split] * count,
+                "width": [None] * count,
+                "height": [None] * count,
+                "source": ["original"] * count,
+            },
+            schema=IMAGES_SCHEMA,
+        )
+        annotations = pa.table(
+            {
+                "annotation_id": range(count),
+                "image_id": range(count),
+                "category_id": labels,
+                "bbox": [None] * count,
+                "area": [None] * count,
+            },
+            schema=ANNOTATIONS_SCHEMA,
+        )
+        categories = pa.table(
+            {
+                "category_id": range(len(class_names)),
+                "name": class_names,
+                **{name: [None] * len(class_names) for name in CATEGORIES_SCHEMA.names[2:]},
+            },
+            schema=CATEGORIES_SCHEMA,
+        )
+        return cls(images, annotations, categories, REMOVED_SCHEMA.empty_table(), image_root)
+
     @property
     def num_rows(self) -> int:
         return self.images.num_rows

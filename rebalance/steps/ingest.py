@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-import pyarrow as pa
 from pydantic import PositiveInt
 
 from rebalance.core.artifacts import (
-    ANNOTATIONS_SCHEMA,
-    CATEGORIES_SCHEMA,
-    IMAGES_SCHEMA,
     REMOVED_SCHEMA,
     LabeledDataset,
 )
@@ -42,37 +38,13 @@ def ingest_image_folder(
                 per_class[label] += 1
                 subset.append((path, label))
         files = subset
-    count = len(files)
-    images = pa.table(
-        {
-            "image_id": range(count),
-            "file_name": [path for path, _ in files],
-            "split": [split] * count,
-            "width": [None] * count,
-            "height": [None] * count,
-            "source": ["original"] * count,
-        },
-        schema=IMAGES_SCHEMA,
+    return LabeledDataset.classification(
+        [path for path, _ in files],
+        [label for _, label in files],
+        class_names,
+        split=split,
+        image_root=str(root),
     )
-    annotations = pa.table(
-        {
-            "annotation_id": range(count),
-            "image_id": range(count),
-            "category_id": [label for _, label in files],
-            "bbox": [None] * count,
-            "area": [None] * count,
-        },
-        schema=ANNOTATIONS_SCHEMA,
-    )
-    categories = pa.table(
-        {
-            "category_id": range(len(class_names)),
-            "name": class_names,
-            **{name: [None] * len(class_names) for name in CATEGORIES_SCHEMA.names[2:]},
-        },
-        schema=CATEGORIES_SCHEMA,
-    )
-    return LabeledDataset(images, annotations, categories, REMOVED_SCHEMA.empty_table(), str(root))
 
 
 @step("ingest_coco")

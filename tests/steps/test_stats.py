@@ -3,13 +3,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 from rebalance.core.artifacts import (
-    ANNOTATIONS_SCHEMA,
-    CATEGORIES_SCHEMA,
-    IMAGES_SCHEMA,
-    REMOVED_SCHEMA,
     LabeledDataset,
 )
 from rebalance.steps.ingest import ingest_coco
@@ -19,38 +14,8 @@ from tests.steps.lvis_fixture import build_lvis
 
 def classification(counts: list[int]) -> LabeledDataset:
     labels = [c for c, n in enumerate(counts) for _ in range(n)]
-    n = len(labels)
-    images = pa.table(
-        {
-            "image_id": range(n),
-            "file_name": [f"{i}.png" for i in range(n)],
-            "split": ["train"] * n,
-            "width": [None] * n,
-            "height": [None] * n,
-            "source": ["original"] * n,
-        },
-        schema=IMAGES_SCHEMA,
-    )
-    annotations = pa.table(
-        {
-            "annotation_id": range(n),
-            "image_id": range(n),
-            "category_id": labels,
-            "bbox": [None] * n,
-            "area": [None] * n,
-        },
-        schema=ANNOTATIONS_SCHEMA,
-    )
-    k = len(counts)
-    categories = pa.table(
-        {
-            "category_id": range(k),
-            "name": [f"c{i}" for i in range(k)],
-            **{f: [None] * k for f in CATEGORIES_SCHEMA.names[2:]},
-        },
-        schema=CATEGORIES_SCHEMA,
-    )
-    return LabeledDataset(images, annotations, categories, REMOVED_SCHEMA.empty_table(), None)
+    names = [f"c{i}" for i in range(len(counts))]
+    return LabeledDataset.classification([f"{i}.png" for i in range(len(labels))], labels, names)
 
 
 def test_bucket_edges_follow_lvis() -> None:
