@@ -1,0 +1,100 @@
+"""Concept frequency in caption corpora, as in "The Neglected Tails of Vision-Language Models"
+(Parashar et al., CVPR 2024, REAL): how many captions mention each class, by any of its synonyms.
+
+    >>> from rebalance.frequency import count_concepts
+    >>> count_concepts(["two dogs and a cat", "a puppy"], {"dog": ["dog", "puppy"], "cat": ["cat"]})
+
+Matching is on normalised tokens (see ``rebalance.text.normalize``): case, Unicode form,
+punctuation and plural endings do not matter, and a synonym only matches whole words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import islice
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from rebalance.errors import DataError
+from rebalance.text.counter import PhraseCounts, PhraseIndex, count_batch, phrase_groups
+from rebalance.text.normalize import normalize
+
+
+def _batches(captions: Iterable[str] | pa.Array | pa.ChunkedArray, batch_size: int) -> Iterable[pa.Array]:
+    if isinstance(captions, pa.ChunkedArray):
+        yield from captions.chunks
+        return
+    if isinstance(captions, pa.Array):
+        yield captions
+        return
+    iterator = iter(captions)
+    seen = 0
+    while chunk := list(islice(iterator, batch_size)):
+        bad = next((i for i, text in enumerate(chunk) if not isinstance(text, str)), None)
+        if bad is not None:
+            raise DataError(
+                f"caption {seen + bad} is a {type(chunk[bad]).__name__}, not a string: {chunk[bad]!r:.80}"
+            )
+        seen += len(chunk)
+        yield pa.array(chunk, pa.large_string())
+
+
+def count_concepts(
+    captions: Iterable[str] | pa.Array | pa.ChunkedArray,
+    synonyms: Mapping[str, Sequence[str]],
+    *,
+    per_caption: bool = True,
+    batch_size: int = 1_000_000,
+) -> pd.DataFrame:
+    """Count, per concept and per synonym, the captions that mention it.
+
+    Args:
+        captions: strings (any iterable, streamed in batches of ``batch_size``) or an Arrow array.
+        synonyms: concept name -> its synonyms (phrases of one or more words).
+        per_caption: count each caption at most once per concept and per synonym (REAL's
+            definition); False counts every occurrence.
+
+    Returns:
+        One row per concept: ``concept``, ``count``, ``top_synonym`` (its most frequent synonym,
+        REAL-Prompt's class name; ties to the first listed) and ``synonym_counts`` (synonym ->
+        count). ``attrs`` holds ``captions`` (how many were read), ``ambiguous`` (normalised
+        phrases listed by several concepts: they count for each, and are reported here) and
+        ``empty`` (concepts whose synonyms normalise to nothing).
+    """
+    classes = list(synonyms)
+    phrase_of = {s: normalize(s) for synonym_list in synonyms.values() for s in synonym_list}
+    groups, ambiguous = phrase_groups({k: list(v) for k, v in synonyms.items()}, phrase_of)
+    index = PhraseIndex.build(groups) if groups else None
+    counts = PhraseCounts(np.zeros(len(groups), dtype=np.int64), np.zeros(len(classes), dtype=np.int64))
+    for batch in _batches(captions, batch_size):
+        if batch.null_count:
+            raise DataError(f"{batch.null_count} caption(s) are null; drop or fill them first")
+        if not pa.types.is_string(batch.type) and not pa.types.is_large_string(batch.type):
+            raise DataError(f"captions must be strings, got Arrow type {batch.type}")
+        if index is not None:
+            count_batch(index, batch, counts, per_caption=per_caption)
+        else:
+            counts.captions += len(batch)
+    phrase_count = dict(zip(index.phrases, counts.phrases.tolist(), strict=True)) if index else {}
+    rows: list[dict[str, Any]] = []
+    for position, concept in enumerate(classes):
+        by_synonym = {s: phrase_count.get(phrase_of[s], 0) for s in synonyms[concept]}
+        top = max(by_synonym, key=by_synonym.get) if by_synonym else None
+        rows.append(
+            {
+                "concept": concept,
+                "count": int(counts.groups[position]),
+                "top_synonym": top,
+                "synonym_counts": by_synonym,
+            }
+        )
+    table = pd.DataFrame(rows, columns=["concept", "count", "top_synonym", "synonym_counts"])
+    table.attrs.update(
+        captions=counts.captions,
+        ambiguous=ambiguous,
+        empty=[c for c in classes if not any(phrase_of[s] for s in synonyms[c])],
+    )
+    return table

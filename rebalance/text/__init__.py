@@ -1,0 +1,1 @@
+"""Text processing for concept frequency: caption normalisation and fast phrase counting."""

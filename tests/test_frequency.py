@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from rebalance.errors import DataError
+from rebalance.frequency import count_concepts
+from rebalance.text.normalize import normalize, singular, tokens
+
+SYNONYMS = {
+    "cat": ["cat", "house cat"],
+    "category": ["categories"],
+    "t-shirt": ["T-shirt", "tee shirt"],
+    "glass": ["glass", "drinking glass"],
+    "bus": ["bus", "autobus"],
+    "ice cream": ["ice cream"],
+    "cream": ["cream"],
+    "café": ["Café"],
+    "box": ["box"],
+    "empty": ["!!"],
+}
+TRICKY = [
+    "A cat sat on the category of cats.",
+    "concatenate catalog CAT-egory",
+    "Two T-Shirts, one tee-shirt and a TEE SHIRT",
+    "glasses of water; a drinking-glass",
+    "buses and a bus; the Autobuses",
+    "ice cream with cream and ice-creams",
+    "CAFÉ au lait at the cafés",
+    "ｃａｔ in full-width letters",  # NFKC folds these to "cat"
+    "boxes, box, boxing",
+    "house cat house cat house",
+    "",
+]
+
+
+def naive_counts(captions: list[str], synonyms: dict[str, list[str]], per_caption: bool) -> dict[str, int]:
+    """The reference: one regex per synonym over each normalised caption."""
+    patterns = {
+        c: [re.compile(rf"(?<!\S)(?=({re.escape(normalize(s))})(?!\S))") for s in syns if normalize(s)]
+        for c, syns in synonyms.items()
+    }
+    totals = {}
+    for concept, compiled in patterns.items():
+        total = 0
+        for caption in captions:
+            text = normalize(caption)
+            hits = sum(len(p.findall(text)) for p in compiled)
+            total += min(hits, 1) if per_caption else hits
+        totals[concept] = total
+    return totals
+
+
+def test_singular_rules() -> None:
+    pairs = {
+        "categories": "category",
+        "boxes": "box",
+        "churches": "church",
+        "dishes": "dish",
+        "classes": "class",
+        "dogs": "dog",
+        "glass": "glass",
+        "bus": "bus",
+        "analysis": "analysis",
+        "cat": "cat",
+        "is": "is",
+    }
+    assert {word: singular(word) for word in pairs} == pairs
+    assert all(
+        singular(singular(w)) == singular(w) for w in ["buses", "series", "pies", "kisses", "abs", "yes"]
+    )
+    assert tokens("Ｔ-Shirt's") == ["t", "shirt", "s"]
+
+
+@pytest.mark.parametrize("per_caption", [True, False])
+def test_counts_equal_the_naive_regex_method_on_tricky_captions(per_caption: bool) -> None:
+    table = count_concepts(TRICKY, SYNONYMS, per_caption=per_caption)
+    assert dict(zip(table["concept"], table["count"], strict=True)) == naive_counts(
+        TRICKY, SYNONYMS, per_caption
+    )
+
+
+def test_hand_checked_counts_and_report() -> None:
+    table = count_concepts(TRICKY, SYNONYMS).set_index("concept")
+    # captions 1, 8, 10 and 2, where "CAT-egory" splits at the hyphen; never inside "category"/"concatenate"
+    assert table.loc["cat", "count"] == 4
+    assert table.loc["category", "count"] == 1
+    assert table.loc["t-shirt", "synonym_counts"] == {"T-shirt": 1, "tee shirt": 1}
+    assert table.loc["glass", "count"] == 1 and table.loc["bus", "top_synonym"] == "bus"
+    assert table.loc["cream", "count"] == 1 and table.loc["ice cream", "count"] == 1
+    assert table.loc["café", "count"] == 1 and table.loc["empty", "count"] == 0
+    assert table.attrs == {"captions": len(TRICKY), "ambiguous": {}, "empty": ["empty"]}
+    shared = count_concepts(["a cup"], {"cup": ["cup"], "mug": ["mug", "cups"]})
+    assert shared.attrs["ambiguous"] == {"cup": ["cup", "mug"]} and shared["count"].tolist() == [1, 1]
+
+
+def test_random_corpus_matches_naive_and_batching_does_not_matter() -> None:
+    rng = np.random.default_rng(0)
+    words = [
+        "cat",
+        "cats",
+        "house",
+        "glass",
+        "glasses",
+        "drinking",
+        "ice",
+        "cream",
+        "box",
+        "boxes",
+        "the",
+        "a",
+        "shirt",
+        "tee",
+        "t",
+    ]
+    captions = [" ".join(rng.choice(words, size=rng.integers(0, 12))) for _ in range(3000)]
+    whole = count_concepts(captions, SYNONYMS)
+    assert dict(zip(whole["concept"], whole["count"], strict=True)) == naive_counts(captions, SYNONYMS, True)
+    streamed = count_concepts(iter(captions), SYNONYMS, batch_size=7)
+    assert whole["count"].tolist() == streamed["count"].tolist()
+    arrow = count_concepts(pa.chunked_array([captions[:1000], captions[1000:]]), SYNONYMS)
+    assert whole["count"].tolist() == arrow["count"].tolist()
+
+
+def test_bad_input_is_an_error_not_a_wrong_count() -> None:
+    with pytest.raises(DataError, match="caption 2 is a int"):
+        count_concepts(["a cat", "a dog", 7], SYNONYMS)
+    with pytest.raises(DataError, match="null"):
+        count_concepts(pa.array(["a cat", None]), SYNONYMS)
+    empty = count_concepts([], SYNONYMS)
+    assert empty["count"].sum() == 0 and empty.attrs["captions"] == 0
