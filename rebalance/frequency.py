@@ -11,7 +11,6 @@ punctuation and plural endings do not matter, and a synonym only matches whole w
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -23,27 +22,37 @@ from rebalance.text.counter import PhraseCounts, PhraseIndex, count_batch, phras
 from rebalance.text.normalize import normalize
 
 
-def _batches(captions: Iterable[str] | pa.Array | pa.ChunkedArray, batch_size: int) -> Iterable[pa.Array]:
+def _batches(
+    captions: Iterable[str] | Iterable[pa.Array] | pa.Array | pa.ChunkedArray, batch_size: int
+) -> Iterable[pa.Array]:
+    """Arrow arrays of captions: Arrow input passes through; Python strings are batched."""
     if isinstance(captions, pa.ChunkedArray):
         yield from captions.chunks
         return
     if isinstance(captions, pa.Array):
         yield captions
         return
-    iterator = iter(captions)
+    pending: list[str] = []
     seen = 0
-    while chunk := list(islice(iterator, batch_size)):
-        bad = next((i for i, text in enumerate(chunk) if not isinstance(text, str)), None)
-        if bad is not None:
+    for item in captions:
+        if isinstance(item, (pa.Array, pa.ChunkedArray)):
+            yield from _batches(item, batch_size)
+            continue
+        if not isinstance(item, str):
             raise DataError(
-                f"caption {seen + bad} is a {type(chunk[bad]).__name__}, not a string: {chunk[bad]!r:.80}"
+                f"caption {seen + len(pending)} is a {type(item).__name__}, not a string: {item!r:.80}"
             )
-        seen += len(chunk)
-        yield pa.array(chunk, pa.large_string())
+        pending.append(item)
+        if len(pending) == batch_size:
+            seen += len(pending)
+            yield pa.array(pending, pa.large_string())
+            pending = []
+    if pending:
+        yield pa.array(pending, pa.large_string())
 
 
 def count_concepts(
-    captions: Iterable[str] | pa.Array | pa.ChunkedArray,
+    captions: Iterable[str] | Iterable[pa.Array] | pa.Array | pa.ChunkedArray,
     synonyms: Mapping[str, Sequence[str]],
     *,
     per_caption: bool = True,
@@ -52,7 +61,8 @@ def count_concepts(
     """Count, per concept and per synonym, the captions that mention it.
 
     Args:
-        captions: strings (any iterable, streamed in batches of ``batch_size``) or an Arrow array.
+        captions: strings (any iterable, streamed in batches of ``batch_size``), Arrow string
+            arrays, or an iterable of them (e.g. ``rebalance.io.captions.iter_captions``).
         synonyms: concept name -> its synonyms (phrases of one or more words).
         per_caption: count each caption at most once per concept and per synonym (REAL's
             definition); False counts every occurrence.

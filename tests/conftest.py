@@ -13,6 +13,8 @@ TINY_STEPS = [
     "test",
     "verified",
     "stats",
+    "synonyms",
+    "frequency",
     "embedded",
     "test_embedded",
     "deduped",

@@ -302,6 +302,53 @@ class Embeddings:
 
 
 @dataclasses.dataclass(frozen=True)
+class Synonyms:
+    """Per class: ``category_id``, ``concept`` (class name) and its ``synonyms`` (list of phrases)."""
+
+    table: pa.Table
+
+    @property
+    def num_rows(self) -> int:
+        return self.table.num_rows
+
+    def write(self, directory: Path) -> None:
+        write_parquet(self.table, directory / "synonyms.parquet")
+
+    @classmethod
+    def read(cls, directory: Path) -> Self:
+        return cls(read_parquet(directory / "synonyms.parquet"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ConceptFrequency:
+    """Caption counts per class (``table``), corpus figures (``summary``) and a rank plot (PNG)."""
+
+    table: pa.Table
+    summary: dict[str, Any]
+    plot: bytes
+
+    @property
+    def num_rows(self) -> int:
+        return self.table.num_rows
+
+    def write(self, directory: Path) -> None:
+        write_parquet(self.table, directory / "concept_frequency.parquet")
+        (directory / "summary.json").write_text(json.dumps(self.summary, indent=2, sort_keys=True))
+        (directory / "concept_frequency.md").write_text(
+            markdown_table(self.table.drop_columns(["synonym_counts"]))
+        )
+        (directory / "concept_frequency.png").write_bytes(self.plot)
+
+    @classmethod
+    def read(cls, directory: Path) -> Self:
+        return cls(
+            read_parquet(directory / "concept_frequency.parquet"),
+            json.loads((directory / "summary.json").read_text()),
+            (directory / "concept_frequency.png").read_bytes(),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class EpochIndex:
     """Image ids in training order, one row per draw: ``epoch``, ``position``, ``image_id``."""
 

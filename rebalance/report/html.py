@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from rebalance.core.artifacts import LabeledDataset, Report, TrainReport
+from rebalance.core.artifacts import ConceptFrequency, LabeledDataset, Report, TrainReport
 from rebalance.report import plots
 from rebalance.steps.stats import (
     BUCKETS,
@@ -34,7 +34,11 @@ def _fmt(value: float | None) -> str:
 
 
 def build_report(
-    title: str, original: LabeledDataset, final: LabeledDataset, runs: dict[str, TrainReport]
+    title: str,
+    original: LabeledDataset,
+    final: LabeledDataset,
+    runs: dict[str, TrainReport],
+    frequency: ConceptFrequency | None = None,
 ) -> Report:
     """The report for one pipeline run (``runs`` maps a name such as "baseline" to its training report)."""
     names = original.class_names()
@@ -76,6 +80,27 @@ def build_report(
         if removed
         else "<p>No stage removed images.</p>",
     ]
+    if frequency is not None:
+        images["concept_frequency"] = frequency.plot
+        rows = [
+            [
+                html.escape(r["concept"]),
+                r["count"],
+                f"{r['frequency']:.2e}",
+                html.escape(str(r["top_synonym"])),
+                r["bucket"],
+            ]
+            for r in frequency.table.select(
+                ["concept", "count", "frequency", "top_synonym", "bucket"]
+            ).to_pylist()
+        ]
+        sections += [
+            "<h2>Concept frequency in captions</h2>",
+            f"<p>Captions mentioning each class, over {frequency.summary['captions']:,} captions; the tail "
+            f"(bottom of the ranking) is {html.escape(', '.join(frequency.summary['tail']) or 'empty')}.</p>",
+            '<img src="plots/concept_frequency.png" alt="concept frequency">',
+            _table(["class", "captions", "frequency", "top synonym", "bucket"], rows),
+        ]
     figures: dict[str, Any] = {
         "stages": {k: v.tolist() for k, v in stages.items()},
         "classes": names,

@@ -67,3 +67,25 @@ def bucket_accuracy(runs: dict[str, dict[str, float | None]]) -> bytes:
     axes.set_title("Baseline vs rebalanced, per frequency bucket")
     axes.legend(fontsize=8)
     return _png(figure)
+
+
+def concept_frequency(names: list[str], counts: np.ndarray, tail: np.ndarray) -> bytes:
+    """Rank vs caption count (log scale), the tail shaded."""
+    order = np.argsort(-counts, kind="stable")
+    ranks = np.arange(1, len(order) + 1)
+    figure, axes = plt.subplots(figsize=(6.5, 3.5))
+    axes.plot(ranks, np.maximum(counts[order], 0.8), marker="o", markersize=3)
+    tail_ranks = ranks[tail[order]]
+    if len(tail_ranks):
+        axes.axvspan(
+            tail_ranks.min() - 0.5, tail_ranks.max() + 0.5, color="tab:red", alpha=0.15, label="tail"
+        )
+        axes.legend(fontsize=8)
+    axes.set_yscale("log")
+    axes.set_xlabel("class rank by caption count")
+    axes.set_ylabel("captions mentioning the class (log)")
+    axes.set_title("Concept frequency in the caption corpus")
+    if len(order) <= 30:
+        for rank, index in zip(ranks, order, strict=True):
+            axes.annotate(names[index], (rank, max(counts[index], 0.8)), fontsize=6, rotation=45)
+    return _png(figure)

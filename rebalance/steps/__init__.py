@@ -1,5 +1,16 @@
 """Built-in steps. Importing this package registers them."""
 
-from rebalance.steps import dedup, embed, export, ingest, report, sampling, stats, train, verify
+from rebalance.steps import dedup, embed, export, frequency, ingest, report, sampling, stats, train, verify
 
-__all__ = ["dedup", "embed", "export", "ingest", "report", "sampling", "stats", "train", "verify"]
+__all__ = [
+    "dedup",
+    "embed",
+    "export",
+    "frequency",
+    "ingest",
+    "report",
+    "sampling",
+    "stats",
+    "train",
+    "verify",
+]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rebalance.core.artifacts import LabeledDataset, Report, TrainReport
+from rebalance.core.artifacts import ConceptFrequency, LabeledDataset, Report, TrainReport
 from rebalance.core.registry import step
 
 
@@ -12,17 +12,19 @@ def report(
     final: LabeledDataset,
     baseline: TrainReport | None = None,
     rebalanced: TrainReport | None = None,
+    frequency: ConceptFrequency | None = None,
     *,
     title: str = "rebalance report",
 ) -> Report:
     """Write report.html and PNG plots: class counts after each stage, removals, and per-bucket accuracy.
 
     ``original`` is the data before rebalancing (it defines the rare/common/frequent buckets),
-    ``final`` the data after; ``baseline`` and ``rebalanced`` are training reports to compare.
+    ``final`` the data after; ``baseline`` and ``rebalanced`` are training reports to compare;
+    ``frequency`` adds the concept-frequency plot and table.
     """
     from rebalance.report.html import build_report
 
     runs = {
         name: run for name, run in (("baseline", baseline), ("rebalanced", rebalanced)) if run is not None
     }
-    return build_report(title, original, final, runs)
+    return build_report(title, original, final, runs, frequency)

@@ -32,6 +32,7 @@ def test_tiny_run_trains_both_heads_and_renders_the_report(run_dirs: list[str], 
     assert parser.sources == [
         "plots/class_distribution.png",
         "plots/stage_changes.png",
+        "plots/concept_frequency.png",
         "plots/bucket_accuracy.png",
     ]
     for source in parser.sources:

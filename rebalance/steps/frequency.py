@@ -1,0 +1,143 @@
+"""Concept-frequency steps (REAL): mine synonyms per class, count them in a caption corpus, mark the tail."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pyarrow as pa
+from pydantic import PositiveInt, confloat
+
+from rebalance.core.artifacts import ConceptFrequency, LabeledDataset, Synonyms
+from rebalance.core.config import did_you_mean
+from rebalance.core.registry import InputPath, step
+from rebalance.errors import DataError
+from rebalance.text.normalize import normalize
+
+_DISAMBIGUATION = re.compile(r"_?\([^)]*\)")
+
+
+def readable(name: str) -> str:
+    """An LVIS-style name as words: "bow_(weapon)" -> "bow", "ankle_boot" -> "ankle boot"."""
+    return _DISAMBIGUATION.sub("", name).replace("_", " ").strip()
+
+
+@step("mine_synonyms")
+def mine_synonyms(
+    dataset: LabeledDataset,
+    *,
+    user_synonyms: InputPath | None = None,
+    include_name: bool = True,
+) -> Synonyms:
+    """Collect each class's synonyms: its name, the dataset's own synonyms (LVIS), and a user list.
+
+    user_synonyms is a JSON object {class name: [phrases]}; an unknown class name is an error with a
+    did-you-mean. Names lose LVIS disambiguators ("bow_(weapon)" -> "bow"); duplicates after
+    normalisation are dropped, keeping the first.
+    """
+    names = dataset.class_names()
+    extra: dict[str, list[str]] = {}
+    if user_synonyms is not None:
+        try:
+            extra = json.loads(user_synonyms.read_text())
+        except json.JSONDecodeError as error:
+            raise DataError(f"{user_synonyms}: malformed JSON at line {error.lineno}: {error.msg}") from None
+        if not isinstance(extra, dict) or not all(
+            isinstance(v, list) and all(isinstance(s, str) for s in v) for v in extra.values()
+        ):
+            raise DataError(
+                f"{user_synonyms}: expected a JSON object mapping class names to lists of phrases"
+            )
+        unknown = [k for k in extra if k not in names]
+        if unknown:
+            raise DataError(
+                f"{user_synonyms}: unknown class {unknown[0]!r} ({did_you_mean(unknown[0], names)})"
+            )
+    rows = []
+    for category_id, name, dataset_synonyms in zip(
+        dataset.categories["category_id"].to_pylist(),
+        names,
+        dataset.categories["synonyms"].to_pylist(),
+        strict=True,
+    ):
+        candidates = (
+            ([readable(name)] if include_name else [])
+            + [readable(s) for s in dataset_synonyms or []]
+            + extra.get(name, [])
+        )
+        seen, kept = set(), []
+        for phrase in candidates:
+            key = normalize(phrase)
+            if key and key not in seen:
+                seen.add(key)
+                kept.append(phrase)
+        rows.append({"category_id": category_id, "concept": name, "synonyms": kept})
+    return Synonyms(
+        pa.Table.from_pylist(
+            rows,
+            schema=pa.schema(
+                [("category_id", pa.int64()), ("concept", pa.string()), ("synonyms", pa.list_(pa.string()))]
+            ),
+        )
+    )
+
+
+@step("concept_frequency")
+def concept_frequency(
+    synonyms: Synonyms,
+    *,
+    captions: InputPath,
+    column: str = "caption",
+    per_caption: bool = True,
+    tail_quantile: confloat(gt=0, lt=1) = 0.2,
+    head_quantile: confloat(gt=0, lt=1) = 0.2,
+    batch_rows: PositiveInt = 1_000_000,
+) -> ConceptFrequency:
+    """Count the captions that mention each class (any synonym), REAL-style, and mark the tail.
+
+    frequency = count / captions read. The tail is the ceil(tail_quantile · C) classes with the
+    fewest mentions (REAL uses the bottom 20%); buckets: rare = tail, frequent = the
+    ceil(head_quantile · C) most mentioned, common = the rest. top_synonym is each class's most
+    frequent synonym (REAL-Prompt's class name). Captions stream in batches of batch_rows.
+    """
+    from rebalance.frequency import count_concepts
+    from rebalance.io.captions import iter_captions
+    from rebalance.report.plots import concept_frequency as plot
+
+    names = synonyms.table["concept"].to_pylist()
+    mapping = dict(zip(names, synonyms.table["synonyms"].to_pylist(), strict=True))
+    counted = count_concepts(iter_captions(captions, column, batch_rows), mapping, per_caption=per_caption)
+    if counted.attrs["captions"] == 0:
+        raise DataError(f"{captions}: the caption corpus is empty")
+    counts = counted["count"].to_numpy()
+    order = np.argsort(counts, kind="stable")
+    tail = np.zeros(len(counts), dtype=bool)
+    tail[order[: math.ceil(tail_quantile * len(counts))]] = True
+    head = np.zeros(len(counts), dtype=bool)
+    head[order[len(counts) - math.ceil(head_quantile * len(counts)) :]] = True
+    head &= ~tail
+    table = pa.table(
+        {
+            "category_id": synonyms.table["category_id"],
+            "concept": names,
+            "count": pa.array(counts, pa.int64()),
+            "frequency": pa.array(counts / counted.attrs["captions"], pa.float64()),
+            "top_synonym": counted["top_synonym"].tolist(),
+            "tail": pa.array(tail),
+            "bucket": [
+                "rare" if t else "frequent" if h else "common" for t, h in zip(tail, head, strict=True)
+            ],
+            "synonym_counts": [json.dumps(c) for c in counted["synonym_counts"]],
+        }
+    )
+    summary = {
+        "captions": counted.attrs["captions"],
+        "ambiguous_synonyms": counted.attrs["ambiguous"],
+        "classes_without_synonyms": counted.attrs["empty"],
+        "classes_never_mentioned": [n for n, c in zip(names, counts, strict=True) if c == 0],
+        "tail": [n for n, t in zip(names, tail, strict=True) if t],
+        "per_caption": per_caption,
+    }
+    return ConceptFrequency(table, summary, plot(names, counts, tail))

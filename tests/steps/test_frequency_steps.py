@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rebalance.errors import DataError
+from rebalance.io.captions import iter_captions
+from rebalance.steps.frequency import concept_frequency, mine_synonyms, readable
+from rebalance.steps.ingest import ingest_coco
+from tests.steps.lvis_fixture import build_lvis
+
+
+def lvis(tmp_path: Path):
+    annotations, root = build_lvis(tmp_path)
+    return ingest_coco(annotations=annotations, image_root=root)
+
+
+def test_readable_names() -> None:
+    assert readable("bow_(weapon)") == "bow" and readable("ankle_boot") == "ankle boot"
+
+
+def test_synonyms_from_names_lvis_and_a_user_file(tmp_path: Path) -> None:
+    extra = tmp_path / "extra.json"
+    extra.write_text(json.dumps({"banana": ["plantain", "Bananas"]}))
+    table = mine_synonyms(lvis(tmp_path), user_synonyms=extra).table.to_pylist()
+    assert table[0] == {"category_id": 1, "concept": "aerosol_can", "synonyms": ["aerosol can", "spray can"]}
+    assert table[2]["synonyms"] == ["banana", "plantain"]  # "Bananas" normalises to "banana": a duplicate
+    extra.write_text(json.dumps({"bananna": ["x"]}))
+    with pytest.raises(DataError, match="unknown class 'bananna'.*did you mean 'banana'"):
+        mine_synonyms(lvis(tmp_path / "b"), user_synonyms=extra)
+    extra.write_text("{bad json")
+    with pytest.raises(DataError, match="malformed JSON"):
+        mine_synonyms(lvis(tmp_path / "c"), user_synonyms=extra)
+
+
+def test_frequency_tail_and_buckets_by_hand(tmp_path: Path) -> None:
+    synonyms = mine_synonyms(lvis(tmp_path))
+    corpus = tmp_path / "captions.txt"
+    corpus.write_text(
+        "\n".join(["a banana"] * 5 + ["two spray cans and a banana", "an aerosol can", "nothing here"])
+    )
+    result = concept_frequency(synonyms, captions=corpus, tail_quantile=0.3, head_quantile=0.3)
+    rows = {r["concept"]: r for r in result.table.to_pylist()}
+    assert (rows["banana"]["count"], rows["aerosol_can"]["count"], rows["alcohol"]["count"]) == (6, 2, 0)
+    assert rows["banana"]["frequency"] == 6 / 8
+    assert [rows[c]["bucket"] for c in ("alcohol", "aerosol_can", "banana")] == ["rare", "common", "frequent"]
+    assert json.loads(rows["aerosol_can"]["synonym_counts"]) == {"aerosol can": 1, "spray can": 1}
+    assert result.summary["tail"] == ["alcohol"] and result.summary["classes_never_mentioned"] == ["alcohol"]
+    assert result.plot.startswith(b"\x89PNG")
+
+
+def test_caption_formats_give_the_same_counts(tmp_path: Path) -> None:
+    synonyms = mine_synonyms(lvis(tmp_path))
+    captions = ["a banana", "spray can", "bananas and an aerosol can", "x"]
+    (tmp_path / "c.txt").write_text("\n".join(captions))
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps({"text": c}) for c in captions))
+    pq.write_table(pa.table({"text": captions}), tmp_path / "c.parquet")
+    counts = [
+        concept_frequency(synonyms, captions=tmp_path / "c.txt").table["count"].to_pylist(),
+        concept_frequency(synonyms, captions=tmp_path / "c.jsonl", column="text").table["count"].to_pylist(),
+        concept_frequency(synonyms, captions=tmp_path / "c.parquet", column="text")
+        .table["count"]
+        .to_pylist(),
+    ]
+    assert counts[0] == counts[1] == counts[2] == [2, 0, 2]
+    assert sum(len(batch) for batch in iter_captions(tmp_path / "c.parquet", "text", batch_rows=3)) == 4
+
+
+def test_bad_corpora_are_clear_errors(tmp_path: Path) -> None:
+    synonyms = mine_synonyms(lvis(tmp_path))
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(DataError, match="empty"):
+        concept_frequency(synonyms, captions=tmp_path / "empty.txt")
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(DataError, match="broken.parquet: cannot read captions"):
+        concept_frequency(synonyms, captions=tmp_path / "broken.parquet")
+    pq.write_table(pa.table({"caption": [1, 2]}), tmp_path / "numbers.parquet")
+    with pytest.raises(DataError, match="holds int64, not text"):
+        concept_frequency(synonyms, captions=tmp_path / "numbers.parquet")
+    with pytest.raises(DataError, match=r"no column 'caption '; columns are \['caption'\]"):
+        concept_frequency(synonyms, captions=tmp_path / "numbers.parquet", column="caption ")
