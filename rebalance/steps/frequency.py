@@ -14,6 +14,7 @@ from rebalance.core.artifacts import ConceptFrequency, LabeledDataset, Synonyms
 from rebalance.core.config import did_you_mean
 from rebalance.core.registry import InputPath, step
 from rebalance.errors import DataError
+from rebalance.io.wordnet import Synset, WordNet
 from rebalance.text.normalize import normalize
 
 _DISAMBIGUATION = re.compile(r"_?\([^)]*\)")
@@ -29,13 +30,18 @@ def mine_synonyms(
     dataset: LabeledDataset,
     *,
     user_synonyms: InputPath | None = None,
+    wordnet: InputPath | None = None,
+    wordnet_senses: PositiveInt = 1,
     include_name: bool = True,
 ) -> Synonyms:
-    """Collect each class's synonyms: its name, the dataset's own synonyms (LVIS), and a user list.
+    """Collect each class's synonyms: its name, the dataset's own synonyms (LVIS), WordNet, a user list.
 
-    user_synonyms is a JSON object {class name: [phrases]}; an unknown class name is an error with a
-    did-you-mean. Names lose LVIS disambiguators ("bow_(weapon)" -> "bow"); duplicates after
-    normalisation are dropped, keeping the first.
+    WordNet (the copy in data/wordnet, or /usr/share/wordnet from Debian's wordnet-base) adds the
+    lemmas of the class's synset when the dataset names one (LVIS ``synset``), else of the first
+    wordnet_senses noun senses of its name. user_synonyms is a JSON object {class name: [phrases]};
+    an unknown class name is an error with a did-you-mean. Names lose LVIS disambiguators
+    ("bow_(weapon)" -> "bow"); duplicates after normalisation are dropped, keeping the first.
+    The table also keeps each class's definition (the dataset's, else WordNet's).
     """
     names = dataset.class_names()
     extra: dict[str, list[str]] = {}
@@ -55,16 +61,16 @@ def mine_synonyms(
             raise DataError(
                 f"{user_synonyms}: unknown class {unknown[0]!r} ({did_you_mean(unknown[0], names)})"
             )
+    lexicon = WordNet.load(wordnet) if wordnet is not None else None
+    categories = dataset.categories.to_pylist()
     rows = []
-    for category_id, name, dataset_synonyms in zip(
-        dataset.categories["category_id"].to_pylist(),
-        names,
-        dataset.categories["synonyms"].to_pylist(),
-        strict=True,
-    ):
+    for category, name in zip(categories, names, strict=True):
+        senses = _wordnet_senses(lexicon, category, name, wordnet_senses)
+        definition = category["definition"] or (senses[0].definition if senses else None)
         candidates = (
             ([readable(name)] if include_name else [])
-            + [readable(s) for s in dataset_synonyms or []]
+            + [readable(s) for s in category["synonyms"] or []]
+            + [lemma for sense in senses for lemma in sense.lemmas]
             + extra.get(name, [])
         )
         seen, kept = set(), []
@@ -73,15 +79,32 @@ def mine_synonyms(
             if key and key not in seen:
                 seen.add(key)
                 kept.append(phrase)
-        rows.append({"category_id": category_id, "concept": name, "synonyms": kept})
-    return Synonyms(
-        pa.Table.from_pylist(
-            rows,
-            schema=pa.schema(
-                [("category_id", pa.int64()), ("concept", pa.string()), ("synonyms", pa.list_(pa.string()))]
-            ),
+        rows.append(
+            {
+                "category_id": category["category_id"],
+                "concept": name,
+                "synonyms": kept,
+                "definition": definition,
+            }
         )
+    schema = pa.schema(
+        [
+            ("category_id", pa.int64()),
+            ("concept", pa.string()),
+            ("synonyms", pa.list_(pa.string())),
+            ("definition", pa.string()),
+        ]
     )
+    return Synonyms(pa.Table.from_pylist(rows, schema=schema))
+
+
+def _wordnet_senses(lexicon: WordNet | None, category: dict, name: str, count: int) -> list[Synset]:
+    if lexicon is None:
+        return []
+    if category["synset"]:
+        named = lexicon.synset(category["synset"])
+        return [named] if named is not None else []
+    return lexicon.synsets(readable(name))[:count]
 
 
 @step("concept_frequency")

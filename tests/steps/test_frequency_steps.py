@@ -10,7 +10,8 @@ import pytest
 from rebalance.errors import DataError
 from rebalance.io.captions import iter_captions
 from rebalance.steps.frequency import concept_frequency, mine_synonyms, readable
-from rebalance.steps.ingest import ingest_coco
+from rebalance.steps.ingest import ingest_coco, ingest_image_folder
+from tests.conftest import REPO
 from tests.steps.lvis_fixture import build_lvis
 
 
@@ -27,7 +28,12 @@ def test_synonyms_from_names_lvis_and_a_user_file(tmp_path: Path) -> None:
     extra = tmp_path / "extra.json"
     extra.write_text(json.dumps({"banana": ["plantain", "Bananas"]}))
     table = mine_synonyms(lvis(tmp_path), user_synonyms=extra).table.to_pylist()
-    assert table[0] == {"category_id": 1, "concept": "aerosol_can", "synonyms": ["aerosol can", "spray can"]}
+    assert table[0] == {
+        "category_id": 1,
+        "concept": "aerosol_can",
+        "synonyms": ["aerosol can", "spray can"],
+        "definition": "a dispenser that holds a substance under pressure",
+    }
     assert table[2]["synonyms"] == ["banana", "plantain"]  # "Bananas" normalises to "banana": a duplicate
     extra.write_text(json.dumps({"bananna": ["x"]}))
     with pytest.raises(DataError, match="unknown class 'bananna'.*did you mean 'banana'"):
@@ -83,3 +89,34 @@ def test_bad_corpora_are_clear_errors(tmp_path: Path) -> None:
         concept_frequency(synonyms, captions=tmp_path / "numbers.parquet")
     with pytest.raises(DataError, match=r"no column 'caption '; columns are \['caption'\]"):
         concept_frequency(synonyms, captions=tmp_path / "numbers.parquet", column="caption ")
+
+
+WORDNET = REPO / "data" / "wordnet"
+
+
+def test_wordnet_synonyms_by_lvis_synset_and_by_name(tmp_path: Path) -> None:
+    table = mine_synonyms(lvis(tmp_path), wordnet=WORDNET).table.to_pylist()
+    # aerosol.n.02 (LVIS's synset), alcohol.n.01, banana.n.02: WordNet 3.0's lemmas, offline.
+    assert table[0]["synonyms"] == [
+        "aerosol can",
+        "spray can",
+        "aerosol",
+        "aerosol container",
+        "aerosol bomb",
+    ]
+    assert "alcoholic beverage" in table[1]["synonyms"] and "intoxicant" in table[1]["synonyms"]
+    names = {"sneaker": [], "pullover": [], "ankle_boot": []}
+    for name in names:
+        (tmp_path / "folder" / name).mkdir(parents=True)
+        (tmp_path / "folder" / name / "x.png").write_bytes(b"")
+    rows = mine_synonyms(ingest_image_folder(root=tmp_path / "folder"), wordnet=WORDNET).table.to_pylist()
+    by_name = {row["concept"]: row for row in rows}
+    assert by_name["sneaker"]["synonyms"] == ["sneaker", "gym shoe", "tennis shoe"]
+    assert by_name["pullover"]["synonyms"] == ["pullover", "slipover"]
+    assert by_name["ankle_boot"]["synonyms"] == ["ankle boot"]  # not in WordNet: the name only
+    assert by_name["sneaker"]["definition"].startswith("a canvas shoe")
+
+
+def test_missing_wordnet_says_how_to_get_it(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="apt-get install wordnet-base"):
+        mine_synonyms(lvis(tmp_path), wordnet=tmp_path)
