@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from rebalance.io.wordnet import POS_FILES, parse_data_file, parse_index_file
 
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=Path("/usr/share/wordnet"))
