@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from rebalance.errors import DataError
-from rebalance.text.counter import PhraseCounts, PhraseIndex, count_batch, phrase_groups
+from rebalance.text.counter import PhraseCounts, PhraseIndex, count_batch, match_pairs, phrase_groups
 from rebalance.text.normalize import normalize
 
 
@@ -108,3 +108,49 @@ def count_concepts(
         empty=[c for c in classes if not any(phrase_of[s] for s in synonyms[c])],
     )
     return table
+
+
+def _sample_keys(seed: int, positions: np.ndarray) -> np.ndarray:
+    """A seeded pseudo-random key per global caption position (splitmix64), for bottom-k sampling."""
+    with np.errstate(over="ignore"):
+        value = positions.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+        value = (value ^ (value >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        value = (value ^ (value >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return value ^ (value >> np.uint64(31))
+
+
+def sample_matching_captions(
+    captions: Iterable[str] | Iterable[pa.Array] | pa.Array | pa.ChunkedArray,
+    synonyms: Mapping[str, Sequence[str]],
+    *,
+    per_concept: int,
+    seed: int = 0,
+    batch_size: int = 1_000_000,
+) -> dict[str, list[str]]:
+    """A uniform random sample of up to ``per_concept`` captions that mention each concept.
+
+    Bottom-k sampling on a seeded hash of each caption's position: one streaming pass, memory
+    bounded by the samples, and the same sample for the same corpus and seed however it is batched.
+    """
+    classes = list(synonyms)
+    phrase_of = {s: normalize(s) for synonym_list in synonyms.values() for s in synonym_list}
+    groups, _ = phrase_groups({k: list(v) for k, v in synonyms.items()}, phrase_of)
+    samples: dict[int, list[tuple[int, str]]] = {g: [] for g in range(len(classes))}
+    if not groups:
+        return {c: [] for c in classes}
+    index = PhraseIndex.build(groups)
+    seen = 0
+    for batch in _batches(captions, batch_size):
+        positions, found = match_pairs(index, batch, len(classes))
+        keys = _sample_keys(seed, positions + seen)
+        order = np.lexsort((keys, found))
+        ranked_groups = found[order]
+        starts = np.searchsorted(ranked_groups, ranked_groups, side="left")
+        keep = order[np.arange(len(order)) - starts < per_concept]  # this batch's bottom-k per group
+        texts = batch.take(pa.array(positions[keep])).to_pylist() if len(keep) else []
+        for group, key, text in zip(found[keep].tolist(), keys[keep].tolist(), texts, strict=True):
+            samples[group].append((key, text))
+        for group in samples:
+            samples[group] = sorted(samples[group])[:per_concept]
+        seen += len(batch)
+    return {classes[g]: [text for _, text in kept] for g, kept in samples.items()}

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import math
 import re
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import PositiveInt, confloat
+from pydantic import NonNegativeInt, PositiveInt, confloat
 
 from rebalance.core.artifacts import ConceptFrequency, LabeledDataset, Synonyms
 from rebalance.core.config import did_you_mean
@@ -127,31 +128,18 @@ def concept_frequency(
     """
     from rebalance.frequency import count_concepts
     from rebalance.io.captions import iter_captions
-    from rebalance.report.plots import concept_frequency as plot
 
     names = synonyms.table["concept"].to_pylist()
     mapping = dict(zip(names, synonyms.table["synonyms"].to_pylist(), strict=True))
     counted = count_concepts(iter_captions(captions, column, batch_rows), mapping, per_caption=per_caption)
     if counted.attrs["captions"] == 0:
         raise DataError(f"{captions}: the caption corpus is empty")
-    counts = counted["count"].to_numpy()
-    order = np.argsort(counts, kind="stable")
-    tail = np.zeros(len(counts), dtype=bool)
-    tail[order[: math.ceil(tail_quantile * len(counts))]] = True
-    head = np.zeros(len(counts), dtype=bool)
-    head[order[len(counts) - math.ceil(head_quantile * len(counts)) :]] = True
-    head &= ~tail
     table = pa.table(
         {
             "category_id": synonyms.table["category_id"],
             "concept": names,
-            "count": pa.array(counts, pa.int64()),
-            "frequency": pa.array(counts / counted.attrs["captions"], pa.float64()),
+            "count": pa.array(counted["count"].to_numpy(), pa.int64()),
             "top_synonym": counted["top_synonym"].tolist(),
-            "tail": pa.array(tail),
-            "bucket": [
-                "rare" if t else "frequent" if h else "common" for t, h in zip(tail, head, strict=True)
-            ],
             "synonym_counts": [json.dumps(c) for c in counted["synonym_counts"]],
         }
     )
@@ -159,8 +147,99 @@ def concept_frequency(
         "captions": counted.attrs["captions"],
         "ambiguous_synonyms": counted.attrs["ambiguous"],
         "classes_without_synonyms": counted.attrs["empty"],
-        "classes_never_mentioned": [n for n, c in zip(names, counts, strict=True) if c == 0],
-        "tail": [n for n, t in zip(names, tail, strict=True) if t],
         "per_caption": per_caption,
     }
+    return with_tail(table, "count", summary, tail_quantile, head_quantile)
+
+
+def with_tail(
+    table: pa.Table, count_column: str, summary: dict, tail_quantile: float, head_quantile: float
+) -> ConceptFrequency:
+    """Add frequency, tail and bucket columns from ``count_column``, and the rank plot."""
+    from rebalance.report.plots import concept_frequency as plot
+
+    names = table["concept"].to_pylist()
+    counts = table[count_column].to_numpy()
+    order = np.argsort(counts, kind="stable")
+    tail = np.zeros(len(counts), dtype=bool)
+    tail[order[: math.ceil(tail_quantile * len(counts))]] = True
+    head = np.zeros(len(counts), dtype=bool)
+    head[order[len(counts) - math.ceil(head_quantile * len(counts)) :]] = True
+    head &= ~tail
+    buckets = ["rare" if t else "frequent" if h else "common" for t, h in zip(tail, head, strict=True)]
+    for name, values in (
+        ("frequency", pa.array(counts / summary["captions"], pa.float64())),
+        ("tail", pa.array(tail)),
+        ("bucket", pa.array(buckets)),
+    ):
+        table = (
+            table.set_column(table.schema.get_field_index(name), name, values)
+            if name in table.column_names
+            else table.append_column(name, values)
+        )
+    summary = {
+        **summary,
+        "classes_never_mentioned": [n for n, c in zip(names, counts, strict=True) if c == 0],
+        "tail": [n for n, t in zip(names, tail, strict=True) if t],
+    }
     return ConceptFrequency(table, summary, plot(names, counts, tail))
+
+
+@step("llm_filter")
+def llm_filter(
+    frequency: ConceptFrequency,
+    synonyms: Synonyms,
+    *,
+    captions: InputPath,
+    model: str,
+    column: str = "caption",
+    max_checked: PositiveInt = 1000,
+    threshold: confloat(gt=0, lt=1) = 0.5,
+    tail_quantile: confloat(gt=0, lt=1) = 0.2,
+    head_quantile: confloat(gt=0, lt=1) = 0.2,
+    device: Literal["auto", "cpu", "cuda"] = "auto",
+    batch_rows: PositiveInt = 1_000_000,
+    seed: NonNegativeInt = 0,
+) -> ConceptFrequency:
+    """REAL's LLM filter: ask a causal LM whether sampled matching captions really mean the class.
+
+    For each class, up to max_checked captions that match its synonyms are drawn uniformly
+    (seeded); the model (transformers, by hub name or local path) answers Yes/No given the class
+    name and definition; estimated_count = count × yes_ratio, and the tail and buckets are
+    recomputed on it. Classes with no match keep count 0.
+    """
+    from rebalance.frequency import sample_matching_captions
+    from rebalance.io.captions import iter_captions
+    from rebalance.models.judge import PROMPT, load_judge
+
+    names = synonyms.table["concept"].to_pylist()
+    if frequency.table["concept"].to_pylist() != names:
+        raise DataError(
+            "the frequency table and the synonyms list different classes; wire both from the same mine_synonyms step"
+        )
+    mapping = dict(zip(names, synonyms.table["synonyms"].to_pylist(), strict=True))
+    definitions = dict(zip(names, synonyms.table["definition"].to_pylist(), strict=True))
+    samples = sample_matching_captions(
+        iter_captions(captions, column, batch_rows), mapping, per_concept=max_checked, seed=seed
+    )
+    judge = load_judge(model, device)
+    checked, ratios = [], []
+    for name in names:
+        prompts = [
+            PROMPT.format(concept=readable(name), definition=definitions[name] or readable(name), caption=c)
+            for c in samples[name]
+        ]
+        answers = judge.yes_probability(prompts) > threshold
+        checked.append(len(prompts))
+        ratios.append(float(answers.mean()) if len(prompts) else 1.0)
+    counts = frequency.table["count"].to_numpy()
+    estimated = np.round(counts * np.array(ratios)).astype(np.int64)
+    table = frequency.table.select(["category_id", "concept", "count", "top_synonym", "synonym_counts"])
+    table = table.append_column("checked", pa.array(checked, pa.int64()))
+    table = table.append_column("yes_ratio", pa.array(ratios, pa.float64()))
+    table = table.append_column("estimated_count", pa.array(estimated, pa.int64()))
+    summary = {
+        **frequency.summary,
+        "llm": {"model": model, "max_checked": max_checked, "threshold": threshold},
+    }
+    return with_tail(table, "estimated_count", summary, tail_quantile, head_quantile)

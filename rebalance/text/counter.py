@@ -150,14 +150,7 @@ def count_batch(index: PhraseIndex, captions: pa.Array, counts: PhraseCounts, *,
 def _count_arrow(
     index: PhraseIndex, captions: pa.Array, counts: PhraseCounts, per_caption: bool, normalised: bool
 ) -> np.ndarray:
-    offsets = np.frombuffer(
-        captions.buffers()[1], dtype=np.int64, count=len(captions) + 1, offset=captions.offset * 8
-    )
-    data = (
-        np.frombuffer(captions.buffers()[2], dtype=np.uint8)
-        if captions.buffers()[2] is not None
-        else np.zeros(1, np.uint8)
-    )
+    offsets, data = _buffers(captions)
     deferred = np.zeros(len(captions), dtype=np.bool_)
     _scan(
         data,
@@ -179,6 +172,69 @@ def _count_arrow(
         deferred,
     )
     return np.flatnonzero(deferred)
+
+
+def match_pairs(index: PhraseIndex, captions: pa.Array, groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every (caption position, group) such that the caption mentions the group, once each."""
+    captions = captions.cast(pa.large_string())
+    deferred = _count_arrow(
+        index,
+        captions,
+        PhraseCounts(np.zeros(len(index.phrases), np.int64), np.zeros(groups, np.int64)),
+        True,
+        False,
+    )
+    rows = [(np.arange(len(captions)), captions, False)]
+    if len(deferred):
+        rewritten = pa.array([normalize(t) for t in captions.take(deferred).to_pylist()], pa.large_string())
+        rows.append((deferred, rewritten, True))
+    found_captions, found_groups = [], []
+    for positions, texts, normalised in rows:
+        counts = PhraseCounts(np.zeros(len(index.phrases), np.int64), np.zeros(groups, np.int64))
+        _count_arrow(index, texts, counts, True, normalised)  # sizes the record buffers exactly
+        capacity = max(int(counts.groups.sum()), 1)
+        pair_captions = np.empty(capacity, dtype=np.int64)
+        pair_groups = np.empty(capacity, dtype=np.int64)
+        fill = np.zeros(1, dtype=np.int64)
+        offsets, data = _buffers(texts)
+        _scan_range(
+            data,
+            offsets,
+            0,
+            len(texts),
+            index.token_keys,
+            index.token_ids,
+            index.edge_keys,
+            index.edge_children,
+            index.node_phrase,
+            index.root_child,
+            index.vocabulary_size,
+            index.group_offsets,
+            index.group_ids,
+            np.zeros(len(index.phrases), np.int64),
+            np.zeros(groups, np.int64),
+            True,
+            normalised,
+            np.zeros(len(texts), dtype=np.bool_),
+            pair_captions,
+            pair_groups,
+            fill,
+        )
+        found_captions.append(positions[pair_captions[: fill[0]]])
+        found_groups.append(pair_groups[: fill[0]])
+    return np.concatenate(found_captions), np.concatenate(found_groups)
+
+
+def _buffers(captions: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    offsets = np.frombuffer(
+        captions.buffers()[1], dtype=np.int64, count=len(captions) + 1, offset=captions.offset * 8
+    )
+    data = (
+        np.frombuffer(captions.buffers()[2], dtype=np.uint8)
+        if captions.buffers()[2] is not None
+        else np.zeros(1, np.uint8)
+    )
+    return offsets, data
 
 
 _WORD = np.zeros(256, dtype=np.bool_)
@@ -247,6 +303,7 @@ def _scan(
     # on the number of threads).
     phrase_rows = np.zeros((chunks, len(phrase_counts)), dtype=np.int64)
     group_rows = np.zeros((chunks, len(group_counts)), dtype=np.int64)
+    no_pairs = np.zeros(0, dtype=np.int64)
     for chunk in numba.prange(chunks):
         _scan_range(
             data,
@@ -267,6 +324,9 @@ def _scan(
             per_caption,
             normalised,
             deferred,
+            no_pairs,
+            no_pairs,
+            no_pairs,
         )
     phrase_counts += phrase_rows.sum(axis=0)
     group_counts += group_rows.sum(axis=0)
@@ -292,6 +352,9 @@ def _scan_range(
     per_caption,
     normalised,
     deferred,
+    pair_captions,
+    pair_groups,
+    pair_fill,
 ):  # pragma: no cover - compiled
     token_mask = len(token_keys) - 1
     edge_mask = len(edge_keys) - 1
@@ -354,6 +417,10 @@ def _scan_range(
                         if not per_caption or group_last[group] != caption:
                             group_last[group] = caption
                             group_counts[group] += 1
+                            if len(pair_captions):  # recording (caption, group) matches
+                                pair_captions[pair_fill[0]] = caption
+                                pair_groups[pair_fill[0]] = group
+                                pair_fill[0] += 1
                 cursor += 1
                 if cursor >= count or caption_tokens[cursor] < 0:
                     break

@@ -120,3 +120,51 @@ def test_wordnet_synonyms_by_lvis_synset_and_by_name(tmp_path: Path) -> None:
 def test_missing_wordnet_says_how_to_get_it(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="apt-get install wordnet-base"):
         mine_synonyms(lvis(tmp_path), wordnet=tmp_path)
+
+
+def test_llm_filter_with_a_tiny_causal_lm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rebalance.models import judge as judge_module
+    from rebalance.models.tiny import save_tiny_causal_lm
+    from rebalance.steps.frequency import llm_filter
+
+    synonyms = mine_synonyms(lvis(tmp_path))
+    corpus = tmp_path / "captions.txt"
+    corpus.write_text(
+        "\n".join([f"banana number {i}" for i in range(30)] + ["a spray can", "an aerosol can here"])
+    )
+    counted = concept_frequency(synonyms, captions=corpus)
+    model = save_tiny_causal_lm(tmp_path / "tiny-lm")
+    filtered = llm_filter(counted, synonyms, captions=corpus, model=str(model), max_checked=8, device="cpu")
+    rows = {r["concept"]: r for r in filtered.table.to_pylist()}
+    assert [rows[c]["checked"] for c in ("aerosol_can", "alcohol", "banana")] == [2, 0, 8]
+    for row in rows.values():
+        assert 0.0 <= row["yes_ratio"] <= 1.0 and row["estimated_count"] == round(
+            row["count"] * row["yes_ratio"]
+        )
+    assert filtered.summary["llm"]["model"] == str(model)
+    again = llm_filter(counted, synonyms, captions=corpus, model=str(model), max_checked=8, device="cpu")
+    assert again.table.equals(filtered.table)
+
+    class Sceptic:  # answers No to everything about bananas
+        def yes_probability(self, prompts: list[str]):
+            import numpy as np
+
+            return np.array([0.0 if "banana" in p else 1.0 for p in prompts])
+
+    monkeypatch.setattr(judge_module, "load_judge", lambda model, device: Sceptic())
+    sceptical = {
+        r["concept"]: r
+        for r in llm_filter(
+            counted, synonyms, captions=corpus, model="any", tail_quantile=0.5
+        ).table.to_pylist()
+    }
+    assert sceptical["banana"]["estimated_count"] == 0 and sceptical["aerosol_can"]["estimated_count"] == 2
+    assert sceptical["banana"]["tail"]  # the filter moved banana into the tail
+
+
+def test_a_missing_language_model_is_a_clear_error(tmp_path: Path) -> None:
+    from rebalance.errors import RebalanceError
+    from rebalance.models.judge import YesNoJudge
+
+    with pytest.raises(RebalanceError, match="cannot load the language model"):
+        YesNoJudge(str(tmp_path / "no-such-model"))
