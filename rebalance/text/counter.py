@@ -54,6 +54,20 @@ class PhraseIndex:
     group_offsets: np.ndarray  # CSR: phrase id -> group ids
     group_ids: np.ndarray
 
+    @property
+    def tables(self) -> tuple[np.ndarray, ...]:
+        """The arrays the compiled loop reads, in the order it unpacks them."""
+        return (
+            self.token_keys,
+            self.token_ids,
+            self.edge_keys,
+            self.edge_children,
+            self.node_phrase,
+            self.root_child,
+            self.group_offsets,
+            self.group_ids,
+        )
+
     @classmethod
     def build(cls, phrase_groups: dict[str, list[int]]) -> PhraseIndex:
         """``phrase_groups``: normalised phrase -> the groups (classes) it counts for."""
@@ -155,15 +169,8 @@ def _count_arrow(
     _scan(
         data,
         offsets,
-        index.token_keys,
-        index.token_ids,
-        index.edge_keys,
-        index.edge_children,
-        index.node_phrase,
-        index.root_child,
+        index.tables,
         index.vocabulary_size,
-        index.group_offsets,
-        index.group_ids,
         counts.phrases,
         counts.groups,
         per_caption,
@@ -202,15 +209,8 @@ def match_pairs(index: PhraseIndex, captions: pa.Array, groups: int) -> tuple[np
             offsets,
             0,
             len(texts),
-            index.token_keys,
-            index.token_ids,
-            index.edge_keys,
-            index.edge_children,
-            index.node_phrase,
-            index.root_child,
+            index.tables,
             index.vocabulary_size,
-            index.group_offsets,
-            index.group_ids,
             np.zeros(len(index.phrases), np.int64),
             np.zeros(groups, np.int64),
             True,
@@ -282,15 +282,8 @@ def _es_plural(data, end):
 def _scan(
     data,
     offsets,
-    token_keys,
-    token_ids,
-    edge_keys,
-    edge_children,
-    node_phrase,
-    root_child,
+    tables,
     vocabulary_size,
-    group_offsets,
-    group_ids,
     phrase_counts,
     group_counts,
     per_caption,
@@ -310,15 +303,8 @@ def _scan(
             offsets,
             chunk * captions // chunks,
             (chunk + 1) * captions // chunks,
-            token_keys,
-            token_ids,
-            edge_keys,
-            edge_children,
-            node_phrase,
-            root_child,
+            tables,
             vocabulary_size,
-            group_offsets,
-            group_ids,
             phrase_rows[chunk],
             group_rows[chunk],
             per_caption,
@@ -338,15 +324,8 @@ def _scan_range(
     offsets,
     first,
     last,
-    token_keys,
-    token_ids,
-    edge_keys,
-    edge_children,
-    node_phrase,
-    root_child,
+    tables,
     vocabulary_size,
-    group_offsets,
-    group_ids,
     phrase_counts,
     group_counts,
     per_caption,
@@ -356,6 +335,9 @@ def _scan_range(
     pair_groups,
     pair_fill,
 ):  # pragma: no cover - compiled
+    token_keys, token_ids, edge_keys, edge_children, node_phrase, root_child, group_offsets, group_ids = (
+        tables
+    )
     token_mask = len(token_keys) - 1
     edge_mask = len(edge_keys) - 1
     phrase_last = np.full(len(phrase_counts), -1, dtype=np.int64)
