@@ -194,6 +194,7 @@ def llm_filter(
     model: str,
     column: str = "caption",
     max_checked: PositiveInt = 1000,
+    enough_positives: PositiveInt | None = None,
     threshold: confloat(gt=0, lt=1) = 0.5,
     tail_quantile: confloat(gt=0, lt=1) = 0.2,
     head_quantile: confloat(gt=0, lt=1) = 0.2,
@@ -205,8 +206,9 @@ def llm_filter(
 
     For each class, up to max_checked captions that match its synonyms are drawn uniformly
     (seeded); the model (transformers, by hub name or local path) answers Yes/No given the class
-    name and definition; estimated_count = count × yes_ratio, and the tail and buckets are
-    recomputed on it. Classes with no match keep count 0.
+    name and definition; judging a class stops early once enough_positives answers were Yes (REAL
+    checks ≥ 1000 or stops at enough positives). estimated_count = count × yes_ratio over the
+    captions checked, and the tail and buckets are recomputed on it. Classes with no match keep 0.
     """
     from rebalance.frequency import sample_matching_captions
     from rebalance.io.captions import iter_captions
@@ -229,9 +231,13 @@ def llm_filter(
             PROMPT.format(concept=readable(name), definition=definitions[name] or readable(name), caption=c)
             for c in samples[name]
         ]
-        answers = judge.yes_probability(prompts) > threshold
-        checked.append(len(prompts))
-        ratios.append(float(answers.mean()) if len(prompts) else 1.0)
+        answers: list[bool] = []
+        for start in range(0, len(prompts), judge.batch_size):
+            answers += (judge.yes_probability(prompts[start : start + judge.batch_size]) > threshold).tolist()
+            if enough_positives is not None and sum(answers) >= enough_positives:
+                break
+        checked.append(len(answers))
+        ratios.append(sum(answers) / len(answers) if answers else 1.0)
     counts = frequency.table["count"].to_numpy()
     estimated = np.round(counts * np.array(ratios)).astype(np.int64)
     table = frequency.table.select(["category_id", "concept", "count", "top_synonym", "synonym_counts"])
@@ -240,6 +246,11 @@ def llm_filter(
     table = table.append_column("estimated_count", pa.array(estimated, pa.int64()))
     summary = {
         **frequency.summary,
-        "llm": {"model": model, "max_checked": max_checked, "threshold": threshold},
+        "llm": {
+            "model": model,
+            "max_checked": max_checked,
+            "enough_positives": enough_positives,
+            "threshold": threshold,
+        },
     }
     return with_tail(table, "estimated_count", summary, tail_quantile, head_quantile)

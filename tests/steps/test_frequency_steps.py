@@ -146,6 +146,8 @@ def test_llm_filter_with_a_tiny_causal_lm(tmp_path: Path, monkeypatch: pytest.Mo
     assert again.table.equals(filtered.table)
 
     class Sceptic:  # answers No to everything about bananas
+        batch_size = 2
+
         def yes_probability(self, prompts: list[str]):
             import numpy as np
 
@@ -160,6 +162,17 @@ def test_llm_filter_with_a_tiny_causal_lm(tmp_path: Path, monkeypatch: pytest.Mo
     }
     assert sceptical["banana"]["estimated_count"] == 0 and sceptical["aerosol_can"]["estimated_count"] == 2
     assert sceptical["banana"]["tail"]  # the filter moved banana into the tail
+
+    class Believer(Sceptic):
+        def yes_probability(self, prompts: list[str]):
+            import numpy as np
+
+            return np.ones(len(prompts))
+
+    monkeypatch.setattr(judge_module, "load_judge", lambda model, device: Believer())
+    early = llm_filter(counted, synonyms, captions=corpus, model="any", enough_positives=3)
+    rows = {r["concept"]: r for r in early.table.to_pylist()}
+    assert rows["banana"]["checked"] == 4 and rows["banana"]["estimated_count"] == 30  # 2 batches of 2
 
 
 def test_a_missing_language_model_is_a_clear_error(tmp_path: Path) -> None:
