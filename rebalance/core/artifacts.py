@@ -200,6 +200,17 @@ class LabeledDataset:
     def class_names(self) -> list[str]:
         return self.categories["name"].to_pylist()
 
+    def single_labels(self, needed_for: str) -> np.ndarray:
+        """The class position (0..C-1) of every image; a DataError unless each has exactly one label."""
+        lists = self.category_lists()
+        lengths = np.diff(lists.offsets.to_numpy())
+        if self.num_rows and not np.all(lengths == 1):
+            raise DataError(
+                f"{needed_for} needs exactly one label per image; {int(np.sum(lengths != 1))} image(s) "
+                "have none or several"
+            )
+        return lists.flatten().to_numpy()
+
     def category_lists(self) -> pa.ListArray:
         """For each image (in row order), the category positions (0..C-1) of its annotations."""
         positions = pc.index_in(self.annotations["category_id"], value_set=self.categories["category_id"])

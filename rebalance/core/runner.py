@@ -54,10 +54,15 @@ class StepPlan:
     reason: str
 
 
-def plan_pipeline(config: PipelineConfig) -> list[StepPlan]:
-    """Compute every step's cache key and whether it will run, without running anything."""
+def plan_pipeline(config: PipelineConfig, previous_manifest: dict[str, Any] | None = None) -> list[StepPlan]:
+    """Compute every step's cache key and whether it will run, without running anything.
+
+    ``previous_manifest`` (default: read from the output folder) explains what changed since.
+    """
     cache = Cache(config.cache_dir)
-    previous = {s["id"]: s for s in _read_manifest(config.output_dir).get("steps", [])}
+    if previous_manifest is None:
+        previous_manifest = _read_manifest(config.output_dir)
+    previous = {s["id"]: s for s in previous_manifest.get("steps", [])}
     keys: dict[str, str] = {}
     plans = []
     with ContentHasher(config.cache_dir / ".hashes.sqlite") as hasher:
@@ -148,15 +153,17 @@ def run_pipeline(
     executor = executor or make_executor(config.executor)
     cache = Cache(config.cache_dir)
     started = time.perf_counter()
-    plans = plan_pipeline(config)
     previous = _read_manifest(config.output_dir)
+    plans = plan_pipeline(config, previous)
     records: list[dict[str, Any]] = []
+    # Artifacts are immutable, so one read per run serves every step that consumes it.
+    loaded: dict[str, Artifact] = {}
     by_id = {p.step.id: p for p in plans}
     status = "failed"
     outputs: dict[str, str] = {}
     try:
         for plan in plans:
-            records.append(_run_step(plan, by_id, cache, config, executor, reporter))
+            records.append(_run_step(plan, by_id, cache, config, executor, reporter, loaded))
         outputs = _publish(config, by_id, cache, previous)
         status = "complete"
     finally:
@@ -186,6 +193,7 @@ def _run_step(
     config: PipelineConfig,
     executor: Executor,
     reporter: Reporter,
+    loaded: dict[str, Artifact],
 ) -> dict[str, Any]:
     step, spec = plan.step, plan.step.spec
     folder = cache.entry_dir(spec.name, plan.key)
@@ -215,9 +223,11 @@ def _run_step(
                 shards = _run_sharded(plan, input_dirs, cache, config, executor, reporter)
             else:
                 reporter.step_started(step.id, spec.name, plan.reason, 1)
-                inputs = {
-                    name: artifact_type.read(Path(d)) for name, (d, artifact_type) in input_dirs.items()
-                }
+                inputs = {}
+                for name, (directory, artifact_type) in input_dirs.items():
+                    if directory not in loaded:
+                        loaded[directory] = artifact_type.read(Path(directory))
+                    inputs[name] = loaded[directory]
                 result: Artifact = spec.fn(**inputs, **step.params)
                 write_entry(folder, result, {"step": spec.name, "key": plan.key})
         except RebalanceError as error:

@@ -34,16 +34,11 @@ def repeat_factors_step(
     """
     from rebalance.sampling import class_balanced_factors, repeat_factors
 
-    lists = dataset.category_lists()
     if method in ("rfs", "irfs"):
-        factors = repeat_factors(lists, threshold=threshold, method=method)
+        factors = repeat_factors(dataset.category_lists(), threshold=threshold, method=method)
     else:
-        lengths = np.diff(lists.offsets.to_numpy())
-        if dataset.num_rows and not np.all(lengths == 1):
-            raise DataError(
-                f"{method} sampling needs exactly one label per image; {int(np.sum(lengths != 1))} image(s) have none or several. Use method: rfs or irfs for detection data"
-            )
-        factors = class_balanced_factors(lists.flatten().to_numpy(), power=_POWERS.get(method, power))
+        labels = dataset.single_labels(f"{method} sampling (rfs or irfs handle detection data)")
+        factors = class_balanced_factors(labels, power=_POWERS.get(method, power))
     column = pa.array(factors, pa.float64())
     images = dataset.images
     if "repeat_factor" in images.column_names:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import warnings
 from typing import Literal
 
-import numpy as np
 from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 
 from rebalance.core.artifacts import Embeddings, LabeledDataset, TrainReport
@@ -13,14 +12,6 @@ from rebalance.core.registry import step
 from rebalance.errors import DataError
 from rebalance.steps.stats import compute_class_stats
 from rebalance.train.losses import LossName
-
-
-def single_labels(dataset: LabeledDataset) -> np.ndarray:
-    """The class position of every image; an error unless each image has exactly one label."""
-    lists = dataset.category_lists()
-    if dataset.num_rows and not np.all(np.diff(lists.offsets.to_numpy()) == 1):
-        raise DataError("training a classifier needs exactly one label per image (a classification dataset)")
-    return lists.flatten().to_numpy()
 
 
 @step("train_probe")
@@ -82,14 +73,16 @@ def train_probe(
         warnings.simplefilter("always")
         head, history = train_head(
             embeddings.aligned_to(dataset.images["image_id"].to_numpy()),
-            single_labels(dataset),
+            dataset.single_labels("training a classifier"),
             len(dataset.class_names()),
             config,
             repeat_factors=factors,
         )
     predictions = predict(head, test_embeddings.aligned_to(test.images["image_id"].to_numpy()))
     buckets = compute_class_stats(original if original is not None else dataset).table["bucket"].to_pylist()
-    metrics = classification_metrics(predictions, single_labels(test), dataset.class_names(), buckets)
+    metrics = classification_metrics(
+        predictions, test.single_labels("scoring a classifier"), dataset.class_names(), buckets
+    )
     return TrainReport(
         {
             **metrics,
