@@ -12,7 +12,11 @@ from tests.test_cli import invoke
 def test_ablation_bypasses_each_stage_and_the_sampler() -> None:
     config = load_pipeline(TINY, ["steps.rebalanced.loss=balanced_softmax"])
     assert ablation_variants(config, "rebalanced") == {
-        "-deduped": ["steps.thinned.inputs.dataset=verified"],
+        "-retrieved": [
+            "steps.retrieved_embedded.inputs.dataset=verified",
+            "steps.deduped.inputs.dataset=verified",
+        ],
+        "-deduped": ["steps.thinned.inputs.dataset=retrieved"],
         "-thinned": ["steps.sampled.inputs.dataset=deduped"],
         "-sampler": ["steps.rebalanced.sampler=uniform"],
         "-balanced_softmax": ["steps.rebalanced.loss=ce"],
@@ -21,7 +25,14 @@ def test_ablation_bypasses_each_stage_and_the_sampler() -> None:
 
 def test_compare_with_ablation_on_the_tiny_pipeline(run_dirs: list[str], tmp_path: Path) -> None:
     rows = api.compare(TINY, run_dirs, ablation=True)
-    assert [row["variant"] for row in rows] == ["baseline", "rebalanced", "-deduped", "-thinned", "-sampler"]
+    assert [row["variant"] for row in rows] == [
+        "baseline",
+        "rebalanced",
+        "-retrieved",
+        "-deduped",
+        "-thinned",
+        "-sampler",
+    ]
     assert all(0.0 <= row["top1"] <= 1.0 for row in rows)
     assert (tmp_path / "out" / "ablation" / "sampler" / "report" / "report.html").is_file()
     shown = invoke("report", str(tmp_path / "out"))

@@ -90,6 +90,13 @@ REMOVED_SCHEMA = pa.schema(
 )
 
 
+def _images_table(file_names: list[str], split: str, source: str) -> pa.Table:
+    count = len(file_names)
+    columns = {"image_id": range(count), "file_name": file_names, "split": [split] * count}
+    columns |= {"width": [None] * count, "height": [None] * count, "source": [source] * count}
+    return pa.table(columns, schema=IMAGES_SCHEMA)
+
+
 @dataclasses.dataclass(frozen=True)
 class LabeledDataset:
     """A labelled image dataset: one internal form for image folders, COCO and LVIS.
@@ -122,17 +129,7 @@ class LabeledDataset:
     ) -> Self:
         """One image per file with one label each; image and category ids are positions."""
         count = len(file_names)
-        images = pa.table(
-            {
-                "image_id": range(count),
-                "file_name": file_names,
-                "split": [split] * count,
-                "width": [None] * count,
-                "height": [None] * count,
-                "source": ["original"] * count,
-            },
-            schema=IMAGES_SCHEMA,
-        )
+        images = _images_table(file_names, split, "original")
         annotations = pa.table(
             {
                 "annotation_id": range(count),
@@ -152,6 +149,17 @@ class LabeledDataset:
             schema=CATEGORIES_SCHEMA,
         )
         return cls(images, annotations, categories, REMOVED_SCHEMA.empty_table(), image_root)
+
+    @classmethod
+    def unlabeled(cls, file_names: list[str], *, split: str, source: str, image_root: str | None) -> Self:
+        """Images without annotations or classes, e.g. a retrieval pool; image ids are positions."""
+        return cls(
+            _images_table(file_names, split, source),
+            ANNOTATIONS_SCHEMA.empty_table(),
+            CATEGORIES_SCHEMA.empty_table(),
+            REMOVED_SCHEMA.empty_table(),
+            image_root,
+        )
 
     @property
     def num_rows(self) -> int:
@@ -290,9 +298,11 @@ class Embeddings:
 
     @classmethod
     def concat(cls, parts: list[Self]) -> Self:
+        # An empty shard's vectors may lack the dim (its encoder never ran): skip it.
+        filled = [p for p in parts if p.num_rows] or parts[:1]
         return cls(
-            np.concatenate([p.ids for p in parts]),
-            np.concatenate([p.vectors for p in parts]),
+            np.concatenate([p.ids for p in filled]),
+            np.concatenate([p.vectors for p in filled]),
             parts[0].encoder,
         )
 
@@ -310,6 +320,46 @@ class Embeddings:
                 f"{len(missing)} image(s) have no embedding (first ids: {missing[:5].tolist()}); embed the same dataset"
             )
         return np.asarray(self.vectors[rows])
+
+
+@dataclasses.dataclass(frozen=True)
+class VectorIndex:
+    """A FAISS index over ``ids`` (image ids of the pool, in index-row order) with its settings.
+
+    ``meta`` records the factory string, the encoder of the vectors, their count and dim, and the
+    default ``nprobe``. On disk: ``index.faiss`` (``faiss.write_index``; read back memory-mapped
+    when the index type allows it), ``ids.npy`` and ``meta.json``.
+    """
+
+    index: Any  # a CPU faiss.Index; faiss is imported lazily
+    ids: np.ndarray
+    meta: dict[str, Any]
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.ids)
+
+    @property
+    def encoder(self) -> str:
+        return self.meta["encoder"]
+
+    def write(self, directory: Path) -> None:
+        import faiss
+
+        faiss.write_index(self.index, str(directory / "index.faiss"))
+        np.save(directory / "ids.npy", self.ids)
+        (directory / "meta.json").write_text(json.dumps(self.meta, indent=2, sort_keys=True))
+
+    @classmethod
+    def read(cls, directory: Path) -> Self:
+        import faiss
+
+        path = str(directory / "index.faiss")
+        try:
+            index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        except RuntimeError:  # index types without mmap support load into memory
+            index = faiss.read_index(path)
+        return cls(index, np.load(directory / "ids.npy"), json.loads((directory / "meta.json").read_text()))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -439,6 +439,9 @@ def _validate_step(
         value = raw_params.get(param.name)
         if param.is_path and isinstance(value, (str, Path)):
             raw_params[param.name] = _resolve_path(value, tree.source_of((*prefix, param.name)))
+        elif param.model_ref and isinstance(value, str):
+            local = _resolve_path(value, tree.source_of((*prefix, param.name)))
+            raw_params[param.name] = str(local) if local.exists() else value
     wired = {k: v for k, v in inputs.items() if isinstance(v, str)}
     try:
         validated = spec.params_model.model_validate(raw_params)

@@ -35,6 +35,19 @@ class ContentHashed:
 InputPath = Annotated[Path, ContentHashed()]
 """A file or folder a step reads. Resolved relative to the YAML file naming it; must exist."""
 
+
+class LocalModel:
+    """Marks a model given by hub name or local path; a local path's contents key the cache."""
+
+    def __repr__(self) -> str:
+        return "LocalModel()"
+
+
+ModelRef = Annotated[str, LocalModel()]
+"""A model by name (``openai/clip-vit-base-patch32``) or local path. A path relative to the YAML file
+is resolved when it exists there; the contents of a local model key the cache, so replacing its
+weights re-runs what used it."""
+
 _REQUIRED = inspect.Parameter.empty
 
 
@@ -61,7 +74,11 @@ class ParamSpec:
 
     @property
     def content_hashed(self) -> bool:
-        return _has_content_hashed(self.annotation)
+        return _has_marker(self.annotation, ContentHashed)
+
+    @property
+    def model_ref(self) -> bool:
+        return _has_marker(self.annotation, LocalModel)
 
     def type_name(self) -> str:
         return _type_name(self.annotation)
@@ -169,18 +186,20 @@ def _leaf_types(annotation: Any) -> list[Any]:
     return [annotation]
 
 
-def _has_content_hashed(annotation: Any) -> bool:
+def _has_marker(annotation: Any, marker: type) -> bool:
     if typing.get_origin(annotation) is Annotated:
-        return any(isinstance(meta, ContentHashed) for meta in annotation.__metadata__)
+        return any(isinstance(meta, marker) for meta in annotation.__metadata__)
     if typing.get_origin(annotation) in (Union, types.UnionType):
-        return any(_has_content_hashed(arg) for arg in typing.get_args(annotation))
+        return any(_has_marker(arg, marker) for arg in typing.get_args(annotation))
     return False
 
 
 def _type_name(annotation: Any) -> str:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is Annotated:
-        return "InputPath" if _has_content_hashed(annotation) else _type_name(args[0])
+        if _has_marker(annotation, ContentHashed):
+            return "InputPath"
+        return "ModelRef" if _has_marker(annotation, LocalModel) else _type_name(args[0])
     if origin in (Union, types.UnionType):
         return " | ".join(_type_name(arg) for arg in args)
     if origin is Literal:

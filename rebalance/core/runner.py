@@ -74,7 +74,8 @@ def plan_pipeline(config: PipelineConfig, previous_manifest: dict[str, Any] | No
                 "files": {
                     p.name: hasher.hash_path(Path(step.params[p.name]))
                     for p in step.spec.params
-                    if p.content_hashed and step.params[p.name] is not None
+                    if (p.content_hashed and step.params[p.name] is not None)
+                    or (p.model_ref and step.params[p.name] and Path(step.params[p.name]).exists())
                 },
                 "inputs": {name: keys[upstream] for name, upstream in step.inputs.items()},
             }

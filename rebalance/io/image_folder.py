@@ -32,3 +32,18 @@ def scan_image_folder(
     if not images:
         raise DataError(f"{root}: no image files with extensions {sorted(wanted)} under the class folders")
     return [p.name for p in class_dirs], images
+
+
+def scan_pool_folder(root: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[str]:
+    """Every image file under ``root`` (recursively), as sorted paths relative to ``root``."""
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder; expected a folder of pool images")
+    wanted = {ext.lower() for ext in extensions}
+    files = sorted(
+        file.relative_to(root).as_posix()
+        for file in root.rglob("*")
+        if file.is_file() and not file.name.startswith(".") and file.suffix.lower() in wanted
+    )
+    if not files:
+        raise DataError(f"{root}: no image files with extensions {sorted(wanted)}")
+    return files

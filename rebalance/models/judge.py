@@ -11,6 +11,7 @@ import functools
 import numpy as np
 
 from rebalance.errors import RebalanceError
+from rebalance.models.device import resolve_device
 
 PROMPT = (
     "Does the following text mention a {concept} ({definition})?\n"
@@ -24,13 +25,7 @@ class YesNoJudge:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.device = torch.device(
-            "cuda"
-            if device == "auto" and torch.cuda.is_available()
-            else "cpu"
-            if device == "auto"
-            else device
-        )
+        self.device = resolve_device(device)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model)
             dtype = torch.float16 if self.device.type == "cuda" else torch.float32

@@ -53,3 +53,69 @@ def save_tiny_causal_lm(directory: Path, *, seed: int = 0) -> Path:
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def save_tiny_open_clip(directory: Path, *, seed: int = 0) -> tuple[Path, Path]:
+    """A 1-layer open_clip ViT (32 px, 32-d embeddings) as a model-config JSON and a checkpoint.
+
+    Returns ``(config_json, checkpoint)``: the pair a pipeline names as ``model`` and ``pretrained``.
+    """
+    import json
+
+    import open_clip
+    import torch
+
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "tiny-open-clip.json"
+    config.write_text(
+        json.dumps(
+            {
+                "embed_dim": 32,
+                "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 8, "head_width": 32},
+                "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
+            }
+        )
+    )
+    open_clip.add_model_config(config)
+    torch.manual_seed(seed)
+    model = open_clip.create_model(config.stem, pretrained=None)
+    checkpoint = directory / "tiny-open-clip.pt"
+    torch.save({"state_dict": model.state_dict()}, checkpoint)
+    return config, checkpoint
+
+
+def save_tiny_transformers_clip(directory: Path, *, seed: int = 0) -> Path:
+    """A 1-layer transformers ``CLIPModel`` (32 px, 16-d projections) with processor, saved to ``directory``.
+
+    The tokenizer is CLIP's real BPE vocabulary, taken from the copy open_clip ships, so the model
+    folder loads offline with ``AutoModel``/``AutoProcessor.from_pretrained``.
+    """
+    import json
+
+    import torch
+    from open_clip.tokenizer import SimpleTokenizer
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    bpe = SimpleTokenizer()
+    vocabulary = {
+        token.replace("<start_of_text>", "<|startoftext|>").replace("<end_of_text>", "<|endoftext|>"): index
+        for token, index in bpe.encoder.items()
+    }
+    vocab_dir = directory / "vocab"
+    vocab_dir.mkdir(parents=True, exist_ok=True)
+    (vocab_dir / "vocab.json").write_text(json.dumps(vocabulary))
+    merges = sorted(bpe.bpe_ranks, key=bpe.bpe_ranks.get)
+    (vocab_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    tokenizer = CLIPTokenizer(str(vocab_dir / "vocab.json"), str(vocab_dir / "merges.txt"))
+    layer = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+    config = CLIPConfig(
+        text_config={**layer, "vocab_size": len(tokenizer), "max_position_embeddings": 77},
+        vision_config={**layer, "image_size": 32, "patch_size": 8},
+        projection_dim=16,
+    )
+    torch.manual_seed(seed)
+    model_dir = directory / "tiny-clip"
+    CLIPModel(config).save_pretrained(model_dir)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(model_dir)
+    return model_dir

@@ -1,6 +1,18 @@
 """Built-in steps. Importing this package registers them."""
 
-from rebalance.steps import dedup, embed, export, frequency, ingest, report, sampling, stats, train, verify
+from rebalance.steps import (
+    dedup,
+    embed,
+    export,
+    frequency,
+    ingest,
+    report,
+    retrieve,
+    sampling,
+    stats,
+    train,
+    verify,
+)
 
 __all__ = [
     "dedup",
@@ -9,6 +21,7 @@ __all__ = [
     "frequency",
     "ingest",
     "report",
+    "retrieve",
     "sampling",
     "stats",
     "train",

@@ -1,4 +1,4 @@
-"""Embedding steps: one vector per image."""
+"""Embedding steps: one vector per image, from a model, from its caption, or from its pixels."""
 
 from __future__ import annotations
 
@@ -8,32 +8,118 @@ import numpy as np
 from pydantic import PositiveInt
 
 from rebalance.core.artifacts import Embeddings, LabeledDataset
-from rebalance.core.registry import step
+from rebalance.core.registry import ModelRef, step
 from rebalance.errors import DataError
 from rebalance.io.images import load_pixels
+from rebalance.models.device import Device
+from rebalance.models.encoders import MINILM, EncoderSpec, load_encoder
 from rebalance.models.pixels import pca_project
 
 
-@step("embed_images")
+@step("embed_images", shardable=True)
 def embed_images(
+    dataset: LabeledDataset,
+    *,
+    encoder: Literal["open_clip", "transformers"],
+    model: ModelRef,
+    pretrained: ModelRef | None = None,
+    batch_size: PositiveInt = 64,
+    device: Device = "auto",
+) -> Embeddings:
+    """Embed every image with a CLIP-style model: L2-normalised float32 rows, one per image id.
+
+    ``encoder: open_clip`` takes an architecture name or a model-config JSON as ``model`` and a tag
+    or checkpoint file as ``pretrained``; ``encoder: transformers`` takes a hub name or local
+    folder as ``model``. On CUDA (``device: auto`` when there is a GPU) the model runs in float16.
+    Runs per shard: each finished shard is cached on its own.
+    """
+    spec = EncoderSpec(encoder, model, pretrained)
+    vectors = load_encoder(spec, device=device, batch_size=batch_size).encode_images(_paths(dataset))
+    return _checked(dataset, vectors, str(spec))
+
+
+@step("embed_texts", shardable=True)
+def embed_texts(
+    dataset: LabeledDataset,
+    *,
+    column: str = "caption",
+    encoder: Literal["sentence", "open_clip", "transformers"] = "sentence",
+    model: ModelRef = MINILM,
+    pretrained: ModelRef | None = None,
+    batch_size: PositiveInt = 256,
+    device: Device = "auto",
+) -> Embeddings:
+    """Embed each image's text (its caption, by default) with a text encoder; one row per image id.
+
+    REAL-Linear ranks pool images by how close their *caption* is to the class prompts; the
+    default ``sentence`` encoder ``all-MiniLM-L6-v2`` runs offline from the package that ships it.
+    A CLIP encoder here puts captions in the same space as its image embeddings.
+    """
+    if column not in dataset.images.column_names:
+        raise DataError(
+            f"the dataset has no {column!r} column (columns: {dataset.images.column_names}); "
+            "ingest the pool with captions"
+        )
+    texts = dataset.images[column].to_pylist()
+    missing = [i for i, text in zip(dataset.images["image_id"].to_pylist(), texts, strict=True) if not text]
+    if missing:
+        raise DataError(f"{len(missing)} image(s) have no {column!r} text (first ids: {missing[:5]})")
+    spec = EncoderSpec(encoder, model, pretrained)
+    vectors = load_encoder(spec, device=device, batch_size=batch_size).encode_texts(texts)
+    return _checked(dataset, vectors, str(spec))
+
+
+@step("embed_pixels_pca")
+def embed_pixels_pca(
     dataset: LabeledDataset,
     fit: LabeledDataset | None = None,
     *,
-    encoder: Literal["pixels_pca"] = "pixels_pca",
     dim: PositiveInt = 64,
     image_size: PositiveInt = 28,
 ) -> Embeddings:
-    """Embed every image: pixels_pca = grey pixels resized to image_size², projected on their top-dim PCA axes.
+    """Embed every image as grey pixels resized to image_size², projected on their top-dim PCA axes.
 
-    The PCA axes are fitted on ``fit`` when given (embed a test split with the training split's
-    axes), else on ``dataset``. pixels_pca is an offline baseline, not a semantic encoder (see
-    rebalance.models.pixels). Rows that come out NaN or infinite are an error naming their ids.
+    The PCA axes are fitted on ``fit`` when given (embed a test split or a retrieval pool with the
+    training split's axes), else on ``dataset``. pixels_pca is an offline baseline, not a semantic
+    encoder (see rebalance.models.pixels); it embeds no text, so retrieval over it queries by image.
     """
     pixels = load_pixels(_paths(dataset), image_size)
     reference = pixels if fit is None else load_pixels(_paths(fit), image_size)
-    vectors = pca_project(pixels, dim, fit_on=reference)
+    return _checked(dataset, pca_project(pixels, dim, fit_on=reference), "pixels_pca")
+
+
+@step("gather_embeddings")
+def gather_embeddings(
+    dataset: LabeledDataset, embeddings: Embeddings, pool_embeddings: Embeddings | None = None
+) -> Embeddings:
+    """The embeddings of ``dataset``'s rows, taken from what was already embedded, no model run.
+
+    Rows of the original data come from ``embeddings`` by image id; retrieved rows come from
+    ``pool_embeddings`` by their ``pool_image_id``. Both must come from the same encoder.
+    """
     ids = dataset.images["image_id"].to_numpy()
-    bad = ~np.isfinite(vectors).all(axis=1)
+    vectors = np.zeros((len(ids), embeddings.vectors.shape[1]), dtype=np.float32)
+    from_pool = np.zeros(len(ids), dtype=bool)
+    if "pool_image_id" in dataset.images.column_names:
+        from_pool = dataset.images["pool_image_id"].is_valid().to_numpy(zero_copy_only=False)
+    if from_pool.any():
+        if pool_embeddings is None:
+            raise DataError(
+                f"{int(from_pool.sum())} row(s) were retrieved from a pool; wire pool_embeddings too"
+            )
+        if pool_embeddings.encoder != embeddings.encoder:
+            raise DataError(
+                f"the pool was embedded by {pool_embeddings.encoder!r}, the dataset by {embeddings.encoder!r}"
+            )
+        pool_ids = dataset.images["pool_image_id"].to_numpy(zero_copy_only=False)[from_pool].astype(np.int64)
+        vectors[from_pool] = pool_embeddings.aligned_to(pool_ids)
+    vectors[~from_pool] = embeddings.aligned_to(ids[~from_pool])
+    return Embeddings(ids, vectors, embeddings.encoder)
+
+
+def _checked(dataset: LabeledDataset, vectors: np.ndarray, encoder: str) -> Embeddings:
+    ids = dataset.images["image_id"].to_numpy()
+    bad = ~np.isfinite(vectors).all(axis=1) if len(vectors) else np.zeros(0, dtype=bool)
     if bad.any():
         raise DataError(
             f"{int(bad.sum())} embedding(s) are NaN or infinite (first image ids: {ids[bad][:5].tolist()})"

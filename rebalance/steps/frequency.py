@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Literal
 
 import numpy as np
@@ -13,17 +12,10 @@ from pydantic import NonNegativeInt, PositiveInt, confloat
 
 from rebalance.core.artifacts import ConceptFrequency, LabeledDataset, Synonyms
 from rebalance.core.config import did_you_mean
-from rebalance.core.registry import InputPath, step
+from rebalance.core.registry import InputPath, ModelRef, step
 from rebalance.errors import DataError
 from rebalance.io.wordnet import Synset, WordNet
-from rebalance.text.normalize import normalize
-
-_DISAMBIGUATION = re.compile(r"_?\([^)]*\)")
-
-
-def readable(name: str) -> str:
-    """An LVIS-style name as words: "bow_(weapon)" -> "bow", "ankle_boot" -> "ankle boot"."""
-    return _DISAMBIGUATION.sub("", name).replace("_", " ").strip()
+from rebalance.text.normalize import normalize, readable
 
 
 @step("mine_synonyms")
@@ -191,7 +183,7 @@ def llm_filter(
     synonyms: Synonyms,
     *,
     captions: InputPath,
-    model: str,
+    model: ModelRef,
     column: str = "caption",
     max_checked: PositiveInt = 1000,
     enough_positives: PositiveInt | None = None,

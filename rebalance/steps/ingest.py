@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
+import pyarrow as pa
 from pydantic import PositiveInt
 
 from rebalance.core.artifacts import (
@@ -11,8 +13,10 @@ from rebalance.core.artifacts import (
     LabeledDataset,
 )
 from rebalance.core.registry import InputPath, step
+from rebalance.errors import DataError
 from rebalance.io.coco import read_coco
-from rebalance.io.image_folder import IMAGE_EXTENSIONS, scan_image_folder
+from rebalance.io.image_folder import IMAGE_EXTENSIONS, scan_image_folder, scan_pool_folder
+from rebalance.io.tables import read_side_table
 
 
 @step("ingest_image_folder")
@@ -62,3 +66,40 @@ def ingest_coco(
     """
     images, instances, categories = read_coco(annotations, split)
     return LabeledDataset(images, instances, categories, REMOVED_SCHEMA.empty_table(), str(image_root))
+
+
+@step("ingest_pool")
+def ingest_pool(
+    *,
+    root: InputPath,
+    captions: InputPath | None = None,
+    caption_column: str = "caption",
+    reference_labels: InputPath | None = None,
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+) -> LabeledDataset:
+    """Read an unlabelled retrieval pool: every image under ``root`` (recursively, sorted by path).
+
+    ``captions`` (CSV / JSON lines / parquet with ``file_name`` and ``caption_column``) attaches a
+    ``caption`` to each image, for text retrieval. ``reference_labels`` (``file_name``, ``label``)
+    attaches the pool's true class as ``reference_label``: retrieval never reads it, the report
+    uses it to measure retrieval precision. The pool has no annotations.
+    """
+    files = scan_pool_folder(root, extensions)
+    dataset = LabeledDataset.unlabeled(files, split="pool", source="pool", image_root=str(root))
+    images = dataset.images
+    if captions is not None:
+        images = images.append_column("caption", _by_file(captions, caption_column, files))
+    if reference_labels is not None:
+        images = images.append_column("reference_label", _by_file(reference_labels, "label", files))
+    return dataclasses.replace(dataset, images=images)
+
+
+def _by_file(path, column: str, files: list[str]) -> pa.Array:
+    table = read_side_table(path, ("file_name", column))
+    values = dict(
+        zip(table["file_name"].to_pylist(), table[column].cast(pa.string()).to_pylist(), strict=True)
+    )
+    unknown = sorted(set(values) - set(files))
+    if unknown:
+        raise DataError(f"{path}: {len(unknown)} file name(s) are not in the pool (first: {unknown[:3]})")
+    return pa.array([values.get(name) for name in files], pa.string())

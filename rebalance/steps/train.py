@@ -45,8 +45,9 @@ def train_probe(
     double-correction warning, recorded in the report. crt_epochs > 0 then re-trains the classifier
     on frozen features with class-balanced sampling (cRT); tau_norm applies τ-normalisation.
     """
+    from rebalance.models.device import resolve_device
     from rebalance.train.metrics import classification_metrics
-    from rebalance.train.trainer import HeadConfig, predict, resolve_device, train_head
+    from rebalance.train.trainer import HeadConfig, predict, train_head
 
     if test.class_names() != dataset.class_names():
         raise DataError("train and test splits have different classes")

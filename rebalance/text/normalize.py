@@ -42,3 +42,11 @@ def tokens(text: str) -> list[str]:
 def normalize(text: str) -> str:
     """``text`` as normalised tokens joined by single spaces."""
     return " ".join(tokens(text))
+
+
+_DISAMBIGUATION = re.compile(r"_?\([^)]*\)")
+
+
+def readable(name: str) -> str:
+    """An LVIS-style class name as words: "bow_(weapon)" -> "bow", "ankle_boot" -> "ankle boot"."""
+    return _DISAMBIGUATION.sub("", name).replace("_", " ").strip()

@@ -8,10 +8,11 @@ from typing import Any
 import numpy as np
 
 from rebalance.errors import DataError
+from rebalance.models.device import resolve_device
 from rebalance.models.pixels import pca_project
 from rebalance.steps.stats import frequency_buckets
 from rebalance.train.metrics import classification_metrics
-from rebalance.train.trainer import HeadConfig, predict, resolve_device, train_head
+from rebalance.train.trainer import HeadConfig, predict, train_head
 
 
 def locate_export(path: Path) -> Path:

@@ -14,10 +14,10 @@ from torch import nn
 
 from rebalance.core.fs import write_bytes_atomic
 from rebalance.errors import RebalanceError
+from rebalance.models.device import Device, resolve_device
 from rebalance.sampling import class_balanced_factors, epoch_indices
 from rebalance.train.losses import BALANCED_LOSSES, Loss, LossName, make_loss, tau_normalise
 
-Device = Literal["auto", "cpu", "cuda"]
 SamplerName = Literal["uniform", "repeat_factor"]
 
 
@@ -54,12 +54,6 @@ class Head(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.body((features - self.mean) / self.std))
-
-
-def resolve_device(device: Device) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def train_head(

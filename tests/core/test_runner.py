@@ -36,23 +36,28 @@ def test_changing_one_parameter_reruns_only_downstream(run_dirs: list[str]) -> N
     assert reasons == {
         "train": "cached",
         "test": "cached",
-        "synonyms": "cached",
-        "frequency": "cached",
         "verified": "changed parameter: on_error",
         "stats": "upstream changed: verified",
+        "synonyms": "cached",
+        "frequency": "cached",
+        "pool": "cached",
         "embedded": "upstream changed: verified",
         "test_embedded": "upstream changed: verified",
-        "baseline": "upstream changed: verified, embedded, test_embedded",
-        "rebalanced": "upstream changed: sampled, embedded, verified, test_embedded",
-        "report": "upstream changed: baseline, sampled, verified, rebalanced",
-        "deduped": "upstream changed: verified, embedded",
+        "pool_embedded": "upstream changed: verified",
+        "pool_index": "upstream changed: pool_embedded",
+        "retrieved": "upstream changed: verified, embedded, pool_index",
+        "retrieved_embedded": "upstream changed: retrieved, embedded, pool_embedded",
+        "deduped": "upstream changed: retrieved, retrieved_embedded",
         "thinned": "upstream changed: deduped",
         "sampled": "upstream changed: thinned",
         "epochs": "upstream changed: sampled",
-        "export": "upstream changed: sampled, embedded, test_embedded",
+        "baseline": "upstream changed: verified, embedded, test_embedded",
+        "rebalanced": "upstream changed: sampled, retrieved_embedded, verified, test_embedded",
+        "export": "upstream changed: sampled, retrieved_embedded, test_embedded",
+        "report": "upstream changed: baseline, sampled, verified, rebalanced",
     }
     assert api.run(TINY, changed).executed == [
-        s for s in TINY_STEPS[2:] if s not in ("synonyms", "frequency")
+        s for s in TINY_STEPS[2:] if s not in ("synonyms", "frequency", "pool")
     ]
 
 
@@ -120,7 +125,8 @@ def test_a_run_killed_mid_step_resumes_without_redoing_finished_shards(tmp_path:
         "from rebalance import api; api.run(sys.argv[2], sys.argv[3:])"
     )
     child = subprocess.Popen([sys.executable, "-c", script, str(REPO), str(pipeline), *dirs])
-    shard_markers = lambda: list((tmp_path / "cache" / "test_gated_copy").glob("*.shards-5/*/" + MARKER))  # noqa: E731
+    # Finished shards only: a shard's marker is also briefly inside its .tmp- folder before the rename.
+    shard_markers = lambda: list((tmp_path / "cache" / "test_gated_copy").glob("*.shards-5/[0-9]*/" + MARKER))  # noqa: E731
     deadline = time.monotonic() + 120
     while len(shard_markers()) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)

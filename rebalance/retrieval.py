@@ -1,0 +1,161 @@
+"""Retrieval of extra real examples for under-represented classes (REAL-Linear style).
+
+Two pure pieces the ``retrieve`` step composes: ``class_quotas`` (how many items each class should
+get to reach a balance target) and ``retrieve_with_quotas`` (search a pool index per class and
+assign every pool item to at most one class, best score first, until each quota is met).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Literal
+
+import numba
+import numpy as np
+
+Target = Literal["median", "mean", "max"]
+
+
+def class_quotas(
+    counts: np.ndarray,
+    target: Target | int,
+    *,
+    max_per_class: int | None = None,
+    eligible: np.ndarray | None = None,
+) -> np.ndarray:
+    """Items to add per class: quota_c = min(cap, max(0, T − n_c)) for eligible classes, else 0.
+
+    T is the median / mean / max of the class counts ``n`` (rounded up), or a fixed number.
+    ``eligible`` (bool per class) restricts retrieval, e.g. to REAL's concept tail.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    if isinstance(target, str):
+        goal = {"median": np.median, "mean": np.mean, "max": np.max}[target](counts) if len(counts) else 0
+        goal = int(np.ceil(goal))
+    else:
+        goal = int(target)
+    quotas = np.maximum(goal - counts, 0)
+    if max_per_class is not None:
+        quotas = np.minimum(quotas, max_per_class)
+    if eligible is not None:
+        quotas = np.where(eligible, quotas, 0)
+    return quotas
+
+
+@dataclasses.dataclass(frozen=True)
+class Assignment:
+    """Retrieved items: class position, pool row, score and which query found it, best first per class."""
+
+    classes: np.ndarray
+    rows: np.ndarray
+    scores: np.ndarray
+    queries: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+SearchFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+
+
+def retrieve_with_quotas(
+    search: SearchFn,
+    queries: np.ndarray,
+    query_classes: np.ndarray,
+    quotas: np.ndarray,
+    pool_size: int,
+    *,
+    excluded: Callable[[np.ndarray], np.ndarray] | None = None,
+    oversample: float = 2.0,
+) -> Assignment:
+    """Fill every class's quota with the pool items closest to its queries, no item used twice.
+
+    A class may have several queries (one per example for kNN retrieval): its score for an item
+    is the best over its queries. Candidates of all classes are then taken in one global order
+    (score descending; ties by class, then row), so an item wanted by two classes goes to the one
+    it matches best, and a class stops at its quota. ``excluded(rows)`` flags pool rows that must
+    never be taken (already in the dataset). A class left short widens its search (k doubles)
+    until it is full or the whole pool was ranked, so quotas are met exactly whenever the pool can.
+
+    Args:
+        search: ``search(queries, k) -> (scores, rows)``, best first, rows −1 when fewer than k.
+        queries: one vector per query (q × d).
+        query_classes: the class position of each query.
+        quotas: items wanted per class.
+        pool_size: rows in the index.
+    """
+    quotas = np.asarray(quotas, dtype=np.int64)
+    wanted = np.isin(query_classes, np.nonzero(quotas > 0)[0])
+    queries, query_ids = queries[wanted], np.nonzero(wanted)[0]
+    query_classes = np.asarray(query_classes)[wanted]
+    empty = Assignment(*(np.zeros(0, dtype) for dtype in (np.int64, np.int64, np.float32, np.int64)))
+    if len(queries) == 0 or pool_size == 0:
+        return empty
+    k = min(pool_size, max(1, int(np.ceil(quotas.max() * oversample))))
+    while True:
+        scores, rows = search(queries, k)
+        result = _assign(scores, rows, query_classes, query_ids, quotas, excluded)
+        short = np.bincount(result.classes, minlength=len(quotas)) < quotas
+        if not short.any() or k >= pool_size:
+            return result
+        k = min(pool_size, k * 2)
+
+
+def _assign(
+    scores: np.ndarray,
+    rows: np.ndarray,
+    query_classes: np.ndarray,
+    query_ids: np.ndarray,
+    quotas: np.ndarray,
+    excluded: Callable[[np.ndarray], np.ndarray] | None,
+) -> Assignment:
+    k = rows.shape[1]
+    flat_class = np.repeat(query_classes, k)
+    flat_query = np.repeat(query_ids, k)
+    flat_rows, flat_scores = rows.reshape(-1), scores.reshape(-1)
+    valid = flat_rows >= 0
+    if excluded is not None and valid.any():
+        unique_rows = np.unique(flat_rows[valid])
+        banned = unique_rows[excluded(unique_rows)]
+        valid &= ~np.isin(flat_rows, banned)
+    flat_class, flat_query = flat_class[valid], flat_query[valid]
+    flat_rows, flat_scores = flat_rows[valid], flat_scores[valid]
+    if len(np.unique(query_classes)) < len(query_classes):
+        # Several queries per class (kNN): keep one candidate per (class, row), the best query's.
+        order = np.lexsort((flat_query, -flat_scores, flat_rows, flat_class))
+        flat_class, flat_query = flat_class[order], flat_query[order]
+        flat_rows, flat_scores = flat_rows[order], flat_scores[order]
+        first = np.ones(len(flat_rows), dtype=bool)
+        first[1:] = (flat_class[1:] != flat_class[:-1]) | (flat_rows[1:] != flat_rows[:-1])
+        flat_class, flat_query, flat_rows, flat_scores = (
+            a[first] for a in (flat_class, flat_query, flat_rows, flat_scores)
+        )
+    # Best score first; equal scores keep the deterministic (class, row) order built above.
+    order = np.argsort(-flat_scores, kind="stable")
+    keep = _greedy_take(order, flat_rows, flat_class, quotas, int(flat_rows.max(initial=-1)) + 1)
+    keep = keep[np.lexsort((-flat_scores[keep], flat_class[keep]))]
+    return Assignment(
+        flat_class[keep].astype(np.int64),
+        flat_rows[keep].astype(np.int64),
+        flat_scores[keep].astype(np.float32),
+        flat_query[keep].astype(np.int64),
+    )
+
+
+@numba.njit(cache=True)
+def _greedy_take(order, rows, classes, quotas, num_rows):  # pragma: no cover - compiled
+    # Sequential by nature (each take changes what later candidates may take), so compiled rather
+    # than vectorised: one pass over the candidates in score order.
+    taken = np.zeros(num_rows, dtype=np.bool_)
+    filled = np.zeros(len(quotas), dtype=np.int64)
+    keep = np.empty(len(order), dtype=np.int64)
+    count = 0
+    for position in order:
+        row, cls = rows[position], classes[position]
+        if filled[cls] < quotas[cls] and not taken[row]:
+            taken[row] = True
+            filled[cls] += 1
+            keep[count] = position
+            count += 1
+    return keep[:count]

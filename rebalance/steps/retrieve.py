@@ -1,0 +1,384 @@
+"""Retrieval steps: index a pool's embeddings, then fill under-represented classes from the pool."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import NonNegativeInt, PositiveFloat, PositiveInt, confloat
+
+from rebalance import index as vector_index
+from rebalance.core.artifacts import ConceptFrequency, Embeddings, LabeledDataset, VectorIndex
+from rebalance.core.registry import step
+from rebalance.errors import DataError
+from rebalance.models.device import Device
+from rebalance.retrieval import Assignment, Target, class_quotas, retrieve_with_quotas
+from rebalance.steps.stats import class_counts, compute_class_stats
+from rebalance.text.normalize import readable
+
+# CLIP's prompt ensemble, shortened (Radford et al., 2021): averaging a few templates is steadier
+# than any one of them.
+DEFAULT_TEMPLATES = (
+    "a photo of a {}.",
+    "a photo of the {}.",
+    "a close-up photo of a {}.",
+    "a photo of one {}.",
+)
+
+
+@step("build_index")
+def build_index(
+    embeddings: Embeddings,
+    *,
+    factory: str | None = None,
+    nprobe: PositiveInt = 16,
+    max_memory_gb: PositiveFloat = 8.0,
+    seed: NonNegativeInt = 0,
+) -> VectorIndex:
+    """Index a pool's embeddings with FAISS (inner product = cosine on normalised vectors).
+
+    ``factory`` is any ``faiss.index_factory`` string; when omitted it is chosen by size
+    (``rebalance.index.auto_factory``: exact ``Flat`` up to 50k vectors, then IVF, with PQ codes
+    when the raw vectors exceed ``max_memory_gb``). Trained on a seeded sample, built on the CPU
+    (the same index file whether or not a GPU is present), searched on a GPU when one is usable.
+    """
+    vectors = _normalised(np.asarray(embeddings.vectors, dtype=np.float32), embeddings.ids)
+    factory = factory or vector_index.auto_factory(
+        len(vectors), vectors.shape[1], max_memory_bytes=int(max_memory_gb * 2**30)
+    )
+    index = vector_index.build_index(vectors, factory, seed=seed)
+    meta = {
+        "factory": factory,
+        "encoder": embeddings.encoder,
+        "vectors": len(vectors),
+        "dim": int(vectors.shape[1]),
+    }
+    return VectorIndex(index, np.asarray(embeddings.ids, dtype=np.int64), {**meta, "nprobe": nprobe})
+
+
+@step("retrieve")
+def retrieve(
+    dataset: LabeledDataset,
+    pool: LabeledDataset,
+    index: VectorIndex,
+    embeddings: Embeddings | None = None,
+    frequency: ConceptFrequency | None = None,
+    *,
+    query: Literal["image", "text", "both"] = "image",
+    image_query: Literal["centroid", "examples"] = "centroid",
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES,
+    target: Target | PositiveInt = "median",
+    max_per_class: PositiveInt | None = None,
+    tail_only: bool = False,
+    min_score: confloat(ge=-1, le=1) | None = None,
+    duplicate_threshold: confloat(gt=0, le=1) | None = 0.995,
+    nprobe: PositiveInt | None = None,
+    backend: vector_index.Backend = "auto",
+    device: Device = "auto",
+) -> LabeledDataset:
+    """Add pool images to the classes below a balance target, as REAL-Linear fills the tail.
+
+    Quota per class: min(max_per_class, target − n_c) (``rebalance.retrieval.class_quotas``), for
+    every class below the target, or only REAL's concept tail (``tail_only`` with ``frequency``).
+    Queries: ``image`` = each class's examples in ``embeddings`` (their normalised ``centroid``,
+    or every example as a kNN query, ``examples``); ``text`` = the class's prompt ensemble
+    (``templates`` filled with its most frequent caption synonym from ``frequency``, else its
+    name), embedded by the encoder that embedded the pool; ``both`` = the sum of the two, for
+    CLIP-style encoders. A pool item goes to at most one class (its best match), never one that is
+    already in the dataset (same file, or cosine ≥ ``duplicate_threshold`` to a dataset image; null
+    turns the near-copy check off), and never below ``min_score``.
+
+    Retrieved rows are new images with ``source = retrieved`` and provenance columns
+    ``retrieval_query``, ``retrieval_score``, ``pool_image_id`` and ``pool_file_name`` (plus the
+    pool's ``caption`` / ``reference_label`` when it has them); every original row is kept as is.
+    Each class's rare/common/frequent bucket is frozen at its count before retrieval, so a filled
+    tail class is still protected from head dedup and thinning downstream.
+    """
+    if embeddings is None and query != "text":
+        raise DataError(
+            f"query: {query} needs the dataset's embeddings; wire `embeddings`, or use query: text"
+        )
+    for name, vectors in (("dataset", embeddings),):
+        if vectors is not None and vectors.encoder != index.encoder:
+            raise DataError(
+                f"the {name} was embedded by {vectors.encoder!r} but the pool index by {index.encoder!r}; "
+                "embed both with the same encoder"
+            )
+    if tail_only and frequency is None:
+        raise DataError("tail_only needs the concept frequency table; wire `frequency`")
+    counts, _ = class_counts(dataset)
+    eligible = _tail_mask(dataset, frequency) if tail_only else None
+    quotas = class_quotas(counts, target, max_per_class=max_per_class, eligible=eligible)
+    labels = dataset.single_labels("retrieval")
+    dataset_vectors = (
+        None
+        if embeddings is None
+        else _normalised(
+            embeddings.aligned_to(dataset.images["image_id"].to_numpy()),
+            dataset.images["image_id"].to_numpy(),
+        )
+    )
+    queries, query_classes, descriptions = _queries(
+        dataset, labels, dataset_vectors, frequency, query, image_query, templates, index.encoder, device
+    )
+    pool_positions = _pool_positions(pool, index)
+    excluded = _excluded_rows(
+        dataset, pool, pool_positions, index.index, dataset_vectors, duplicate_threshold
+    )
+    probes = nprobe or index.meta.get("nprobe", 16)
+
+    def search(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, rows = vector_index.search(
+            index.index, vectors, k, nprobe=probes, backend=backend, device=device
+        )
+        if min_score is not None:
+            rows = np.where(scores >= min_score, rows, -1)
+        return scores, rows
+
+    found = retrieve_with_quotas(search, queries, query_classes, quotas, index.num_rows, excluded=excluded)
+    return _with_retrieved(dataset, pool, pool_positions, index, found, descriptions)
+
+
+def _normalised(vectors: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    bad = ~np.isfinite(norms[:, 0]) | (norms[:, 0] == 0)
+    if bad.any():
+        raise DataError(
+            f"{int(bad.sum())} embedding(s) are NaN, infinite or zero (first ids: {ids[bad][:5].tolist()})"
+        )
+    return vectors / norms
+
+
+def _tail_mask(dataset: LabeledDataset, frequency: ConceptFrequency) -> np.ndarray:
+    tail = dict(zip(frequency.table["concept"].to_pylist(), frequency.table["tail"].to_pylist(), strict=True))
+    unknown = [name for name in dataset.class_names() if name not in tail]
+    if unknown:
+        raise DataError(
+            f"the frequency table has no row for class(es) {unknown[:5]}; mine synonyms from this dataset"
+        )
+    return np.array([tail[name] for name in dataset.class_names()], dtype=bool)
+
+
+def _queries(
+    dataset: LabeledDataset,
+    labels: np.ndarray,
+    dataset_vectors: np.ndarray | None,
+    frequency: ConceptFrequency | None,
+    query: str,
+    image_query: str,
+    templates: tuple[str, ...],
+    encoder: str,
+    device: str,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Query vectors, the class of each, and a readable description of each for provenance."""
+    num_classes = len(dataset.class_names())
+    parts: dict[str, np.ndarray] = {}
+    if query in ("text", "both"):
+        names = _prompt_names(dataset, frequency)
+        parts["text"] = _text_queries(names, templates, encoder, device)
+        text_descriptions = [f"text: {templates[0].format(name)}" for name in names]
+    if query == "text":
+        return parts["text"], np.arange(num_classes), text_descriptions
+    assert dataset_vectors is not None
+    ids = dataset.images["image_id"].to_numpy()
+    if image_query == "examples" and query == "image":
+        return dataset_vectors, labels, [f"image: kNN of example {image_id}" for image_id in ids]
+    sums = np.zeros((num_classes, dataset_vectors.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels, dataset_vectors)
+    sizes = np.bincount(labels, minlength=num_classes)
+    centroids = _unit_rows(sums)
+    if query == "both":
+        combined = _unit_rows(centroids + parts["text"])
+        return (
+            combined,
+            np.arange(num_classes),
+            [f"{t} + centroid of {n} image(s)" for t, n in zip(text_descriptions, sizes, strict=True)],
+        )
+    has_examples = sizes > 0
+    return (
+        centroids[has_examples],
+        np.nonzero(has_examples)[0],
+        [f"image: centroid of {n} image(s)" for n in sizes[has_examples]],
+    )
+
+
+def _prompt_names(dataset: LabeledDataset, frequency: ConceptFrequency | None) -> list[str]:
+    # REAL-Prompt: name a class in prompts by its most frequent synonym in pretraining captions.
+    top = {}
+    if frequency is not None and "top_synonym" in frequency.table.column_names:
+        top = dict(
+            zip(
+                frequency.table["concept"].to_pylist(),
+                frequency.table["top_synonym"].to_pylist(),
+                strict=True,
+            )
+        )
+    return [top.get(name) or readable(name) for name in dataset.class_names()]
+
+
+def _text_queries(names: list[str], templates: tuple[str, ...], encoder: str, device: str) -> np.ndarray:
+    from rebalance.models.encoders import EncoderSpec, load_encoder
+
+    model = load_encoder(EncoderSpec.parse(encoder), device=device)
+    prompts = [template.format(name) for name in names for template in templates]
+    vectors = model.encode_texts(prompts).reshape(len(names), len(templates), -1)
+    return _unit_rows(vectors.mean(axis=1))
+
+
+def _unit_rows(matrix: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return (matrix / np.where(norms == 0, 1, norms)).astype(np.float32)
+
+
+def _pool_positions(pool: LabeledDataset, index: VectorIndex) -> np.ndarray:
+    """For each index row, the pool row holding that image id."""
+    pool_ids = pool.images["image_id"].to_numpy()
+    order = np.argsort(pool_ids, kind="stable")
+    found = np.searchsorted(pool_ids, index.ids, sorter=order)
+    found = order[np.minimum(found, len(order) - 1)] if len(order) else found
+    missing = index.ids[(len(order) == 0) | (pool_ids[found] != index.ids)] if len(index.ids) else index.ids
+    if len(missing):
+        raise DataError(
+            f"{len(missing)} indexed id(s) are not in the pool (first: {missing[:5].tolist()}); index the same pool"
+        )
+    return found
+
+
+def _excluded_rows(
+    dataset: LabeledDataset,
+    pool: LabeledDataset,
+    pool_positions: np.ndarray,
+    faiss_index,
+    dataset_vectors: np.ndarray | None,
+    duplicate_threshold: float | None,
+):
+    """A function flagging index rows that are already in the dataset: the same file, or a near copy."""
+    import faiss
+
+    own_files = {
+        os.path.realpath(dataset.image_path(name)) for name in dataset.images["file_name"].to_pylist()
+    }
+    pool_files = pool.images["file_name"].to_pylist()
+    nearest = None
+    if dataset_vectors is not None and len(dataset_vectors) and duplicate_threshold is not None:
+        nearest = faiss.IndexFlatIP(dataset_vectors.shape[1])
+        nearest.add(dataset_vectors)
+        _enable_reconstruct(faiss_index)
+
+    def excluded(rows: np.ndarray) -> np.ndarray:
+        same_file = np.array(
+            [os.path.realpath(pool.image_path(pool_files[pool_positions[row]])) in own_files for row in rows],
+            dtype=bool,
+        )
+        if nearest is None:
+            return same_file
+        candidates = faiss_index.reconstruct_batch(rows.astype(np.int64))
+        closest, _ = nearest.search(_unit_rows(candidates), 1)
+        return same_file | (closest[:, 0] >= duplicate_threshold)
+
+    return excluded
+
+
+def _enable_reconstruct(faiss_index) -> None:
+    # IVF indexes reconstruct a vector by id only with a direct map (8 bytes a vector).
+    import faiss
+
+    try:
+        ivf = faiss.extract_index_ivf(faiss_index)
+    except RuntimeError:
+        return
+    if ivf.direct_map.type == faiss.DirectMap.NoMap:
+        ivf.make_direct_map()
+
+
+def _with_retrieved(
+    dataset: LabeledDataset,
+    pool: LabeledDataset,
+    pool_positions: np.ndarray,
+    index: VectorIndex,
+    found: Assignment,
+    descriptions: list[str],
+) -> LabeledDataset:
+    taken = pool.images.take(pa.array(pool_positions[found.rows], pa.int64()))
+    count = len(found)
+    new_ids = pa.array(np.arange(count, dtype=np.int64) + _next_id(dataset.images["image_id"]))
+    provenance = {
+        "retrieval_query": pa.array([descriptions[q] for q in found.queries], pa.string()),
+        "retrieval_score": pa.array(found.scores.astype(np.float64), pa.float64()),
+        "pool_image_id": pa.array(index.ids[found.rows], pa.int64()),
+        "pool_file_name": taken["file_name"],
+    }
+    provenance |= {name: taken[name] for name in ("caption", "reference_label") if name in taken.column_names}
+    images = dataset.images
+    for name, values in provenance.items():
+        if name not in images.column_names:
+            images = images.append_column(name, pa.nulls(images.num_rows, values.type))
+    split = dataset.images["split"][0].as_py() if dataset.num_rows else "train"
+    new_images = {
+        "image_id": new_ids,
+        "file_name": pa.array(
+            [_relative_to(dataset, pool.image_path(n)) for n in taken["file_name"].to_pylist()]
+        ),
+        "split": pa.array([split] * count),
+        "width": taken["width"],
+        "height": taken["height"],
+        "source": pa.array(["retrieved"] * count),
+        **provenance,
+    }
+    new_annotations = {
+        "annotation_id": pa.array(
+            np.arange(count, dtype=np.int64) + _next_id(dataset.annotations["annotation_id"])
+        ),
+        "image_id": new_ids,
+        "category_id": pa.array(dataset.categories["category_id"].to_numpy()[found.classes]),
+    }
+    return dataclasses.replace(
+        dataset,
+        categories=_frozen_buckets(dataset),
+        images=pa.concat_tables([images, _rows_like(images.schema, new_images, count)]),
+        annotations=pa.concat_tables(
+            [dataset.annotations, _rows_like(dataset.annotations.schema, new_annotations, count)]
+        ),
+    )
+
+
+def _frozen_buckets(dataset: LabeledDataset) -> pa.Table:
+    """Categories with their rare/common/frequent bucket fixed at the counts before retrieval.
+
+    A tail class filled to the median must stay a tail class for the steps after (head dedup and
+    thinning never touch the tail), so the bucket is written as LVIS's r/c/f code unless the
+    dataset already declares one.
+    """
+    stats = compute_class_stats(dataset)
+    if stats.summary["bucket_source"] == "dataset":
+        return dataset.categories
+    codes = pa.array([bucket[0] for bucket in stats.table["bucket"].to_pylist()], pa.string())
+    return dataset.categories.set_column(
+        dataset.categories.schema.get_field_index("frequency"), "frequency", codes
+    )
+
+
+def _next_id(ids: pa.ChunkedArray) -> int:
+    return (pc.max(ids).as_py() + 1) if len(ids) else 0
+
+
+def _rows_like(schema: pa.Schema, columns: dict[str, pa.Array], count: int) -> pa.Table:
+    """New rows for a table of ``schema``: the given columns, nulls for the others."""
+    arrays = [
+        columns[field.name].cast(field.type) if field.name in columns else pa.nulls(count, field.type)
+        for field in schema
+    ]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _relative_to(dataset: LabeledDataset, path: Path) -> str:
+    # Relative to the dataset's image root when it has one, so the cache and exports stay movable.
+    if dataset.image_root is None:
+        return str(path.resolve())
+    return os.path.relpath(path.resolve(), Path(dataset.image_root).resolve())

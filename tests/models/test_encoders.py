@@ -1,0 +1,159 @@
+"""The open_clip, transformers and sentence encoders, on tiny random models and the real MiniLM."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+
+from rebalance import api
+from rebalance.core.artifacts import Embeddings, LabeledDataset, VectorIndex
+from rebalance.errors import RebalanceError
+from rebalance.models.encoders import EncoderSpec, load_encoder
+from rebalance.models.tiny import save_tiny_open_clip, save_tiny_transformers_clip
+from rebalance.steps.stats import class_counts
+from tests.conftest import REPO
+
+DEMO = REPO / "data" / "fashion_mnist_lt"
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    config, checkpoint = save_tiny_open_clip(root / "open_clip")
+    return {
+        "config": config,
+        "checkpoint": checkpoint,
+        "transformers": save_tiny_transformers_clip(root / "hf"),
+    }
+
+
+def small_pool(tmp_path: Path, count: int = 30) -> Path:
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for png in sorted((DEMO / "pool").glob("*.png"))[:count]:
+        shutil.copy(png, pool / png.name)
+    return pool
+
+
+def write_pipeline(
+    tmp_path: Path, encoder_lines: str, retrieve_lines: str, image_queries: bool = True
+) -> Path:
+    embeddings = ", embeddings: embedded" if image_queries else ""
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(
+        f"""seed: 0
+cache_dir: {tmp_path / "cache"}
+output_dir: {tmp_path / "out"}
+executor: {{kind: local, shard_rows: 7}}
+steps:
+  train: {{step: ingest_image_folder, root: {DEMO / "train"}, max_images_per_class: 2}}
+  pool: {{step: ingest_pool, root: {small_pool(tmp_path)}}}
+  embedded:
+    step: embed_images
+    inputs: {{dataset: train}}
+{encoder_lines}
+  pool_embedded:
+    step: embed_images
+    inputs: {{dataset: pool}}
+{encoder_lines}
+  pool_index: {{step: build_index, inputs: {{embeddings: pool_embedded}}}}
+  retrieved:
+    step: retrieve
+    inputs: {{dataset: train, pool: pool, index: pool_index{embeddings}}}
+    target: 4
+    device: cpu
+{retrieve_lines}
+"""
+    )
+    return path
+
+
+def test_open_clip_embeds_in_shards_caches_and_retrieves(tiny_models, tmp_path: Path) -> None:
+    encoder = (
+        f"    encoder: open_clip\n    model: {tiny_models['config']}\n"
+        f"    pretrained: {tiny_models['checkpoint']}\n    device: cpu\n"
+    )
+    # A random model maps all images close together: the near-copy check would reject every item.
+    pipeline = write_pipeline(tmp_path, encoder, "    query: both\n    duplicate_threshold: null")
+    first = api.run(pipeline)
+    assert first.executed == ["train", "pool", "embedded", "pool_embedded", "pool_index", "retrieved"]
+    entry = next((tmp_path / "cache" / "embed_images").glob("*/ids.npy")).parent
+    vectors = Embeddings.read(entry)
+    assert vectors.encoder == f"open_clip:{tiny_models['config']}@{tiny_models['checkpoint']}"
+    np.testing.assert_allclose(np.linalg.norm(vectors.vectors, axis=1), 1, rtol=1e-5)
+    retrieved = LabeledDataset.read(tmp_path / "out" / "retrieved")
+    assert class_counts(retrieved)[0].tolist() == [4] * 10
+    assert set(retrieved.images["retrieval_query"].drop_null().to_pylist()) <= {
+        f"text: a photo of a {name}. + centroid of 2 image(s)"
+        for name in (
+            "ankle boot",
+            "bag",
+            "coat",
+            "dress",
+            "pullover",
+            "sandal",
+            "shirt",
+            "sneaker",
+            "t-shirt top",
+            "trouser",
+        )
+    }
+    index = VectorIndex.read(next((tmp_path / "cache" / "build_index").glob("*/index.faiss")).parent)
+    assert index.index.ntotal == 30 and index.meta["factory"] == "Flat"
+
+    assert api.run(pipeline).executed == []  # a second run loads the index instead of rebuilding it
+    # New weights in the same checkpoint file re-run everything embedded with it.
+    save_tiny_open_clip(tiny_models["checkpoint"].parent, seed=1)
+    assert api.run(pipeline).executed == ["embedded", "pool_embedded", "pool_index", "retrieved"]
+
+
+def test_transformers_clip_embeds_and_answers_text_queries(tiny_models, tmp_path: Path) -> None:
+    encoder = f"    encoder: transformers\n    model: {tiny_models['transformers']}\n    device: cpu\n"
+    # Text queries alone: without the dataset's embeddings there is no near-copy check, which a
+    # random model (all images alike) would fail.
+    pipeline = write_pipeline(
+        tmp_path, encoder, "    query: text\n    templates: ['a photo of a {}.']", False
+    )
+    api.run(pipeline)
+    retrieved = LabeledDataset.read(tmp_path / "out" / "retrieved")
+    added = retrieved.images.filter(pc.equal(retrieved.images["source"], "retrieved"))
+    assert added.num_rows == 20 and len(set(added["pool_image_id"].to_pylist())) == 20
+    assert "text: a photo of a ankle boot." in added["retrieval_query"].to_pylist()
+
+
+def test_encoders_are_deterministic_and_normalised(tiny_models) -> None:
+    paths = sorted((DEMO / "pool").glob("*.png"))[:5]
+    spec = EncoderSpec("open_clip", str(tiny_models["config"]), str(tiny_models["checkpoint"]))
+    first = load_encoder(spec, device="cpu", batch_size=2).encode_images(paths)
+    second = load_encoder(spec, device="cpu", batch_size=5).encode_images(paths)
+    np.testing.assert_allclose(first, second, atol=1e-6)
+    texts = load_encoder(
+        EncoderSpec("transformers", str(tiny_models["transformers"])), device="cpu"
+    ).encode_texts(["a", "a dog"])
+    assert texts.shape == (2, 16) and np.allclose(np.linalg.norm(texts, axis=1), 1)
+
+
+def test_the_packaged_minilm_embeds_meaning() -> None:
+    encoder = load_encoder(EncoderSpec.parse("sentence:all-MiniLM-L6-v2"), device="cpu")
+    dog, puppy, market = encoder.encode_texts(
+        ["a photo of a dog", "a picture of a puppy", "stock market prices fell"]
+    )
+    assert dog @ puppy > dog @ market + 0.3
+    with pytest.raises(RebalanceError, match="text-only encoder"):
+        encoder.encode_images([])
+
+
+def test_spec_strings_round_trip_and_missing_models_are_clear_errors(tmp_path: Path) -> None:
+    spec = EncoderSpec("open_clip", "ViT-B-32", "laion2b_s34b_b79k")
+    assert str(spec) == "open_clip:ViT-B-32@laion2b_s34b_b79k" and EncoderSpec.parse(str(spec)) == spec
+    assert EncoderSpec.parse("transformers:openai/clip-vit-base-patch32").pretrained is None
+    with pytest.raises(RebalanceError, match="cannot load the transformers model .*Pass a local path"):
+        load_encoder(EncoderSpec("transformers", str(tmp_path / "missing")), device="cpu").encode_texts(["x"])
+    with pytest.raises(RebalanceError, match="cannot load the open_clip model"):
+        load_encoder(EncoderSpec("open_clip", str(tmp_path / "missing.json")), device="cpu").encode_texts(
+            ["x"]
+        )

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from rebalance.errors import DataError, RebalanceError
+from rebalance.index import auto_factory, build_index, exact_search_torch, search, training_sample_size
+
+
+def unit_rows(count: int, dim: int, seed: int = 0) -> np.ndarray:
+    vectors = np.random.default_rng(seed).normal(size=(count, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_auto_factory_picks_by_pool_size() -> None:
+    assert auto_factory(50_000, 512) == "Flat"
+    # 4·√200000 = 1789 -> nearest power of two 2048; 200k × 512 × 4 B = 0.4 GB fits in memory.
+    assert auto_factory(200_000, 512) == "IVF2048,Flat"
+    # 10⁸ × 512 × 4 B = 205 GB does not: PQ with 64 one-byte codes a vector.
+    assert auto_factory(100_000_000, 512) == "IVF32768,PQ64"
+    assert auto_factory(100_000_000, 96, max_memory_bytes=1) == "IVF32768,PQ48"
+    assert training_sample_size("IVF2048,Flat", 10**6) == 40 * 2048
+    assert training_sample_size("IVF64,PQ8", 10**6) == 65_536
+    assert training_sample_size("Flat", 10) == 10
+
+
+def test_torch_exact_search_equals_faiss_flat() -> None:
+    database, queries = unit_rows(5_000, 24), unit_rows(7, 24, seed=1)
+    index = build_index(database, "Flat")
+    scores, rows = search(index, queries, 10, backend="faiss")
+    torch_scores, torch_rows = exact_search_torch(database, queries, 10, device="cpu", chunk_rows=999)
+    assert np.array_equal(rows, torch_rows)
+    np.testing.assert_allclose(scores, torch_scores, atol=1e-5)
+    # The search picks the same answer through the public entry point.
+    assert np.array_equal(search(index, queries, 10, backend="torch", device="cpu")[1], rows)
+
+
+def test_ivf_index_is_deterministic_and_searching_does_not_change_it() -> None:
+    database = unit_rows(60_000, 16)
+    first, second = build_index(database, "IVF64,Flat", seed=3), build_index(database, "IVF64,Flat", seed=3)
+    saved = faiss.serialize_index(first)
+    assert np.array_equal(saved, faiss.serialize_index(second))
+    _, rows = search(first, database[:20], 1, nprobe=64)
+    assert rows[:, 0].tolist() == list(range(20))  # with every list probed, IVF-Flat is exact
+    assert np.array_equal(saved, faiss.serialize_index(first))
+
+
+def test_bad_vectors_and_factories_are_clear_errors() -> None:
+    database = unit_rows(100, 8)
+    database[3, 2] = np.nan
+    with pytest.raises(DataError, match="NaN"):
+        build_index(database, "Flat")
+    with pytest.raises(RebalanceError, match="faiss cannot build the index 'Bogus'"):
+        build_index(unit_rows(100, 8), "Bogus")
+    with pytest.raises(DataError, match="needs at least 256 vectors"):
+        build_index(unit_rows(100, 8), "IVF256,Flat")
+    with pytest.raises(RebalanceError, match="needs a Flat index"):
+        search(build_index(unit_rows(3_000, 8), "IVF16,Flat"), unit_rows(2, 8), 3, backend="torch")
+
+
+def test_k_larger_than_the_pool_returns_the_whole_pool() -> None:
+    index = build_index(unit_rows(5, 8), "Flat")
+    scores, rows = search(index, unit_rows(2, 8, seed=4), 50)
+    assert rows.shape == (2, 5) and sorted(rows[0]) == [0, 1, 2, 3, 4]
+    assert np.all(np.diff(scores, axis=1) <= 0)

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import numpy as np
+
+from rebalance.index import build_index, search
+from rebalance.retrieval import class_quotas, retrieve_with_quotas
+
+
+def test_quotas_raise_classes_to_the_target_with_a_cap() -> None:
+    counts = np.array([100, 40, 9, 0])
+    # median of (0, 9, 40, 100) = 24.5 -> 25
+    assert class_quotas(counts, "median").tolist() == [0, 0, 16, 25]
+    assert class_quotas(counts, "max", max_per_class=30).tolist() == [0, 30, 30, 30]
+    assert class_quotas(counts, "mean").tolist() == [0, 0, 29, 38]  # mean 37.25 -> 38
+    assert class_quotas(counts, 50, eligible=np.array([True, True, False, True])).tolist() == [0, 10, 0, 50]
+
+
+def planted_pool(seed: int = 0):
+    """Three class directions; the pool holds 6 near copies of each class plus 200 unrelated items."""
+    rng = np.random.default_rng(seed)
+    directions = np.eye(16, dtype=np.float32)[:3]
+    planted = np.repeat(directions, 6, axis=0) + rng.normal(scale=0.05, size=(18, 16)).astype(np.float32)
+    noise = rng.normal(size=(200, 16)).astype(np.float32)
+    noise[:, :3] = 0  # orthogonal to every class direction
+    pool = np.concatenate([noise[:100], planted, noise[100:]])
+    pool /= np.linalg.norm(pool, axis=1, keepdims=True)
+    planted_rows = {c: set(range(100 + 6 * c, 106 + 6 * c)) for c in range(3)}
+    return directions, pool, planted_rows
+
+
+def run(queries, query_classes, quotas, pool, **kwargs):
+    index = build_index(pool, "Flat")
+    return retrieve_with_quotas(
+        lambda q, k: search(index, q, k), queries, query_classes, np.array(quotas), len(pool), **kwargs
+    )
+
+
+def test_planted_examples_come_first_and_quotas_are_exact() -> None:
+    directions, pool, planted_rows = planted_pool()
+    found = run(directions, np.arange(3), [4, 6, 9], pool)
+    per_class = {c: found.rows[found.classes == c] for c in range(3)}
+    assert [len(per_class[c]) for c in range(3)] == [4, 6, 9]  # exact quotas
+    assert set(per_class[0]) <= planted_rows[0] and set(per_class[1]) == planted_rows[1]
+    assert set(per_class[2][:6]) == planted_rows[2]  # the 6 planted first, then 3 filler items
+    assert len(set(found.rows.tolist())) == len(found.rows)  # no item twice
+    for c in range(3):
+        assert np.all(np.diff(found.scores[found.classes == c]) <= 0)
+
+
+def test_an_item_wanted_by_two_classes_goes_to_its_best_match() -> None:
+    pool = np.array([[1, 0, 0], [0.8, 0.6, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float32)
+    queries = np.array([[1, 0, 0], [0, 1, 0]], dtype=np.float32)
+    # Row 1 scores 0.8 for class 0 and 0.6 for class 1: class 0 takes it, class 1 takes row 2 and then row 3.
+    found = run(queries, np.array([0, 1]), [2, 2], pool)
+    assert dict(zip(found.rows.tolist(), found.classes.tolist(), strict=True)) == {0: 0, 1: 0, 2: 1, 3: 1}
+
+
+def test_excluded_rows_are_never_taken_and_short_classes_search_deeper() -> None:
+    directions, pool, planted_rows = planted_pool()
+    banned = planted_rows[0]
+    found = run(
+        directions[:1],
+        np.array([0]),
+        [10],
+        pool,
+        excluded=lambda rows: np.isin(rows, list(banned)),
+        oversample=1.0,
+    )
+    assert len(found) == 10 and not set(found.rows.tolist()) & banned
+
+
+def test_knn_queries_score_an_item_by_its_best_example() -> None:
+    directions, pool, planted_rows = planted_pool()
+    examples = np.concatenate([directions[:1], directions[:1] * 0.0 + pool[101:102]])
+    found = run(examples, np.array([0, 0]), [6], pool)
+    assert set(found.rows.tolist()) == planted_rows[0] and set(found.queries.tolist()) <= {0, 1}
+
+
+def test_nothing_to_fill_gives_an_empty_assignment() -> None:
+    directions, pool, _ = planted_pool()
+    assert len(run(directions, np.arange(3), [0, 0, 0], pool)) == 0
