@@ -84,6 +84,8 @@ REMOVED_SCHEMA = pa.schema(
     [
         ("image_id", pa.int64()),
         ("file_name", pa.string()),
+        ("source", pa.string()),
+        ("category_ids", pa.list_(pa.int64())),
         ("step", pa.string()),
         ("reason", pa.string()),
     ]
@@ -203,6 +205,39 @@ class LabeledDataset:
             images=pa.concat_tables([part.images for part in parts]),
             annotations=pa.concat_tables([part.annotations for part in parts]),
             removed=pa.concat_tables([part.removed for part in parts]),
+        )
+
+    def drop(self, drop: np.ndarray, step_name: str, reasons: list[str]) -> Self:
+        """Remove the images where ``drop`` is True with their annotations, recording each in ``removed``.
+
+        A removed row keeps the image's ``source`` and class ids, so a report can say what each
+        step took from each class, including rows that an earlier step added.
+        """
+        drop = np.asarray(drop, dtype=bool)
+        mask = pa.array(drop)
+        dropped_ids = self.images["image_id"].filter(mask)
+        category_ids = self.categories["category_id"].to_numpy()
+        lists = self.category_lists().filter(mask)
+        classes = pa.ListArray.from_arrays(
+            lists.offsets, pa.array(category_ids[lists.values.to_numpy()], pa.int64())
+        )
+        removed = pa.table(
+            {
+                "image_id": dropped_ids,
+                "file_name": self.images["file_name"].filter(mask),
+                "source": self.images["source"].filter(mask),
+                "category_ids": classes,
+                "step": [step_name] * len(dropped_ids),
+                "reason": reasons,
+            },
+            schema=REMOVED_SCHEMA,
+        )
+        keep_annotation = pc.invert(pc.is_in(self.annotations["image_id"], value_set=dropped_ids))
+        return dataclasses.replace(
+            self,
+            images=self.images.filter(pa.array(~drop)),
+            annotations=self.annotations.filter(keep_annotation),
+            removed=pa.concat_tables([self.removed, removed]),
         )
 
     def class_names(self) -> list[str]:

@@ -14,7 +14,8 @@ from rebalance.steps.stats import (
     class_counts,
     compute_class_stats,
     expected_draws_per_epoch,
-    removed_per_class,
+    retrieval_summary,
+    stage_changes,
 )
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
@@ -45,11 +46,11 @@ def build_report(
     buckets = compute_class_stats(original).table["bucket"].to_pylist()
     before = class_counts(original)[0]
     stages: dict[str, np.ndarray] = {"original": before}
-    removed = removed_per_class(original, final.removed)
+    changes = stage_changes(original, final)
     current = before.copy()
-    for step_name, counts in removed.items():
-        current = current - counts
-        stages[f"after {step_name}"] = current
+    for change, counts in changes.items():
+        current = current + counts
+        stages[f"after {change[1:]}"] = current
     stages["final"] = class_counts(final)[0]
     per_epoch = expected_draws_per_epoch(final) if "repeat_factor" in final.images.column_names else None
     if per_epoch is not None:
@@ -57,7 +58,7 @@ def build_report(
 
     images = {
         "class_distribution": plots.class_distribution(names, stages),
-        "stage_changes": plots.stage_changes(names, removed),
+        "stage_changes": plots.stage_changes(names, changes),
     }
     count_rows = [
         [
@@ -74,12 +75,25 @@ def build_report(
         "<h2>Class distribution, stage by stage</h2>",
         '<img src="plots/class_distribution.png" alt="class distribution per stage">',
         _table(["class", "bucket", *stages], count_rows),
-        "<h2>What each stage removed</h2>",
-        '<img src="plots/stage_changes.png" alt="removals per stage">',
-        _table(["stage", "images removed"], [[html.escape(k), int(v.sum())] for k, v in removed.items()])
-        if removed
-        else "<p>No stage removed images.</p>",
+        "<h2>What each stage added and removed</h2>",
+        '<img src="plots/stage_changes.png" alt="images added and removed per stage">',
+        _table(["stage", "images"], [[html.escape(k), f"{int(v.sum()):+d}"] for k, v in changes.items()])
+        if changes
+        else "<p>No stage added or removed images.</p>",
     ]
+    retrieval = retrieval_summary(final)
+    if retrieval["retrieved"]:
+        precision = retrieval["precision"]
+        sections.append(
+            f"<p>Retrieval kept {retrieval['retrieved']:,} pool image(s) (mean score {retrieval['mean_score']:.3f})"
+            + (
+                f"; {precision:.1%} of the {retrieval['with_reference_label']:,} with a reference label carry "
+                "the class they were retrieved for (the labels were never shown to retrieval)."
+                if precision is not None
+                else "."
+            )
+            + "</p>"
+        )
     if frequency is not None:
         images["concept_frequency"] = frequency.plot
         rows = [
@@ -102,6 +116,7 @@ def build_report(
             _table(["class", "captions", "frequency", "top synonym", "bucket"], rows),
         ]
     figures: dict[str, Any] = {
+        "retrieval": retrieval,
         "stages": {k: v.tolist() for k, v in stages.items()},
         "classes": names,
         "buckets": buckets,

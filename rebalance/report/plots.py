@@ -36,17 +36,21 @@ def class_distribution(class_names: list[str], stages: dict[str, np.ndarray]) ->
     return _png(figure)
 
 
-def stage_changes(class_names: list[str], removed: dict[str, np.ndarray]) -> bytes:
-    """Images removed per class by each stage, stacked."""
+def stage_changes(class_names: list[str], changes: dict[str, np.ndarray]) -> bytes:
+    """Images added (above zero) and removed (below zero) per class by each stage, stacked."""
     figure, axes = plt.subplots(figsize=(max(6.0, 0.55 * len(class_names) + 2), 3.5))
-    bottom = np.zeros(len(class_names))
-    for stage, counts in removed.items():
-        axes.bar(class_names, counts, bottom=bottom, label=stage)
-        bottom += counts
-    axes.set_ylabel("images removed")
-    axes.set_title("What each stage removed")
+    above, below = np.zeros(len(class_names)), np.zeros(len(class_names))
+    for stage, counts in changes.items():
+        counts = np.asarray(counts, dtype=float)
+        base = np.where(counts >= 0, above, below)
+        axes.bar(class_names, counts, bottom=base, label=stage)
+        above += np.maximum(counts, 0)
+        below += np.minimum(counts, 0)
+    axes.axhline(0, color="black", linewidth=0.8)
+    axes.set_ylabel("images added / removed")
+    axes.set_title("What each stage added and removed")
     axes.tick_params(axis="x", rotation=45)
-    if removed:
+    if changes:
         axes.legend(fontsize=8)
     return _png(figure)
 

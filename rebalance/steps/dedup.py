@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import NonNegativeInt, PositiveInt, confloat
 
-from rebalance.core.artifacts import REMOVED_SCHEMA, Embeddings, LabeledDataset
+from rebalance.core.artifacts import Embeddings, LabeledDataset
 from rebalance.core.registry import step
 from rebalance.steps.stats import class_counts, compute_class_stats
 
@@ -32,31 +32,7 @@ def thinnable_images(dataset: LabeledDataset, thin_buckets: tuple[str, ...]) -> 
     return (lengths > 0) & (outside == 0)
 
 
-def drop_images(
-    dataset: LabeledDataset, drop: np.ndarray, step_name: str, reasons: list[str]
-) -> LabeledDataset:
-    """Remove the images where ``drop`` is True (and their annotations), recording each in ``removed``."""
-    dropped_ids = pa.array(dataset.images["image_id"].to_numpy()[drop], pa.int64())
-    removed = pa.table(
-        {
-            "image_id": dropped_ids,
-            "file_name": dataset.images["file_name"].filter(pa.array(drop)),
-            "step": [step_name] * len(dropped_ids),
-            "reason": reasons,
-        },
-        schema=REMOVED_SCHEMA,
-    )
-    keep_annotation = pc.invert(pc.is_in(dataset.annotations["image_id"], value_set=dropped_ids))
-    return LabeledDataset(
-        images=dataset.images.filter(pa.array(~drop)),
-        annotations=dataset.annotations.filter(keep_annotation),
-        categories=dataset.categories,
-        removed=pa.concat_tables([dataset.removed, removed]),
-        image_root=dataset.image_root,
-    )
-
-
-@step("semdedup")
+@step("semdedup", version=2)
 def semdedup_step(
     dataset: LabeledDataset,
     embeddings: Embeddings,
@@ -94,10 +70,10 @@ def semdedup_step(
         f"near-duplicate of image {image_ids[keeper]} (cosine {similarity:.4f}, {embeddings.encoder})"
         for keeper, similarity in zip(result.duplicate_of[drop], result.similarity[drop], strict=True)
     ]
-    return drop_images(dataset, drop, "semdedup", reasons)
+    return dataset.drop(drop, "semdedup", reasons)
 
 
-@step("entity_thinning")
+@step("entity_thinning", version=2)
 def entity_thinning(
     dataset: LabeledDataset,
     *,
@@ -140,4 +116,4 @@ def entity_thinning(
         f"entity thinning: kept with p = min(1, {threshold} / {int(n)}) = {p:.4f}"
         for n, p in zip(most_frequent[drop], keep_probability[drop], strict=True)
     ]
-    return drop_images(dataset, drop, "entity_thinning", reasons)
+    return dataset.drop(drop, "entity_thinning", reasons)

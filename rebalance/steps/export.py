@@ -18,13 +18,14 @@ from rebalance.steps.stats import (
     class_counts,
     compute_class_stats,
     expected_draws_per_epoch,
-    removed_per_class,
+    retrieval_summary,
+    stage_changes,
 )
 
 Task = Literal["auto", "classification", "detection"]
 
 
-@step("export_hf", version=3)
+@step("export_hf", version=4)
 def export_hf(
     dataset: LabeledDataset,
     original: LabeledDataset | None = None,
@@ -181,8 +182,8 @@ def _card(
         before, _ = class_counts(original)
         stages["before"] = before
         counts["before"] = pa.array(before, pa.int64())
-        for step_name, removed_images in removed_per_class(original, dataset.removed).items():
-            counts[f"-{step_name}"] = pa.array(-removed_images, pa.int64())
+        for change, images in stage_changes(original, dataset).items():
+            counts[change] = pa.array(images, pa.int64())
         counts["after"] = pa.array(after, pa.int64())
         counts["change"] = pa.array(after - before, pa.int64())
     else:
@@ -227,6 +228,20 @@ def _card(
         sections.append("`per epoch`: expected draws per epoch, Σ `repeat_factor` over the class's images.\n")
     sections += ["## Removed images\n", "\n".join(removal_lines) + "\n"]
     sections.append("The columns `source` and `file_name` record where each row comes from.\n")
+    retrieval = retrieval_summary(dataset)
+    if retrieval["retrieved"]:
+        line = (
+            f"## Retrieved images\n\n{retrieval['retrieved']:,} rows have `source: retrieved`: pool images added to "
+            "classes below the balance target. `retrieval_query` says which query found each one, "
+            f"`retrieval_score` its cosine similarity (mean {retrieval['mean_score']:.3f}), `pool_image_id` and "
+            "`pool_file_name` where it came from."
+        )
+        if retrieval["precision"] is not None:
+            line += (
+                f" {retrieval['precision']:.1%} of the {retrieval['with_reference_label']:,} with a reference label "
+                "carry the class they were retrieved for."
+            )
+        sections.append(line + "\n")
     if lineage is not None:
         config = yaml.safe_dump(lineage, sort_keys=False, allow_unicode=True)
         sections.append(

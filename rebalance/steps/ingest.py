@@ -19,7 +19,7 @@ from rebalance.io.image_folder import IMAGE_EXTENSIONS, scan_image_folder, scan_
 from rebalance.io.tables import read_side_table
 
 
-@step("ingest_image_folder")
+@step("ingest_image_folder", version=2)
 def ingest_image_folder(
     *,
     root: InputPath,
@@ -51,7 +51,7 @@ def ingest_image_folder(
     )
 
 
-@step("ingest_coco")
+@step("ingest_coco", version=2)
 def ingest_coco(
     *,
     annotations: InputPath,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -50,14 +50,103 @@ def expected_draws_per_epoch(dataset: LabeledDataset) -> np.ndarray:
     )
 
 
-def removed_per_class(original: LabeledDataset, removed: pa.Table) -> dict[str, np.ndarray]:
-    """For each step that removed images (in the order they ran), images removed per class of ``original``."""
-    per_step = {}
+def stage_changes(original: LabeledDataset, final: LabeledDataset) -> dict[str, np.ndarray]:
+    """What each stage between ``original`` and ``final`` did to each class, in images (signed).
+
+    ``+<source>`` for every source of added rows (``retrieved``, ``synthetic``): the rows added,
+    counting those a later step removed again; then ``-<step>`` for each step that removed rows
+    after ``original``, in the order they ran. ``original`` + Σ changes = ``final``, per class.
+    """
+    earlier = set(
+        zip(original.removed["image_id"].to_pylist(), original.removed["step"].to_pylist(), strict=True)
+    )
+    removed = final.removed
+    later = pa.array(
+        [
+            pair not in earlier
+            for pair in zip(removed["image_id"].to_pylist(), removed["step"].to_pylist(), strict=True)
+        ],
+        pa.bool_(),
+    )
+    removed = removed.filter(later) if len(removed) else removed
+    categories = final.categories["category_id"]
+    changes: dict[str, np.ndarray] = {}
+    sources = dict.fromkeys([*final.images["source"].to_pylist(), *removed["source"].to_pylist()])
+    for source in (s for s in sources if s not in (None, "original")):
+        kept_ids = final.images.filter(pc.equal(final.images["source"], source))["image_id"]
+        kept = final.annotations.filter(pc.is_in(final.annotations["image_id"], value_set=kept_ids))
+        dropped = removed.filter(pc.equal(removed["source"], source))
+        changes[f"+{source}"] = _images_per_class(
+            kept["image_id"], kept["category_id"], categories
+        ) + _removed_per_class(dropped, categories)
     for step_name in dict.fromkeys(removed["step"].to_pylist()):
-        ids = removed.filter(pc.equal(removed["step"], step_name))["image_id"]
-        annotations = original.annotations.filter(pc.is_in(original.annotations["image_id"], value_set=ids))
-        per_step[step_name] = class_counts(dataclasses.replace(original, annotations=annotations))[0]
-    return per_step
+        changes[f"-{step_name}"] = -_removed_per_class(
+            removed.filter(pc.equal(removed["step"], step_name)), categories
+        )
+    return changes
+
+
+def _removed_per_class(removed: pa.Table, categories: pa.ChunkedArray) -> np.ndarray:
+    lists = (
+        removed["category_ids"].combine_chunks() if removed.num_rows else pa.array([], pa.list_(pa.int64()))
+    )
+    image_ids = (
+        pc.take(removed["image_id"], pc.list_parent_indices(lists))
+        if len(lists)
+        else pa.array([], pa.int64())
+    )
+    return _images_per_class(image_ids, pc.list_flatten(lists), categories)
+
+
+def _images_per_class(image_ids, category_ids, categories: pa.ChunkedArray) -> np.ndarray:
+    """Images per class from (image, class) pairs, an image counted once per class."""
+    pairs = (
+        pa.table({"image_id": image_ids, "category_id": category_ids})
+        .group_by(["image_id", "category_id"])
+        .aggregate([])
+    )
+    positions = pc.index_in(pairs["category_id"], value_set=categories).to_numpy(zero_copy_only=False)
+    return np.bincount(positions, minlength=len(categories)).astype(np.int64)
+
+
+def retrieval_summary(dataset: LabeledDataset) -> dict[str, Any]:
+    """Retrieved rows in ``dataset``: how many, their mean score and, where the pool had reference
+    labels, the share whose reference label names the class they were retrieved for."""
+    images = dataset.images
+    if "retrieval_score" not in images.column_names:
+        return {"retrieved": 0, "mean_score": None, "with_reference_label": 0, "precision": None}
+    retrieved = images.filter(pc.equal(images["source"], "retrieved"))
+    labelled = (
+        retrieved.filter(pc.is_valid(retrieved["reference_label"]))
+        if "reference_label" in retrieved.column_names
+        else retrieved.slice(0, 0)
+    )
+    names = dict(zip(dataset.categories["category_id"].to_pylist(), dataset.class_names(), strict=True))
+    assigned = dict(
+        zip(
+            dataset.annotations["image_id"].to_pylist(),
+            dataset.annotations["category_id"].to_pylist(),
+            strict=False,
+        )
+    )
+    correct = [
+        _same_name(reference, names[assigned[image_id]])
+        for image_id, reference in zip(
+            labelled["image_id"].to_pylist(),
+            labelled["reference_label"].to_pylist() if labelled.num_rows else [],
+            strict=True,
+        )
+    ]
+    return {
+        "retrieved": retrieved.num_rows,
+        "mean_score": pc.mean(retrieved["retrieval_score"]).as_py(),
+        "with_reference_label": len(correct),
+        "precision": sum(correct) / len(correct) if correct else None,
+    }
+
+
+def _same_name(left: str, right: str) -> bool:
+    return left.replace("_", " ").casefold() == right.replace("_", " ").casefold()
 
 
 def frequency_buckets(

@@ -1,14 +1,16 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from rebalance.core.artifacts import (
     LabeledDataset,
 )
 from rebalance.steps.ingest import ingest_coco
-from rebalance.steps.stats import class_stats, frequency_buckets
+from rebalance.steps.stats import class_counts, class_stats, frequency_buckets, stage_changes
 from tests.steps.lvis_fixture import build_lvis
 
 
@@ -50,3 +52,23 @@ def test_detection_counts_images_and_instances_separately(tmp_path: Path) -> Non
     # LVIS's own frequency field wins over counts from this small subset.
     assert [rows[n]["bucket"] for n in ("aerosol_can", "alcohol", "banana")] == ["common", "rare", "frequent"]
     assert stats.summary["bucket_source"] == "dataset"
+
+
+def test_stage_changes_account_for_every_row_added_and_removed() -> None:
+    """original + Σ changes = final per class, also for added rows that a later step removed."""
+    labels = [0, 0, 0, 1, 1, 1, 1]  # rows 5 and 6 are added by retrieval
+    grown = LabeledDataset.classification([f"{i}.png" for i in range(7)], labels, ["a", "b"])
+    sources = pa.array(["original"] * 5 + ["retrieved"] * 2)
+    grown = dataclasses.replace(grown, images=grown.images.set_column(5, "source", sources))
+    original = LabeledDataset.classification([f"{i}.png" for i in range(5)], labels[:5], ["a", "b"])
+    final = grown.drop(np.array([1, 0, 0, 0, 0, 0, 1], bool), "semdedup", ["copy of 2", "copy of 5"])
+    final = final.drop(np.array([0, 1, 0, 0, 0], bool), "entity_thinning", ["p = 0.5"])
+    changes = stage_changes(original, final)
+    assert {k: v.tolist() for k, v in changes.items()} == {
+        "+retrieved": [0, 2],
+        "-semdedup": [-1, -1],
+        "-entity_thinning": [-1, 0],
+    }
+    assert (class_counts(original)[0] + sum(changes.values())).tolist() == class_counts(final)[0].tolist()
+    assert final.removed.to_pylist()[1]["source"] == "retrieved"
+    assert final.removed.to_pylist()[1]["category_ids"] == [1]
