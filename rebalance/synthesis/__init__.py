@@ -1,0 +1,1 @@
+"""Synthesis of new tail examples: in feature space (SMOTE, calibrated Gaussians) and as images (diffusion)."""
