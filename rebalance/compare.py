@@ -18,8 +18,8 @@ from rebalance.core.config import PipelineConfig, load_pipeline
 from rebalance.core.runner import run_pipeline
 from rebalance.errors import RebalanceError
 
-# Data stages that an ablation bypasses; synthesis steps join them as they land.
-BYPASSABLE_STEPS = ("retrieve", "semdedup", "entity_thinning")
+# Data stages that an ablation bypasses (their consumers read the stage's own input).
+BYPASSABLE_STEPS = ("retrieve", "synthesize_features", "semdedup", "entity_thinning")
 METRICS = ("rare", "common", "frequent", "top1", "mean_class_accuracy")
 HEADERS = ("rare", "common", "frequent", "top-1", "mean/class")
 

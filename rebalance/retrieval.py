@@ -21,17 +21,21 @@ def class_quotas(
     counts: np.ndarray,
     target: Target | int,
     *,
+    reference: np.ndarray | None = None,
     max_per_class: int | None = None,
     eligible: np.ndarray | None = None,
 ) -> np.ndarray:
     """Items to add per class: quota_c = min(cap, max(0, T − n_c)) for eligible classes, else 0.
 
-    T is the median / mean / max of the class counts ``n`` (rounded up), or a fixed number.
-    ``eligible`` (bool per class) restricts retrieval, e.g. to REAL's concept tail.
+    T is the median / mean / max (rounded up) of the ``reference`` counts (default: ``counts``),
+    or a fixed number. ``eligible`` (bool per class) restricts it, e.g. to REAL's concept tail.
     """
     counts = np.asarray(counts, dtype=np.int64)
+    reference = counts if reference is None else np.asarray(reference, dtype=np.int64)
     if isinstance(target, str):
-        goal = {"median": np.median, "mean": np.mean, "max": np.max}[target](counts) if len(counts) else 0
+        goal = (
+            {"median": np.median, "mean": np.mean, "max": np.max}[target](reference) if len(reference) else 0
+        )
         goal = int(np.ceil(goal))
     else:
         goal = int(target)

@@ -22,6 +22,8 @@ TINY_STEPS = [
     "pool_index",
     "retrieved",
     "retrieved_embedded",
+    "synthesized",
+    "synthesized_embedded",
     "deduped",
     "thinned",
     "sampled",

@@ -14,9 +14,13 @@ def test_ablation_bypasses_each_stage_and_the_sampler() -> None:
     assert ablation_variants(config, "rebalanced") == {
         "-retrieved": [
             "steps.retrieved_embedded.inputs.dataset=verified",
-            "steps.deduped.inputs.dataset=verified",
+            "steps.synthesized.inputs.dataset=verified",
         ],
-        "-deduped": ["steps.thinned.inputs.dataset=retrieved"],
+        "-synthesized": [
+            "steps.synthesized_embedded.inputs.dataset=retrieved",
+            "steps.deduped.inputs.dataset=retrieved",
+        ],
+        "-deduped": ["steps.thinned.inputs.dataset=synthesized"],
         "-thinned": ["steps.sampled.inputs.dataset=deduped"],
         "-sampler": ["steps.rebalanced.sampler=uniform"],
         "-balanced_softmax": ["steps.rebalanced.loss=ce"],
@@ -29,6 +33,7 @@ def test_compare_with_ablation_on_the_tiny_pipeline(run_dirs: list[str], tmp_pat
         "baseline",
         "rebalanced",
         "-retrieved",
+        "-synthesized",
         "-deduped",
         "-thinned",
         "-sampler",

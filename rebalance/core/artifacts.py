@@ -99,6 +99,23 @@ def _images_table(file_names: list[str], split: str, source: str) -> pa.Table:
     return pa.table(columns, schema=IMAGES_SCHEMA)
 
 
+def _next_id(ids: pa.ChunkedArray) -> int:
+    return (pc.max(ids).as_py() + 1) if len(ids) else 0
+
+
+def _split_of(dataset: LabeledDataset) -> str:
+    return dataset.images["split"][0].as_py() if dataset.num_rows else "train"
+
+
+def _rows_like(schema: pa.Schema, columns: dict[str, pa.Array], count: int) -> pa.Table:
+    """New rows for a table of ``schema``: the given columns, nulls for the others."""
+    arrays = [
+        columns[field.name].cast(field.type) if field.name in columns else pa.nulls(count, field.type)
+        for field in schema
+    ]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
 @dataclasses.dataclass(frozen=True)
 class LabeledDataset:
     """A labelled image dataset: one internal form for image folders, COCO and LVIS.
@@ -238,6 +255,35 @@ class LabeledDataset:
             images=self.images.filter(pa.array(~drop)),
             annotations=self.annotations.filter(keep_annotation),
             removed=pa.concat_tables([self.removed, removed]),
+        )
+
+    def add_images(self, columns: dict[str, pa.Array], category_ids: np.ndarray) -> Self:
+        """Append images, one label each, after the existing ones (new image and annotation ids).
+
+        ``columns`` gives image columns for the new rows (``file_name``, ``source``, provenance);
+        a column the dataset lacks is added, null for existing rows; a column the new rows lack is
+        null for them. Ids continue after the largest existing id, so the sort invariant holds.
+        """
+        count = len(category_ids)
+        images = self.images
+        for name, values in columns.items():
+            if name not in images.column_names:
+                images = images.append_column(name, pa.nulls(images.num_rows, values.type))
+        new_ids = pa.array(np.arange(count, dtype=np.int64) + _next_id(self.images["image_id"]))
+        new_images = {"split": pa.array([_split_of(self)] * count), **columns, "image_id": new_ids}
+        new_annotations = {
+            "annotation_id": pa.array(
+                np.arange(count, dtype=np.int64) + _next_id(self.annotations["annotation_id"])
+            ),
+            "image_id": new_ids,
+            "category_id": pa.array(np.asarray(category_ids, dtype=np.int64)),
+        }
+        return dataclasses.replace(
+            self,
+            images=pa.concat_tables([images, _rows_like(images.schema, new_images, count)]),
+            annotations=pa.concat_tables(
+                [self.annotations, _rows_like(self.annotations.schema, new_annotations, count)]
+            ),
         )
 
     def class_names(self) -> list[str]:

@@ -10,6 +10,7 @@ from rebalance.steps import (
     retrieve,
     sampling,
     stats,
+    synthesis,
     train,
     verify,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "retrieve",
     "sampling",
     "stats",
+    "synthesis",
     "train",
     "verify",
 ]

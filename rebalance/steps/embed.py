@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
 from pydantic import PositiveInt
 
 from rebalance.core.artifacts import Embeddings, LabeledDataset
@@ -92,16 +93,17 @@ def embed_pixels_pca(
 def gather_embeddings(
     dataset: LabeledDataset, embeddings: Embeddings, pool_embeddings: Embeddings | None = None
 ) -> Embeddings:
-    """The embeddings of ``dataset``'s rows, taken from what was already embedded, no model run.
+    """The embeddings of ``dataset``'s rows, taken from what was already computed, no model run.
 
     Rows of the original data come from ``embeddings`` by image id; retrieved rows come from
-    ``pool_embeddings`` by their ``pool_image_id``. Both must come from the same encoder.
+    ``pool_embeddings`` by their ``pool_image_id``; synthetic feature rows carry their vector in
+    their ``feature`` column. All must come from the same encoder.
     """
-    ids = dataset.images["image_id"].to_numpy()
+    images = dataset.images
+    ids = images["image_id"].to_numpy()
     vectors = np.zeros((len(ids), embeddings.vectors.shape[1]), dtype=np.float32)
-    from_pool = np.zeros(len(ids), dtype=bool)
-    if "pool_image_id" in dataset.images.column_names:
-        from_pool = dataset.images["pool_image_id"].is_valid().to_numpy(zero_copy_only=False)
+    from_pool = _present(images, "pool_image_id")
+    from_feature = _present(images, "feature")
     if from_pool.any():
         if pool_embeddings is None:
             raise DataError(
@@ -111,10 +113,21 @@ def gather_embeddings(
             raise DataError(
                 f"the pool was embedded by {pool_embeddings.encoder!r}, the dataset by {embeddings.encoder!r}"
             )
-        pool_ids = dataset.images["pool_image_id"].to_numpy(zero_copy_only=False)[from_pool].astype(np.int64)
+        pool_ids = images["pool_image_id"].to_numpy(zero_copy_only=False)[from_pool].astype(np.int64)
         vectors[from_pool] = pool_embeddings.aligned_to(pool_ids)
-    vectors[~from_pool] = embeddings.aligned_to(ids[~from_pool])
+    if from_feature.any():
+        vectors[from_feature] = np.stack(
+            images["feature"].filter(pa.array(from_feature)).to_numpy(zero_copy_only=False)
+        )
+    own = ~from_pool & ~from_feature
+    vectors[own] = embeddings.aligned_to(ids[own])
     return Embeddings(ids, vectors, embeddings.encoder)
+
+
+def _present(images: pa.Table, column: str) -> np.ndarray:
+    if column not in images.column_names:
+        return np.zeros(images.num_rows, dtype=bool)
+    return images[column].is_valid().to_numpy(zero_copy_only=False)
 
 
 def _checked(dataset: LabeledDataset, vectors: np.ndarray, encoder: str) -> Embeddings:

@@ -90,10 +90,15 @@ def _to_hf(
 ) -> Any:
     import datasets
 
-    images = data.images.drop_columns(["split"])
-    paths = [data.image_path(name) for name in images["file_name"].to_pylist()]
+    # Synthetic feature rows have no image file; their vector is the `embedding` (or `feature`).
+    images = data.images.drop_columns(
+        ["split", *(["feature"] if embeddings is not None and "feature" in data.images.column_names else [])]
+    )
+    paths = [None if name is None else data.image_path(name) for name in images["file_name"].to_pylist()]
     image_column = [
-        {"bytes": path.read_bytes(), "path": path.name}
+        None
+        if path is None
+        else {"bytes": path.read_bytes(), "path": path.name}
         if embed_images
         else {"bytes": None, "path": str(path)}
         for path in paths

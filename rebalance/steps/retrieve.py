@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import NonNegativeInt, PositiveFloat, PositiveInt, confloat
 
 from rebalance import index as vector_index
@@ -17,8 +15,8 @@ from rebalance.core.artifacts import ConceptFrequency, Embeddings, LabeledDatase
 from rebalance.core.registry import step
 from rebalance.errors import DataError
 from rebalance.models.device import Device
-from rebalance.retrieval import Assignment, Target, class_quotas, retrieve_with_quotas
-from rebalance.steps.stats import class_counts, compute_class_stats
+from rebalance.retrieval import Assignment, Target, retrieve_with_quotas
+from rebalance.steps.stats import balance_quotas, freeze_buckets
 from rebalance.text.normalize import readable
 
 # CLIP's prompt ensemble, shortened (Radford et al., 2021): averaging a few templates is steadier
@@ -83,8 +81,9 @@ def retrieve(
 ) -> LabeledDataset:
     """Add pool images to the classes below a balance target, as REAL-Linear fills the tail.
 
-    Quota per class: min(max_per_class, target − n_c) (``rebalance.retrieval.class_quotas``), for
-    every class below the target, or only REAL's concept tail (``tail_only`` with ``frequency``).
+    Quota per class: min(max_per_class, T − n_c), T the target over the classes' *original* counts
+    (``rebalance.steps.stats.balance_quotas``, shared with synthesis), for every class below it, or
+    only REAL's concept tail (``tail_only`` with ``frequency``).
     Queries: ``image`` = each class's examples in ``embeddings`` (their normalised ``centroid``,
     or every example as a kNN query, ``examples``); ``text`` = the class's prompt ensemble
     (``templates`` filled with its most frequent caption synonym from ``frequency``, else its
@@ -111,9 +110,8 @@ def retrieve(
             )
     if tail_only and frequency is None:
         raise DataError("tail_only needs the concept frequency table; wire `frequency`")
-    counts, _ = class_counts(dataset)
     eligible = _tail_mask(dataset, frequency) if tail_only else None
-    quotas = class_quotas(counts, target, max_per_class=max_per_class, eligible=eligible)
+    quotas = balance_quotas(dataset, target, max_per_class=max_per_class, eligible=eligible)
     labels = dataset.single_labels("retrieval")
     dataset_vectors = (
         None
@@ -306,75 +304,21 @@ def _with_retrieved(
     descriptions: list[str],
 ) -> LabeledDataset:
     taken = pool.images.take(pa.array(pool_positions[found.rows], pa.int64()))
-    count = len(found)
-    new_ids = pa.array(np.arange(count, dtype=np.int64) + _next_id(dataset.images["image_id"]))
-    provenance = {
+    columns = {
+        "file_name": pa.array(
+            [_relative_to(dataset, pool.image_path(n)) for n in taken["file_name"].to_pylist()], pa.string()
+        ),
+        "width": taken["width"],
+        "height": taken["height"],
+        "source": pa.array(["retrieved"] * len(found)),
         "retrieval_query": pa.array([descriptions[q] for q in found.queries], pa.string()),
         "retrieval_score": pa.array(found.scores.astype(np.float64), pa.float64()),
         "pool_image_id": pa.array(index.ids[found.rows], pa.int64()),
         "pool_file_name": taken["file_name"],
     }
-    provenance |= {name: taken[name] for name in ("caption", "reference_label") if name in taken.column_names}
-    images = dataset.images
-    for name, values in provenance.items():
-        if name not in images.column_names:
-            images = images.append_column(name, pa.nulls(images.num_rows, values.type))
-    split = dataset.images["split"][0].as_py() if dataset.num_rows else "train"
-    new_images = {
-        "image_id": new_ids,
-        "file_name": pa.array(
-            [_relative_to(dataset, pool.image_path(n)) for n in taken["file_name"].to_pylist()]
-        ),
-        "split": pa.array([split] * count),
-        "width": taken["width"],
-        "height": taken["height"],
-        "source": pa.array(["retrieved"] * count),
-        **provenance,
-    }
-    new_annotations = {
-        "annotation_id": pa.array(
-            np.arange(count, dtype=np.int64) + _next_id(dataset.annotations["annotation_id"])
-        ),
-        "image_id": new_ids,
-        "category_id": pa.array(dataset.categories["category_id"].to_numpy()[found.classes]),
-    }
-    return dataclasses.replace(
-        dataset,
-        categories=_frozen_buckets(dataset),
-        images=pa.concat_tables([images, _rows_like(images.schema, new_images, count)]),
-        annotations=pa.concat_tables(
-            [dataset.annotations, _rows_like(dataset.annotations.schema, new_annotations, count)]
-        ),
-    )
-
-
-def _frozen_buckets(dataset: LabeledDataset) -> pa.Table:
-    """Categories with their rare/common/frequent bucket fixed at the counts before retrieval.
-
-    A tail class filled to the median must stay a tail class for the steps after (head dedup and
-    thinning never touch the tail), so the bucket is written as LVIS's r/c/f code unless the
-    dataset already declares one.
-    """
-    stats = compute_class_stats(dataset)
-    if stats.summary["bucket_source"] == "dataset":
-        return dataset.categories
-    codes = pa.array([bucket[0] for bucket in stats.table["bucket"].to_pylist()], pa.string())
-    return dataset.categories.set_column(
-        dataset.categories.schema.get_field_index("frequency"), "frequency", codes
-    )
-
-
-def _next_id(ids: pa.ChunkedArray) -> int:
-    return (pc.max(ids).as_py() + 1) if len(ids) else 0
-
-
-def _rows_like(schema: pa.Schema, columns: dict[str, pa.Array], count: int) -> pa.Table:
-    """New rows for a table of ``schema``: the given columns, nulls for the others."""
-    arrays = [
-        columns[field.name].cast(field.type) if field.name in columns else pa.nulls(count, field.type)
-        for field in schema
-    ]
-    return pa.Table.from_arrays(arrays, schema=schema)
+    columns |= {name: taken[name] for name in ("caption", "reference_label") if name in taken.column_names}
+    category_ids = dataset.categories["category_id"].to_numpy()[found.classes]
+    return freeze_buckets(dataset).add_images(columns, category_ids)
 
 
 def _relative_to(dataset: LabeledDataset, path: Path) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ from pydantic import PositiveInt
 
 from rebalance.core.artifacts import ClassStats, LabeledDataset
 from rebalance.core.registry import step
+from rebalance.retrieval import Target, class_quotas
 
 BUCKETS = ("rare", "common", "frequent")
 _LVIS_CODES = {"r": "rare", "c": "common", "f": "frequent"}
@@ -71,11 +73,17 @@ def stage_changes(original: LabeledDataset, final: LabeledDataset) -> dict[str, 
     removed = removed.filter(later) if len(removed) else removed
     categories = final.categories["category_id"]
     changes: dict[str, np.ndarray] = {}
-    sources = dict.fromkeys([*final.images["source"].to_pylist(), *removed["source"].to_pylist()])
-    for source in (s for s in sources if s not in (None, "original")):
-        kept_ids = final.images.filter(pc.equal(final.images["source"], source))["image_id"]
+    # Rows added after `original`: still in `final`, or removed again by a later step.
+    new_images = final.images.filter(
+        pc.invert(pc.is_in(final.images["image_id"], value_set=original.images["image_id"]))
+    )
+    new_removed = removed.filter(
+        pc.invert(pc.is_in(removed["image_id"], value_set=original.images["image_id"]))
+    )
+    for source in dict.fromkeys([*new_images["source"].to_pylist(), *new_removed["source"].to_pylist()]):
+        kept_ids = new_images.filter(pc.equal(new_images["source"], source))["image_id"]
         kept = final.annotations.filter(pc.is_in(final.annotations["image_id"], value_set=kept_ids))
-        dropped = removed.filter(pc.equal(removed["source"], source))
+        dropped = new_removed.filter(pc.equal(new_removed["source"], source))
         changes[f"+{source}"] = _images_per_class(
             kept["image_id"], kept["category_id"], categories
         ) + _removed_per_class(dropped, categories)
@@ -107,6 +115,45 @@ def _images_per_class(image_ids, category_ids, categories: pa.ChunkedArray) -> n
     )
     positions = pc.index_in(pairs["category_id"], value_set=categories).to_numpy(zero_copy_only=False)
     return np.bincount(positions, minlength=len(categories)).astype(np.int64)
+
+
+def balance_quotas(
+    dataset: LabeledDataset,
+    target: Target | int,
+    *,
+    max_per_class: int | None = None,
+    eligible: np.ndarray | None = None,
+) -> np.ndarray:
+    """Images to add per class so that each reaches the balance target, for every adding stage.
+
+    The target T (median / mean / max, or a number) is taken over the counts of the *original*
+    rows, so retrieval and the synthesis after it aim at the same T; the quota is
+    min(max_per_class, T − current count), so synthesis makes only what retrieval could not fill.
+    """
+    original = dataset.images.filter(pc.equal(dataset.images["source"], "original"))["image_id"]
+    annotations = dataset.annotations.filter(pc.is_in(dataset.annotations["image_id"], value_set=original))
+    reference = class_counts(dataclasses.replace(dataset, annotations=annotations))[0]
+    return class_quotas(
+        class_counts(dataset)[0], target, reference=reference, max_per_class=max_per_class, eligible=eligible
+    )
+
+
+def freeze_buckets(dataset: LabeledDataset) -> LabeledDataset:
+    """The dataset with each class's rare/common/frequent bucket fixed at its current counts.
+
+    Called before a stage adds rows: a tail class filled to the median must stay a tail class for
+    the steps after (head dedup and thinning never touch the tail), so the bucket is written as
+    LVIS's r/c/f code unless the dataset already declares one.
+    """
+    stats = compute_class_stats(dataset)
+    if stats.summary["bucket_source"] == "dataset":
+        return dataset
+    codes = pa.array([bucket[0] for bucket in stats.table["bucket"].to_pylist()], pa.string())
+    categories = dataset.categories
+    return dataclasses.replace(
+        dataset,
+        categories=categories.set_column(categories.schema.get_field_index("frequency"), "frequency", codes),
+    )
 
 
 def retrieval_summary(dataset: LabeledDataset) -> dict[str, Any]:

@@ -183,6 +183,8 @@ def test_lineage_holds_the_exact_config_of_a_step_and_its_ancestors(tmp_path: Pa
         "pool_index",
         "retrieved",
         "retrieved_embedded",
+        "synthesized",
+        "synthesized_embedded",
         "deduped",
         "thinned",
         "sampled",

@@ -47,13 +47,15 @@ def test_changing_one_parameter_reruns_only_downstream(run_dirs: list[str]) -> N
         "pool_index": "upstream changed: pool_embedded",
         "retrieved": "upstream changed: verified, embedded, pool_index",
         "retrieved_embedded": "upstream changed: retrieved, embedded, pool_embedded",
-        "deduped": "upstream changed: retrieved, retrieved_embedded",
+        "synthesized": "upstream changed: retrieved, retrieved_embedded",
+        "synthesized_embedded": "upstream changed: synthesized, embedded, pool_embedded",
+        "deduped": "upstream changed: synthesized, synthesized_embedded",
         "thinned": "upstream changed: deduped",
         "sampled": "upstream changed: thinned",
         "epochs": "upstream changed: sampled",
         "baseline": "upstream changed: verified, embedded, test_embedded",
-        "rebalanced": "upstream changed: sampled, retrieved_embedded, verified, test_embedded",
-        "export": "upstream changed: sampled, retrieved_embedded, test_embedded",
+        "rebalanced": "upstream changed: sampled, synthesized_embedded, verified, test_embedded",
+        "export": "upstream changed: sampled, synthesized_embedded, test_embedded",
         "report": "upstream changed: baseline, sampled, verified, rebalanced",
     }
     assert api.run(TINY, changed).executed == [
