@@ -135,6 +135,9 @@ class LabeledDataset:
     categories: pa.Table
     removed: pa.Table
     image_root: str | None
+    # Images made by a step (e.g. diffusion), stored inside the artifact: name -> PNG bytes. Their
+    # rows name them in `artifact_file`; once written and read back, `file_name` is their path.
+    files: dict[str, bytes] = dataclasses.field(default_factory=dict, repr=False)
 
     @classmethod
     def classification(
@@ -191,7 +194,13 @@ class LabeledDataset:
     def write(self, directory: Path) -> None:
         for name in ("images", "annotations", "categories", "removed"):
             write_parquet(getattr(self, name), directory / f"{name}.parquet")
-        (directory / "meta.json").write_text(json.dumps({"image_root": self.image_root}))
+        if self.files:
+            (directory / "files").mkdir()
+            for name, data in sorted(self.files.items()):
+                (directory / "files" / name).write_bytes(data)
+        (directory / "meta.json").write_text(
+            json.dumps({"image_root": self.image_root, "files": bool(self.files)})
+        )
 
     @classmethod
     def read(cls, directory: Path) -> Self:
@@ -200,6 +209,18 @@ class LabeledDataset:
             name: read_parquet(directory / f"{name}.parquet")
             for name in ("images", "annotations", "categories", "removed")
         }
+        images = tables["images"]
+        if meta.get("files"):
+            # Rows whose image lives in this artifact get its absolute path as their file_name.
+            stored = images["artifact_file"].to_pylist()
+            names = [
+                str(directory / "files" / f) if f else n
+                for f, n in zip(stored, images["file_name"].to_pylist(), strict=True)
+            ]
+            images = images.set_column(
+                images.schema.get_field_index("file_name"), "file_name", pa.array(names, pa.string())
+            )
+            tables["images"] = images.drop_columns(["artifact_file"])
         return cls(**tables, image_root=meta["image_root"])
 
     def shard(self, index: int, num_shards: int) -> Self:
@@ -222,6 +243,7 @@ class LabeledDataset:
             images=pa.concat_tables([part.images for part in parts]),
             annotations=pa.concat_tables([part.annotations for part in parts]),
             removed=pa.concat_tables([part.removed for part in parts]),
+            files={name: data for part in parts for name, data in part.files.items()},
         )
 
     def drop(self, drop: np.ndarray, step_name: str, reasons: list[str]) -> Self:
@@ -269,7 +291,9 @@ class LabeledDataset:
         for name, values in columns.items():
             if name not in images.column_names:
                 images = images.append_column(name, pa.nulls(images.num_rows, values.type))
-        new_ids = pa.array(np.arange(count, dtype=np.int64) + _next_id(self.images["image_id"]))
+        # Past every id ever used, removed rows included, so an id names one image for good.
+        first_id = max(_next_id(self.images["image_id"]), _next_id(self.removed["image_id"]))
+        new_ids = pa.array(np.arange(count, dtype=np.int64) + first_id)
         new_images = {"split": pa.array([_split_of(self)] * count), **columns, "image_id": new_ids}
         new_annotations = {
             "annotation_id": pa.array(

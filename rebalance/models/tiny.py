@@ -106,7 +106,9 @@ def save_tiny_transformers_clip(directory: Path, *, seed: int = 0) -> Path:
     (vocab_dir / "vocab.json").write_text(json.dumps(vocabulary))
     merges = sorted(bpe.bpe_ranks, key=bpe.bpe_ranks.get)
     (vocab_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    tokenizer = CLIPTokenizer(str(vocab_dir / "vocab.json"), str(vocab_dir / "merges.txt"))
+    tokenizer = CLIPTokenizer(
+        str(vocab_dir / "vocab.json"), str(vocab_dir / "merges.txt"), model_max_length=77
+    )
     layer = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
     config = CLIPConfig(
         text_config={**layer, "vocab_size": len(tokenizer), "max_position_embeddings": 77},
@@ -119,3 +121,64 @@ def save_tiny_transformers_clip(directory: Path, *, seed: int = 0) -> Path:
     image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(model_dir)
     return model_dir
+
+
+def save_tiny_stable_diffusion(directory: Path, *, seed: int = 0) -> Path:
+    """A tiny Stable Diffusion pipeline (32 px, 1-layer CLIP text encoder, 2-block UNet and VAE).
+
+    Saved with ``save_pretrained``, so it loads through the same ``from_pretrained`` path as a real
+    checkpoint; the tokenizer is CLIP's real BPE vocabulary (see ``save_tiny_transformers_clip``).
+    """
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(save_tiny_transformers_clip(directory / "clip", seed=seed))
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+        )
+    )
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(16, 32),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+    )
+    pipeline = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(directory / "stable-diffusion")
+    return directory / "stable-diffusion"

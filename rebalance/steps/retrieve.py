@@ -178,7 +178,7 @@ def _queries(
     num_classes = len(dataset.class_names())
     parts: dict[str, np.ndarray] = {}
     if query in ("text", "both"):
-        names = _prompt_names(dataset, frequency)
+        names = class_prompt_names(dataset, frequency)
         parts["text"] = _text_queries(names, templates, encoder, device)
         text_descriptions = [f"text: {templates[0].format(name)}" for name in names]
     if query == "text":
@@ -206,7 +206,7 @@ def _queries(
     )
 
 
-def _prompt_names(dataset: LabeledDataset, frequency: ConceptFrequency | None) -> list[str]:
+def class_prompt_names(dataset: LabeledDataset, frequency: ConceptFrequency | None) -> list[str]:
     # REAL-Prompt: name a class in prompts by its most frequent synonym in pretraining captions.
     top = {}
     if frequency is not None and "top_synonym" in frequency.table.column_names:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 from typing import Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import NonNegativeInt, PositiveInt, confloat
 
-from rebalance.core.artifacts import Embeddings, LabeledDataset
-from rebalance.core.registry import step
+from rebalance.core.artifacts import REMOVED_SCHEMA, ConceptFrequency, Embeddings, LabeledDataset
+from rebalance.core.registry import ModelRef, step
+from rebalance.errors import DataError
+from rebalance.models.device import Device
 from rebalance.retrieval import Target
 from rebalance.steps.stats import balance_quotas, compute_class_stats, freeze_buckets
 from rebalance.synthesis.features import calibrated_gaussian, smote
@@ -80,3 +85,233 @@ def synthesize_features(
     }
     category_ids = dataset.categories["category_id"].to_numpy()[made.labels]
     return freeze_buckets(dataset).add_images(columns, category_ids)
+
+
+DEFAULT_PROMPTS = ("a photo of a {}.",)
+
+
+@step("synthesize_images")
+def synthesize_images(
+    dataset: LabeledDataset,
+    embeddings: Embeddings,
+    frequency: ConceptFrequency | None = None,
+    *,
+    model: ModelRef,
+    mode: Literal["text2img", "img2img"] = "text2img",
+    templates: tuple[str, ...] = DEFAULT_PROMPTS,
+    target: Target | PositiveInt = "median",
+    max_per_class: PositiveInt | None = None,
+    oversample: confloat(ge=1) = 1.5,
+    strength: confloat(gt=0, le=1) = 0.6,
+    image_size: PositiveInt = 512,
+    steps: PositiveInt = 30,
+    guidance: confloat(ge=0) = 7.5,
+    batch_size: PositiveInt = 4,
+    min_clip_score: confloat(ge=-1, le=1) | None = 0.2,
+    real_similarity: tuple[confloat(ge=-1, le=1), confloat(ge=-1, le=1)] | None = (0.5, 0.95),
+    device: Device = "auto",
+    seed: NonNegativeInt = 0,
+) -> LabeledDataset:
+    """Generate images for the classes still below the balance target, and keep the good ones (Gen2Det, ADR).
+
+    Quota per class from the same target as retrieval (``balance_quotas``); ceil(quota × oversample)
+    candidates are generated with ``model`` (any diffusers pipeline, by name or local path):
+    ``text2img`` from ``templates`` filled with the class's most frequent caption synonym
+    (``frequency``) or its name; ``img2img`` from the class's real images (round-robin, noised by
+    ``strength``), ADR's head-to-tail variation. Image i of class c is drawn from its own seed,
+    derived from (``seed``, c, i) and recorded, so any image can be regenerated alone.
+
+    Filter, with the encoder that made ``embeddings`` (a CLIP-style model, which also embeds the
+    kept images for training): drop a candidate whose CLIP score against its prompt is below
+    ``min_clip_score`` (off-prompt), or whose cosine to the nearest real image of its class is
+    outside ``real_similarity`` = (low, high) (off-class below, near copy above); keep the best
+    ``quota`` of the rest by CLIP score. Every dropped candidate is a ``removed`` row with its rule.
+    Kept rows: ``source: synthetic``, the image stored in this step's output, ``feature`` (its
+    embedding), ``synthesis_method``, ``synthesis_prompt``, ``synthesis_seed``, ``synthesis_model``,
+    ``synthesis_parent`` (img2img), ``clip_score``, ``real_similarity``.
+    """
+    from rebalance.models.diffusion import DiffusionGenerator
+    from rebalance.models.encoders import EncoderSpec, load_encoder
+    from rebalance.steps.retrieve import class_prompt_names
+
+    spec = EncoderSpec.parse(embeddings.encoder)
+    if spec.kind not in ("open_clip", "transformers"):
+        raise DataError(
+            f"synthesize_images filters and embeds generated images with the encoder of `embeddings`, which is "
+            f"{embeddings.encoder!r}; embed the dataset with embed_images (open_clip or transformers)"
+        )
+    encoder = load_encoder(spec, device=device, batch_size=batch_size * 4)
+    generator = DiffusionGenerator(
+        model, device=device, steps=steps, guidance=guidance, batch_size=batch_size
+    )
+    image_ids = dataset.images["image_id"].to_numpy()
+    labels = dataset.single_labels("image synthesis")
+    real = embeddings.aligned_to(image_ids)
+    names = class_prompt_names(dataset, frequency)
+    quotas = balance_quotas(dataset, target, max_per_class=max_per_class)
+    category_ids = dataset.categories["category_id"].to_numpy()
+    kept_rows: list[dict] = []
+    dropped_rows: list[dict] = []
+    files: dict[str, bytes] = {}
+    for cls in np.flatnonzero(quotas > 0):
+        members = np.flatnonzero(labels == cls)
+        count = int(np.ceil(quotas[cls] * oversample))
+        seeds = [
+            int(np.random.SeedSequence([seed, int(category_ids[cls]), i]).generate_state(1)[0])
+            for i in range(count)
+        ]
+        prompts = [templates[i % len(templates)].format(names[cls]) for i in range(count)]
+        candidates = [
+            {
+                "index": i,
+                "prompt": prompts[i],
+                "seed": seeds[i],
+                "parent": None,
+                "category_id": int(category_ids[cls]),
+            }
+            for i in range(count)
+        ]
+        if mode == "img2img":
+            candidates, unreadable = _with_parents(dataset, candidates, members)
+            dropped_rows += unreadable
+        if not candidates:
+            continue
+        if mode == "img2img":
+            made = generator.image_to_image(
+                [c["prompt"] for c in candidates],
+                [c.pop("image") for c in candidates],
+                [c["seed"] for c in candidates],
+                strength,
+                image_size,
+            )
+        else:
+            made = generator.text_to_image(
+                [c["prompt"] for c in candidates], [c["seed"] for c in candidates], image_size
+            )
+        pngs = [_png(image) for image in made]
+        vectors = encoder.encode_images([io.BytesIO(png) for png in pngs])
+        prompt_vectors = encoder.encode_texts([c["prompt"] for c in candidates])
+        clip_scores = np.sum(vectors * prompt_vectors, axis=1)
+        nearest = (
+            (vectors @ _unit(real[members]).T).max(axis=1) if len(members) else np.full(len(vectors), np.nan)
+        )
+        passing = []
+        for candidate, png, vector, score, closest in zip(
+            candidates, pngs, vectors, clip_scores, nearest, strict=True
+        ):
+            candidate |= {
+                "png": png,
+                "vector": vector,
+                "clip_score": float(score),
+                "real_similarity": float(closest),
+            }
+            rule = _rejection(float(score), float(closest), min_clip_score, real_similarity)
+            (dropped_rows.append({**candidate, "reason": rule}) if rule else passing.append(candidate))
+        passing.sort(key=lambda c: (-c["clip_score"], c["index"]))
+        for candidate in passing[quotas[cls] :]:
+            dropped_rows.append(
+                {**candidate, "reason": f"quota of {int(quotas[cls])} already met by higher CLIP scores"}
+            )
+        for candidate in sorted(passing[: quotas[cls]], key=lambda c: c["index"]):
+            name = f"{int(category_ids[cls])}_{candidate['index']:05d}_{candidate['seed']}.png"
+            files[name] = candidate["png"]
+            kept_rows.append({**candidate, "artifact_file": name})
+    grown = freeze_buckets(dataset).add_images(
+        _generated_columns(kept_rows, mode, model, image_size),
+        np.array([r["category_id"] for r in kept_rows], dtype=np.int64),
+    )
+    # Dropped candidates get ids after the kept ones, so every generated image is accounted for once.
+    first_id = 1 + max(
+        (pc.max(table["image_id"]).as_py() for table in (grown.images, grown.removed) if table.num_rows),
+        default=-1,
+    )
+    removed = _dropped_table(dropped_rows, first_id)
+    return dataclasses.replace(grown, removed=pa.concat_tables([grown.removed, removed]), files=files)
+
+
+def _with_parents(
+    dataset: LabeledDataset, candidates: list[dict], members: np.ndarray
+) -> tuple[list[dict], list[dict]]:
+    """Attach a real parent image (round-robin over the class) to each candidate; unreadable parents are skipped."""
+    from PIL import Image
+
+    file_names = dataset.images["file_name"].to_pylist()
+    image_ids = dataset.images["image_id"].to_numpy()
+    usable, unreadable = [], []
+    for candidate in candidates:
+        row = members[candidate["index"] % len(members)]
+        path = dataset.image_path(file_names[row]) if file_names[row] else None
+        candidate["parent"] = int(image_ids[row])
+        try:
+            if path is None:
+                raise OSError("it has no image file (a synthetic feature row)")
+            with Image.open(path) as image:
+                candidate["image"] = image.convert("RGB")
+        except (OSError, ValueError) as error:
+            unreadable.append(
+                {
+                    **candidate,
+                    "reason": f"parent image {path or int(image_ids[row])} unreadable: {error}; skipped",
+                }
+            )
+            continue
+        usable.append(candidate)
+    return usable, unreadable
+
+
+def _rejection(
+    score: float, closest: float, min_clip_score: float | None, band: tuple[float, float] | None
+) -> str | None:
+    if min_clip_score is not None and score < min_clip_score:
+        return f"off-prompt: CLIP score {score:.3f} < {min_clip_score}"
+    if band is not None and not np.isnan(closest):
+        low, high = band
+        if closest < low:
+            return f"off-class: cosine to the nearest real image {closest:.3f} < {low}"
+        if closest > high:
+            return f"near copy: cosine to the nearest real image {closest:.3f} > {high}"
+    return None
+
+
+def _generated_columns(rows: list[dict], mode: str, model: str, size: int) -> dict[str, pa.Array]:
+    count = len(rows)
+    return {
+        "file_name": pa.nulls(count, pa.string()),
+        "artifact_file": pa.array([r["artifact_file"] for r in rows], pa.string()),
+        "width": pa.array([size] * count, pa.int32()),
+        "height": pa.array([size] * count, pa.int32()),
+        "source": pa.array(["synthetic"] * count),
+        "feature": pa.array([r["vector"] for r in rows], pa.list_(pa.float32())),
+        "synthesis_method": pa.array([mode] * count),
+        "synthesis_prompt": pa.array([r["prompt"] for r in rows], pa.string()),
+        "synthesis_seed": pa.array([r["seed"] for r in rows], pa.int64()),
+        "synthesis_model": pa.array([model] * count),
+        "synthesis_parent": pa.array([r["parent"] for r in rows], pa.int64()),
+        "clip_score": pa.array([r["clip_score"] for r in rows], pa.float64()),
+        "real_similarity": pa.array([r["real_similarity"] for r in rows], pa.float64()),
+    }
+
+
+def _dropped_table(rows: list[dict], first_id: int) -> pa.Table:
+    return pa.table(
+        {
+            "image_id": pa.array(range(first_id, first_id + len(rows)), pa.int64()),
+            "file_name": [f"generated: {r['prompt']} (seed {r['seed']})" for r in rows],
+            "source": ["synthetic"] * len(rows),
+            "category_ids": [[r["category_id"]] for r in rows],
+            "step": ["synthesize_images"] * len(rows),
+            "reason": [r["reason"] for r in rows],
+        },
+        schema=REMOVED_SCHEMA,
+    )
+
+
+def _png(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(norms == 0, 1, norms)
