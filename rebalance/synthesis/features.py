@@ -8,10 +8,12 @@ each sample was made, so that a single sample can be re-derived and audited.
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import numpy as np
 
 from rebalance.errors import DataError
+from rebalance.models.device import resolve_device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,16 +36,26 @@ class Synthetic:
         return len(self.labels)
 
 
-def smote(x: np.ndarray, labels: np.ndarray, quotas: np.ndarray, *, k: int = 5, seed: int = 0) -> Synthetic:
+def smote(
+    x: np.ndarray,
+    labels: np.ndarray,
+    quotas: np.ndarray,
+    *,
+    k: int = 5,
+    seed: int = 0,
+    backend: Literal["auto", "faiss", "torch"] = "auto",
+    device: str = "auto",
+) -> Synthetic:
     """SMOTE (Chawla et al., 2002): x_new = x_i + λ · (x_nn − x_i), λ ~ U[0, 1).
 
     For class c, q_c base samples x_i are drawn uniformly with replacement from the class and x_nn
     uniformly among x_i's k nearest same-class neighbours (Euclidean, FAISS; k shrinks to n_c − 1
     for small classes; a class with one sample is skipped). imbalanced-learn's ``SMOTE`` draws the
     same way; unlike it, neighbours are searched only for the base samples actually drawn, which is
-    what makes this fast when quotas are small beside the class.
+    what makes this fast when quotas are small beside the class. ``backend``: neighbours by FAISS
+    on the CPU, or by an exact torch search on ``device`` (``auto``: torch when CUDA is available).
     """
-    import faiss
+    use_torch = backend == "torch" or (backend == "auto" and resolve_device(device).type == "cuda")
 
     rng = np.random.default_rng(seed)
     members_of = _members_by_class(labels, len(quotas))
@@ -71,12 +83,8 @@ def smote(x: np.ndarray, labels: np.ndarray, quotas: np.ndarray, *, k: int = 5, 
         pick = rng.integers(0, neighbours_k, size=count)
         steps = rng.random(count, dtype=np.float32)
         queried, inverse = np.unique(base, return_inverse=True)
-        index = faiss.IndexFlatL2(dim)
-        index.add(rows)
-        # k + 1 because each query finds itself; exact duplicates may come back in either order,
-        # so the query's own row is removed explicitly rather than by position.
-        _, found = index.search(rows[queried], neighbours_k + 1)
-        chosen = _without_self(found, queried, neighbours_k)[inverse, pick]
+        search = _neighbours_torch if use_torch else _neighbours_faiss
+        chosen = search(rows, queried, neighbours_k, device)[inverse, pick]
         block = vectors[start : start + count]
         np.subtract(rows[chosen], rows[base], out=block)
         block *= steps[:, None]
@@ -187,6 +195,30 @@ def _features(rows: np.ndarray, members: np.ndarray) -> np.ndarray:
             f"{int(bad.sum())} feature row(s) are NaN or infinite (first rows: {members[bad][:5].tolist()})"
         )
     return rows
+
+
+def _neighbours_faiss(rows: np.ndarray, queried: np.ndarray, k: int, device: str) -> np.ndarray:
+    import faiss
+
+    index = faiss.IndexFlatL2(rows.shape[1])
+    index.add(rows)
+    # k + 1 because each query finds itself; exact duplicates may come back in either order,
+    # so the query's own row is removed explicitly rather than by position.
+    _, found = index.search(rows[queried], k + 1)
+    return _without_self(found, queried, k)
+
+
+def _neighbours_torch(rows: np.ndarray, queried: np.ndarray, k: int, device: str) -> np.ndarray:
+    """Exact k nearest (Euclidean) by ‖q‖² − 2q·x + ‖x‖² in torch, the query itself excluded."""
+    import torch
+
+    target = resolve_device(device)
+    data = torch.from_numpy(rows).to(target)
+    queries = data[torch.from_numpy(queried).to(target)]
+    squared = (data * data).sum(dim=1)
+    distances = squared[queried][:, None] - 2 * queries @ data.T + squared[None, :]
+    distances[torch.arange(len(queried), device=target), torch.from_numpy(queried).to(target)] = float("inf")
+    return torch.topk(distances, k, dim=1, largest=False).indices.cpu().numpy()
 
 
 def _without_self(found: np.ndarray, queried: np.ndarray, k: int) -> np.ndarray:

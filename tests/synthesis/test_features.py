@@ -129,3 +129,12 @@ def test_nan_features_are_rejected_with_their_rows() -> None:
     x[205, 3] = np.nan
     with pytest.raises(DataError, match=r"NaN or infinite \(first rows: \[205\]\)"):
         smote(x, labels, np.array([0, 5]))
+
+
+def test_the_torch_neighbour_search_gives_the_same_samples_as_faiss() -> None:
+    x, labels = two_classes(tail=40)
+    quotas = np.array([30, 60])
+    by_faiss = smote(x, labels, quotas, seed=5, backend="faiss")
+    by_torch = smote(x, labels, quotas, seed=5, backend="torch", device="cpu")
+    assert np.array_equal(by_faiss.neighbors, by_torch.neighbors)
+    np.testing.assert_allclose(by_faiss.vectors, by_torch.vectors, atol=1e-6)
