@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import NonNegativeInt, PositiveInt, confloat
 
-from rebalance.core.artifacts import ConceptFrequency, LabeledDataset, Synonyms
+from rebalance.core.artifacts import CaptionCorpus, ConceptCounts, ConceptFrequency, LabeledDataset, Synonyms
 from rebalance.core.config import did_you_mean
 from rebalance.core.registry import InputPath, ModelRef, step
 from rebalance.errors import DataError
@@ -100,11 +100,46 @@ def _wordnet_senses(lexicon: WordNet | None, category: dict, name: str, count: i
     return lexicon.synsets(readable(name))[:count]
 
 
+@step("caption_corpus")
+def caption_corpus(*, captions: InputPath, column: str = "caption") -> CaptionCorpus:
+    """List a caption corpus (parquet, JSON lines, text, saved HF dataset, or a folder of them) as
+    pieces that ``count_captions`` counts shard by shard: parquet row groups, or whole files."""
+    from rebalance.io.captions import caption_pieces
+
+    pieces = caption_pieces(captions)
+    columns = {name: [piece[i] for piece in pieces] for i, name in enumerate(("file", "row_group", "rows"))}
+    schema = pa.schema([("file", pa.string()), ("row_group", pa.int64()), ("rows", pa.int64())])
+    return CaptionCorpus(pa.table(columns, schema=schema), column)
+
+
+@step("count_captions", shardable=True)
+def count_captions(
+    corpus: CaptionCorpus,
+    synonyms: Synonyms,
+    *,
+    per_caption: bool = True,
+    batch_rows: PositiveInt = 1_000_000,
+) -> ConceptCounts:
+    """Count the captions that mention each class by any synonym; runs per corpus shard on the executor.
+
+    The same counter as ``concept_frequency`` (``rebalance.frequency.count_concepts``); shard counts
+    add up to the count over the whole corpus. Feed the result to ``concept_frequency`` (``counts``).
+    """
+    from rebalance.io.captions import iter_piece
+
+    def captions():
+        for piece in corpus.pieces.to_pylist():
+            yield from iter_piece(piece["file"], piece["row_group"], corpus.column, batch_rows)
+
+    return _count(synonyms, captions(), per_caption)
+
+
 @step("concept_frequency")
 def concept_frequency(
     synonyms: Synonyms,
+    counts: ConceptCounts | None = None,
     *,
-    captions: InputPath,
+    captions: InputPath | None = None,
     column: str = "caption",
     per_caption: bool = True,
     tail_quantile: confloat(gt=0, lt=1) = 0.2,
@@ -113,35 +148,53 @@ def concept_frequency(
 ) -> ConceptFrequency:
     """Count the captions that mention each class (any synonym), REAL-style, and mark the tail.
 
+    Counts come from ``captions`` (read here, streamed in batches of batch_rows) or from
+    ``counts`` (``count_captions``, sharded over the executor for large corpora).
     frequency = count / captions read. The tail is the ceil(tail_quantile · C) classes with the
     fewest mentions (REAL uses the bottom 20%); buckets: rare = tail, frequent = the
     ceil(head_quantile · C) most mentioned, common = the rest. top_synonym is each class's most
-    frequent synonym (REAL-Prompt's class name). Captions stream in batches of batch_rows.
+    frequent synonym (REAL-Prompt's class name; ties to the first listed).
     """
-    from rebalance.frequency import count_concepts
     from rebalance.io.captions import iter_captions
+
+    if (counts is None) == (captions is None):
+        raise DataError(
+            "concept_frequency needs exactly one of `captions` (a corpus path) or the `counts` input"
+        )
+    if counts is None:
+        counts = _count(synonyms, iter_captions(captions, column, batch_rows), per_caption)
+    if counts.captions == 0:
+        raise DataError(f"{captions or 'the counted corpus'}: the caption corpus is empty")
+    by_synonym = [json.loads(value) for value in counts.table["synonym_counts"].to_pylist()]
+    table = counts.table.select(["category_id", "concept", "count"]).append_column(
+        "top_synonym", pa.array([max(c, key=c.get) if c else None for c in by_synonym], pa.string())
+    )
+    table = table.append_column("synonym_counts", counts.table["synonym_counts"])
+    return with_tail(
+        table, "count", {"captions": counts.captions, **counts.summary}, tail_quantile, head_quantile
+    )
+
+
+def _count(synonyms: Synonyms, captions, per_caption: bool) -> ConceptCounts:
+    from rebalance.frequency import count_concepts
 
     names = synonyms.table["concept"].to_pylist()
     mapping = dict(zip(names, synonyms.table["synonyms"].to_pylist(), strict=True))
-    counted = count_concepts(iter_captions(captions, column, batch_rows), mapping, per_caption=per_caption)
-    if counted.attrs["captions"] == 0:
-        raise DataError(f"{captions}: the caption corpus is empty")
+    counted = count_concepts(captions, mapping, per_caption=per_caption)
     table = pa.table(
         {
             "category_id": synonyms.table["category_id"],
             "concept": names,
             "count": pa.array(counted["count"].to_numpy(), pa.int64()),
-            "top_synonym": counted["top_synonym"].tolist(),
             "synonym_counts": [json.dumps(c) for c in counted["synonym_counts"]],
         }
     )
     summary = {
-        "captions": counted.attrs["captions"],
         "ambiguous_synonyms": counted.attrs["ambiguous"],
         "classes_without_synonyms": counted.attrs["empty"],
         "per_caption": per_caption,
     }
-    return with_tail(table, "count", summary, tail_quantile, head_quantile)
+    return ConceptCounts(table, int(counted.attrs["captions"]), summary)
 
 
 def with_tail(

@@ -182,3 +182,49 @@ def test_a_missing_language_model_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(RebalanceError, match="cannot load the language model"):
         YesNoJudge(str(tmp_path / "no-such-model"))
+
+
+def test_counting_sharded_over_a_dask_cluster_equals_counting_in_process(tmp_path: Path) -> None:
+    """A corpus of parquet row groups, JSON lines and text, counted in shards on a real LocalCluster."""
+    from rebalance import api
+    from rebalance.core.artifacts import ConceptFrequency
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    source = pq.read_table(REPO / "data" / "captions" / "cupl_imagenet.parquet").slice(0, 30_000)
+    pq.write_table(source.slice(0, 20_000), corpus / "a.parquet", row_group_size=2_500)  # 8 row groups
+    (corpus / "b.jsonl").write_text(
+        "".join(json.dumps({"caption": c}) + "\n" for c in source["caption"].to_pylist()[20_000:25_000])
+    )
+    (corpus / "c.txt").write_text("\n".join(source["caption"].to_pylist()[25_000:]))
+    synonyms = tmp_path / "synonyms.json"
+    synonyms.write_text(
+        json.dumps({"tench": ["tench"], "goldfish": ["goldfish", "carassius auratus"], "shark": ["shark"]})
+    )
+    classes = tmp_path / "classes"
+    for name in ("goldfish", "shark", "tench"):
+        (classes / name).mkdir(parents=True)
+        (classes / name / "x.png").write_bytes(
+            next((REPO / "data/fashion_mnist_lt/train/bag").glob("*.png")).read_bytes()
+        )
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(
+        f"""executor: {{kind: dask, n_workers: 2, shard_rows: 4000}}
+cache_dir: {tmp_path / "cache"}
+output_dir: {tmp_path / "out"}
+steps:
+  classes: {{step: ingest_image_folder, root: {classes}}}
+  synonyms: {{step: mine_synonyms, inputs: {{dataset: classes}}, wordnet: null, user_synonyms: {synonyms}}}
+  corpus: {{step: caption_corpus, captions: {corpus}}}
+  counts: {{step: count_captions, inputs: {{corpus: corpus, synonyms: synonyms}}}}
+  sharded: {{step: concept_frequency, inputs: {{synonyms: synonyms, counts: counts}}}}
+  whole: {{step: concept_frequency, inputs: {{synonyms: synonyms}}, captions: {corpus}}}
+"""
+    )
+    run = api.run(pipeline)
+    counts_step = next(s for s in run.manifest["steps"] if s["id"] == "counts")
+    assert counts_step["shards"]["total"] == 8 and run.manifest["executor"] == "dask (LocalCluster)"
+    sharded = ConceptFrequency.read(tmp_path / "out" / "sharded")
+    whole = ConceptFrequency.read(tmp_path / "out" / "whole")
+    assert sharded.table.equals(whole.table) and sharded.summary == whole.summary
+    assert sharded.summary["captions"] == 30_000 and sharded.table["count"].to_pylist()[0] > 0
