@@ -16,6 +16,8 @@ from rebalance.models.device import Device
 from rebalance.models.encoders import MINILM, EncoderSpec, load_encoder
 from rebalance.models.pixels import pca_project
 
+StoredDtype = Literal["float32", "float16"]
+
 
 @step("embed_images", shardable=True)
 def embed_images(
@@ -26,17 +28,19 @@ def embed_images(
     pretrained: ModelRef | None = None,
     batch_size: PositiveInt = 64,
     device: Device = "auto",
+    dtype: StoredDtype = "float32",
 ) -> Embeddings:
     """Embed every image with a CLIP-style model: L2-normalised float32 rows, one per image id.
 
     ``encoder: open_clip`` takes an architecture name or a model-config JSON as ``model`` and a tag
     or checkpoint file as ``pretrained``; ``encoder: transformers`` takes a hub name or local
     folder as ``model``. On CUDA (``device: auto`` when there is a GPU) the model runs in float16.
-    Runs per shard: each finished shard is cached on its own.
+    Runs per shard: each finished shard is cached on its own. ``dtype: float16`` halves the
+    stored size (normalised vectors lose ~3 decimal digits); consumers compute in float32.
     """
     spec = EncoderSpec(encoder, model, pretrained)
     vectors = load_encoder(spec, device=device, batch_size=batch_size).encode_images(_paths(dataset))
-    return _checked(dataset, vectors, str(spec))
+    return _checked(dataset, vectors, str(spec), dtype)
 
 
 @step("embed_texts", shardable=True)
@@ -49,6 +53,7 @@ def embed_texts(
     pretrained: ModelRef | None = None,
     batch_size: PositiveInt = 256,
     device: Device = "auto",
+    dtype: StoredDtype = "float32",
 ) -> Embeddings:
     """Embed each image's text (its caption, by default) with a text encoder; one row per image id.
 
@@ -67,7 +72,7 @@ def embed_texts(
         raise DataError(f"{len(missing)} image(s) have no {column!r} text (first ids: {missing[:5]})")
     spec = EncoderSpec(encoder, model, pretrained)
     vectors = load_encoder(spec, device=device, batch_size=batch_size).encode_texts(texts)
-    return _checked(dataset, vectors, str(spec))
+    return _checked(dataset, vectors, str(spec), dtype)
 
 
 @step("embed_pixels_pca")
@@ -130,14 +135,16 @@ def _present(images: pa.Table, column: str) -> np.ndarray:
     return images[column].is_valid().to_numpy(zero_copy_only=False)
 
 
-def _checked(dataset: LabeledDataset, vectors: np.ndarray, encoder: str) -> Embeddings:
+def _checked(
+    dataset: LabeledDataset, vectors: np.ndarray, encoder: str, dtype: str = "float32"
+) -> Embeddings:
     ids = dataset.images["image_id"].to_numpy()
     bad = ~np.isfinite(vectors).all(axis=1) if len(vectors) else np.zeros(0, dtype=bool)
     if bad.any():
         raise DataError(
             f"{int(bad.sum())} embedding(s) are NaN or infinite (first image ids: {ids[bad][:5].tolist()})"
         )
-    return Embeddings(ids, vectors, encoder)
+    return Embeddings(ids, vectors.astype(dtype, copy=False), encoder)
 
 
 def _paths(dataset: LabeledDataset) -> list:

@@ -157,3 +157,22 @@ def test_spec_strings_round_trip_and_missing_models_are_clear_errors(tmp_path: P
         load_encoder(EncoderSpec("open_clip", str(tmp_path / "missing.json")), device="cpu").encode_texts(
             ["x"]
         )
+
+
+def test_embeddings_can_be_stored_as_float16(tiny_models) -> None:
+    from rebalance.steps.embed import embed_images
+    from rebalance.steps.ingest import ingest_pool
+
+    pool = ingest_pool(root=DEMO / "pool")
+    pool = LabeledDataset(
+        pool.images.slice(0, 6), pool.annotations, pool.categories, pool.removed, pool.image_root
+    )
+    options = dict(
+        encoder="open_clip",
+        model=str(tiny_models["config"]),
+        pretrained=str(tiny_models["checkpoint"]),
+        device="cpu",
+    )
+    full, half = embed_images(pool, **options), embed_images(pool, **options, dtype="float16")
+    assert half.vectors.dtype == np.float16 and full.vectors.dtype == np.float32
+    np.testing.assert_allclose(half.vectors.astype(np.float32), full.vectors, atol=1e-3)
