@@ -198,3 +198,15 @@ def test_text_retrieval_with_the_real_minilm_embedder_finds_captions_of_the_clas
     )
     correct = [row["reference_label"] == names[labels[row["image_id"]]].replace("_", " ") for row in added]
     assert sum(correct) >= 16 and added[0]["retrieval_query"].startswith("text: a photo of a ")
+
+
+def test_a_class_with_no_images_has_no_image_query_and_breaks_nothing(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path, np.eye(4, dtype=np.float32), ["a", "b", "c", "d"])
+    dataset = LabeledDataset.classification([f"{i}.png" for i in range(4)], [0, 0, 1, 1], ["a", "b", "empty"])
+    embeddings = Embeddings(np.arange(4), np.eye(4, dtype=np.float32)[[0, 0, 1, 1]], "test-encoder")
+    index = build_index(
+        Embeddings(pool.images["image_id"].to_numpy(), np.eye(4, dtype=np.float32), "test-encoder")
+    )
+    # Median 2: "empty" wants 2 but has no example to build an image query from; nothing else is short.
+    result = retrieve(dataset, pool, index, embeddings)
+    assert class_counts(result)[0].tolist() == [2, 2, 0]
