@@ -324,6 +324,14 @@ class LabeledDataset:
             )
         return lists.flatten().to_numpy()
 
+    def label_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every (image row, class position) pair, once each: single- and multi-label data alike."""
+        lists = self.category_lists()
+        rows = pc.list_parent_indices(lists).to_numpy().astype(np.int64)
+        classes = pc.list_flatten(lists).to_numpy().astype(np.int64)
+        unique = np.unique(rows * max(self.categories.num_rows, 1) + classes)
+        return unique // max(self.categories.num_rows, 1), unique % max(self.categories.num_rows, 1)
+
     def category_lists(self) -> pa.ListArray:
         """For each image (in row order), the category positions (0..C-1) of its annotations."""
         positions = pc.index_in(self.annotations["category_id"], value_set=self.categories["category_id"])

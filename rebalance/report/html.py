@@ -148,10 +148,16 @@ def build_report(
             rows.append(row)
         deltas = [f"Δ {run}" for run in list(accuracy)[1:]]
         encoders = sorted({report.metrics["encoder"] for report in runs.values()})
+        metric = next(iter(runs.values())).metrics.get("metric", "accuracy")
+        explained = (
+            "bucket accuracy = mean of the bucket's per-class accuracies"
+            if metric == "accuracy"
+            else "multi-label data: per-class average precision, averaged per bucket; mean_class_accuracy is the mAP"
+        )
         sections += [
-            "<h2>Accuracy per frequency bucket</h2>",
-            f"<p>Test-set accuracy of a head trained on <code>{html.escape(', '.join(encoders))}</code> features "
-            "(bucket accuracy = mean of the bucket's per-class accuracies).</p>",
+            f"<h2>{metric.replace('_', ' ').capitalize()} per frequency bucket</h2>",
+            f"<p>Test-set {metric.replace('_', ' ')} of a head trained on <code>{html.escape(', '.join(encoders))}</code> "
+            f"features ({explained}).</p>",
             '<img src="plots/bucket_accuracy.png" alt="accuracy per bucket">',
             _table(["", *accuracy, *deltas], rows),
         ]

@@ -84,7 +84,7 @@ def retrieve(
     Quota per class: min(max_per_class, T − n_c), T the target over the classes' *original* counts
     (``rebalance.steps.stats.balance_quotas``, shared with synthesis), for every class below it, or
     only REAL's concept tail (``tail_only`` with ``frequency``).
-    Queries: ``image`` = each class's examples in ``embeddings`` (their normalised ``centroid``,
+    Queries: ``image`` = each class's examples in ``embeddings`` (every image that has the class) (their normalised ``centroid``,
     or every example as a kNN query, ``examples``); ``text`` = the class's prompt ensemble
     (``templates`` filled with its most frequent caption synonym from ``frequency``, else its
     name), embedded by the encoder that embedded the pool; ``both`` = the sum of the two, for
@@ -112,7 +112,7 @@ def retrieve(
         raise DataError("tail_only needs the concept frequency table; wire `frequency`")
     eligible = _tail_mask(dataset, frequency) if tail_only else None
     quotas = balance_quotas(dataset, target, max_per_class=max_per_class, eligible=eligible)
-    labels = dataset.single_labels("retrieval")
+    pair_rows, pair_classes = dataset.label_pairs()
     dataset_vectors = (
         None
         if embeddings is None
@@ -122,7 +122,15 @@ def retrieve(
         )
     )
     queries, query_classes, descriptions = _queries(
-        dataset, labels, dataset_vectors, frequency, query, image_query, templates, index.encoder, device
+        dataset,
+        (pair_rows, pair_classes),
+        dataset_vectors,
+        frequency,
+        query,
+        image_query,
+        templates,
+        index.encoder,
+        device,
     )
     pool_positions = _pool_positions(pool, index)
     excluded = _excluded_rows(
@@ -165,7 +173,7 @@ def _tail_mask(dataset: LabeledDataset, frequency: ConceptFrequency) -> np.ndarr
 
 def _queries(
     dataset: LabeledDataset,
-    labels: np.ndarray,
+    pairs: tuple[np.ndarray, np.ndarray],
     dataset_vectors: np.ndarray | None,
     frequency: ConceptFrequency | None,
     query: str,
@@ -174,7 +182,10 @@ def _queries(
     encoder: str,
     device: str,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Query vectors, the class of each, and a readable description of each for provenance."""
+    """Query vectors, the class of each, and a readable description of each for provenance.
+
+    Image queries use every (image, class) pair, so an image with several classes serves each.
+    """
     num_classes = len(dataset.class_names())
     parts: dict[str, np.ndarray] = {}
     if query in ("text", "both"):
@@ -185,11 +196,12 @@ def _queries(
         return parts["text"], np.arange(num_classes), text_descriptions
     assert dataset_vectors is not None
     ids = dataset.images["image_id"].to_numpy()
+    rows, classes = pairs
     if image_query == "examples" and query == "image":
-        return dataset_vectors, labels, [f"image: kNN of example {image_id}" for image_id in ids]
+        return dataset_vectors[rows], classes, [f"image: kNN of example {image_id}" for image_id in ids[rows]]
     sums = np.zeros((num_classes, dataset_vectors.shape[1]), dtype=np.float64)
-    np.add.at(sums, labels, dataset_vectors)
-    sizes = np.bincount(labels, minlength=num_classes)
+    np.add.at(sums, classes, dataset_vectors[rows])
+    sizes = np.bincount(classes, minlength=num_classes)
     centroids = _unit_rows(sums)
     if query == "both":
         combined = _unit_rows(centroids + parts["text"])

@@ -48,8 +48,9 @@ def synthesize_features(
     ``synthesis_parent`` / ``synthesis_neighbor`` (image ids; SMOTE only), ``synthesis_lambda`` and
     ``synthesis_seed``. A class that cannot be synthesised (one sample for SMOTE) keeps its count.
     """
-    image_ids = dataset.images["image_id"].to_numpy()
-    labels = dataset.single_labels("feature synthesis")
+    # One sample per (image, class) pair: an image with several classes is an example of each.
+    pair_rows, labels = dataset.label_pairs()
+    image_ids = dataset.images["image_id"].to_numpy()[pair_rows]
     features = embeddings.aligned_to(image_ids)
     quotas = balance_quotas(dataset, target, max_per_class=max_per_class)
     if method == "smote":
@@ -144,9 +145,8 @@ def synthesize_images(
     generator = DiffusionGenerator(
         model, device=device, steps=steps, guidance=guidance, batch_size=batch_size
     )
-    image_ids = dataset.images["image_id"].to_numpy()
-    labels = dataset.single_labels("image synthesis")
-    real = embeddings.aligned_to(image_ids)
+    pair_rows, labels = dataset.label_pairs()
+    real = embeddings.aligned_to(dataset.images["image_id"].to_numpy())
     names = class_prompt_names(dataset, frequency)
     quotas = balance_quotas(dataset, target, max_per_class=max_per_class)
     category_ids = dataset.categories["category_id"].to_numpy()
@@ -154,7 +154,7 @@ def synthesize_images(
     dropped_rows: list[dict] = []
     files: dict[str, bytes] = {}
     for cls in np.flatnonzero(quotas > 0):
-        members = np.flatnonzero(labels == cls)
+        members = pair_rows[labels == cls]
         count = int(np.ceil(quotas[cls] * oversample))
         seeds = [
             int(np.random.SeedSequence([seed, int(category_ids[cls]), i]).generate_state(1)[0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from typing import Literal
 
+import numpy as np
 from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 
 from rebalance.core.artifacts import Embeddings, LabeledDataset, TrainReport
@@ -39,6 +40,9 @@ def train_probe(
 ) -> TrainReport:
     """Train a linear probe (hidden = 0) or MLP head on embeddings; report top-1 and per-bucket accuracy.
 
+    Multi-label data (images with several classes, e.g. LVIS) trains one sigmoid per class and is
+    scored by average precision per class, averaged per bucket (``metric: average_precision``).
+
     Buckets (rare/common/frequent) come from ``original`` (the data before rebalancing) when given,
     so a baseline and a rebalanced run are scored on the same buckets. ``sampler: repeat_factor``
     uses the dataset's repeat_factor column; a balanced loss on top of it triggers a
@@ -46,8 +50,8 @@ def train_probe(
     on frozen features with class-balanced sampling (cRT); tau_norm applies τ-normalisation.
     """
     from rebalance.models.device import resolve_device
-    from rebalance.train.metrics import classification_metrics
-    from rebalance.train.trainer import HeadConfig, predict, train_head
+    from rebalance.train.metrics import classification_metrics, multilabel_metrics
+    from rebalance.train.trainer import HeadConfig, class_scores, predict, train_head
 
     if test.class_names() != dataset.class_names():
         raise DataError("train and test splits have different classes")
@@ -67,6 +71,7 @@ def train_probe(
         device,
         seed,
     )
+    multilabel = _is_multilabel(dataset) or _is_multilabel(test)
     factors = (
         dataset.images["repeat_factor"].to_numpy() if "repeat_factor" in dataset.images.column_names else None
     )
@@ -74,16 +79,21 @@ def train_probe(
         warnings.simplefilter("always")
         head, history = train_head(
             embeddings.aligned_to(dataset.images["image_id"].to_numpy()),
-            dataset.single_labels("training a classifier"),
+            _targets(dataset, multilabel),
             len(dataset.class_names()),
             config,
             repeat_factors=factors,
         )
-    predictions = predict(head, test_embeddings.aligned_to(test.images["image_id"].to_numpy()))
+    test_x = test_embeddings.aligned_to(test.images["image_id"].to_numpy())
     buckets = compute_class_stats(original if original is not None else dataset).table["bucket"].to_pylist()
-    metrics = classification_metrics(
-        predictions, test.single_labels("scoring a classifier"), dataset.class_names(), buckets
-    )
+    if multilabel:
+        metrics = multilabel_metrics(
+            class_scores(head, test_x), _targets(test, True), dataset.class_names(), buckets
+        )
+    else:
+        metrics = classification_metrics(
+            predict(head, test_x), test.single_labels("scoring a classifier"), dataset.class_names(), buckets
+        )
     return TrainReport(
         {
             **metrics,
@@ -95,3 +105,18 @@ def train_probe(
             "warnings": [str(w.message) for w in caught],
         }
     )
+
+
+def _is_multilabel(dataset: LabeledDataset) -> bool:
+    lengths = np.diff(dataset.category_lists().offsets.to_numpy())
+    return bool(len(lengths)) and not np.all(lengths == 1)
+
+
+def _targets(dataset: LabeledDataset, multilabel: bool) -> np.ndarray:
+    """Class positions, or a multi-hot matrix (images × classes) for multi-label data."""
+    if not multilabel:
+        return dataset.single_labels("training a classifier")
+    rows, classes = dataset.label_pairs()
+    targets = np.zeros((dataset.num_rows, dataset.categories.num_rows), dtype=np.float32)
+    targets[rows, classes] = 1
+    return targets

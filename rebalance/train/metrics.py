@@ -14,6 +14,46 @@ import numpy as np
 from rebalance.steps.stats import BUCKETS
 
 
+def multilabel_metrics(
+    scores: np.ndarray, targets: np.ndarray, class_names: list[str], buckets: list[str]
+) -> dict[str, Any]:
+    """Average precision per class (scikit-learn), its mean per bucket and overall (mAP).
+
+    For multi-label data such as LVIS images, where top-1 accuracy is undefined; a class without
+    positive test images has no AP and is left out of the means. Keys mirror
+    ``classification_metrics`` with ``metric: average_precision``: the bucket values are APs.
+    """
+    from sklearn.metrics import average_precision_score
+
+    support = targets.sum(axis=0).astype(int)
+    per_class = np.array(
+        [
+            average_precision_score(targets[:, c], scores[:, c]) if support[c] else np.nan
+            for c in range(len(class_names))
+        ]
+    )
+    bucket_array = np.asarray(buckets)
+    by_bucket = {}
+    for bucket in BUCKETS:
+        values = per_class[(bucket_array == bucket) & (support > 0)]
+        by_bucket[bucket] = float(values.mean()) if len(values) else None
+    return {
+        "metric": "average_precision",
+        "top1": None,
+        "mean_class_accuracy": float(np.nanmean(per_class)) if (support > 0).any() else None,
+        "bucket_accuracy": by_bucket,
+        "per_class": [
+            {
+                "class": name,
+                "bucket": bucket,
+                "support": int(n),
+                "average_precision": None if np.isnan(ap) else float(ap),
+            }
+            for name, bucket, n, ap in zip(class_names, buckets, support, per_class, strict=True)
+        ],
+    }
+
+
 def classification_metrics(
     predictions: np.ndarray, targets: np.ndarray, class_names: list[str], buckets: list[str]
 ) -> dict[str, Any]:
@@ -29,6 +69,7 @@ def classification_metrics(
         values = per_class[(bucket_array == bucket) & (support > 0)]
         by_bucket[bucket] = float(values.mean()) if len(values) else None
     return {
+        "metric": "accuracy",
         "top1": float(correct.sum() / max(support.sum(), 1)),
         "mean_class_accuracy": float(np.nanmean(per_class)) if (support > 0).any() else None,
         "bucket_accuracy": by_bucket,

@@ -66,6 +66,9 @@ def train_head(
 ) -> tuple[Head, list[float]]:
     """Fit a head; returns it (on CPU) and the mean training loss of each epoch.
 
+    ``labels``: a class position per sample, or a multi-hot matrix (samples × classes) for
+    multi-label data, which trains one sigmoid per class with binary cross-entropy.
+
     ``sampler="repeat_factor"`` draws each epoch with ``epoch_indices(repeat_factors, seed, epoch)``
     (stochastic rounding, as detectron2); ``uniform`` shuffles every sample once per epoch. With
     ``crt_epochs`` the classifier is then re-initialised and re-trained on frozen features with
@@ -85,8 +88,14 @@ def train_head(
             )
     device = resolve_device(config.device)
     x = torch.tensor(np.asarray(features, dtype=np.float32))  # a copy: inputs may be read-only memmaps
-    y = torch.tensor(np.asarray(labels, dtype=np.int64))
-    counts = torch.bincount(y, minlength=num_classes).float()
+    multilabel = np.ndim(labels) == 2
+    if multilabel and (config.loss != "ce" or config.crt_epochs):
+        raise RebalanceError(
+            "multi-label data (several classes an image) trains with loss 'ce' (binary cross-entropy per "
+            "class) and no cRT; rebalance it with the sampler instead"
+        )
+    y = torch.tensor(np.asarray(labels, dtype=np.float32 if multilabel else np.int64))
+    counts = y.sum(0) if multilabel else torch.bincount(y, minlength=num_classes).float()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         head = Head(x.mean(0), x.std(0).clamp_min(1e-6), num_classes, config.hidden).to(device)
@@ -94,7 +103,9 @@ def train_head(
         "main",
         head.parameters(),
         config,
-        make_loss(config.loss, counts, tau=config.tau, beta=config.beta, gamma=config.gamma),
+        _binary_cross_entropy
+        if multilabel
+        else make_loss(config.loss, counts, tau=config.tau, beta=config.beta, gamma=config.gamma),
         config.epochs,
     )
     main_factors = repeat_factors if config.sampler == "repeat_factor" else None
@@ -203,6 +214,16 @@ def _load_checkpoint(checkpoint: Path | None, config: HeadConfig) -> dict | None
     return state
 
 
+def _binary_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, progress: float) -> torch.Tensor:
+    return nn.functional.binary_cross_entropy_with_logits(logits, targets)
+
+
 @torch.no_grad()
 def predict(head: Head, features: np.ndarray) -> np.ndarray:
     return head(torch.tensor(np.asarray(features, dtype=np.float32))).argmax(1).numpy()
+
+
+@torch.no_grad()
+def class_scores(head: Head, features: np.ndarray) -> np.ndarray:
+    """Per-class sigmoid scores (samples × classes), for multi-label evaluation."""
+    return torch.sigmoid(head(torch.tensor(np.asarray(features, dtype=np.float32)))).numpy()

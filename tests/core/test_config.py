@@ -163,8 +163,10 @@ def test_extends_loop_is_an_error(tmp_path: Path) -> None:
 
 
 def test_shipped_pipelines_are_valid() -> None:
+    # lvis.yaml needs the user's data paths: tests/test_lvis_pipeline.py runs it with overrides.
     for pipeline in sorted((TINY.parent).glob("*.yaml")):
-        assert load_pipeline(pipeline).steps
+        if pipeline.name != "lvis.yaml":
+            assert load_pipeline(pipeline).steps
 
 
 def test_lineage_holds_the_exact_config_of_a_step_and_its_ancestors(tmp_path: Path) -> None:

@@ -77,3 +77,144 @@ def build_lvis(root: Path, images: int = 6) -> tuple[Path, Path]:
     path = root / "lvis_v1_train.json"
     path.write_text(json.dumps({"images": image_rows, "annotations": annotations, "categories": CATEGORIES}))
     return path, root / "coco"
+
+
+# Six LVIS v1 categories (metadata as in lvis_v1_train.json) for the pipeline fixture, each drawn
+# with the images of one Fashion-MNIST class so that image embeddings separate them.
+PIPELINE_CATEGORIES = [
+    (
+        57,
+        "banana",
+        ["banana"],
+        "elongated crescent-shaped yellow fruit with soft sweet flesh",
+        "banana.n.02",
+        "f",
+        "trouser",
+        16,
+    ),
+    (
+        12,
+        "apple",
+        ["apple"],
+        "fruit with red or yellow or green skin and sweet to tart crisp whitish flesh",
+        "apple.n.01",
+        "f",
+        "bag",
+        12,
+    ),
+    (
+        94,
+        "bicycle",
+        ["bicycle", "bike_(bicycle)"],
+        "a wheeled vehicle that has two wheels and is moved by foot pedals",
+        "bicycle.n.01",
+        "f",
+        "sneaker",
+        8,
+    ),
+    (
+        1,
+        "aerosol_can",
+        ["aerosol_can", "spray_can"],
+        "a dispenser that holds a substance under pressure",
+        "aerosol.n.02",
+        "c",
+        "sandal",
+        5,
+    ),
+    (
+        3,
+        "alcohol",
+        ["alcohol", "alcoholic_beverage"],
+        "a liquor or brew containing alcohol as the active agent",
+        "alcohol.n.01",
+        "r",
+        "dress",
+        2,
+    ),
+    (
+        35,
+        "bagpipe",
+        ["bagpipe"],
+        "a tubular wind instrument; the player blows air into a bag and squeezes it out",
+        "bagpipe.n.01",
+        "r",
+        "ankle_boot",
+        1,
+    ),
+]
+
+
+def build_lvis_pipeline_inputs(root: Path) -> dict[str, Path]:
+    """Everything ``pipelines/lvis.yaml`` reads, in LVIS v1 format, small enough for CI.
+
+    train: 44 images (16 … 1 per category, the first 4 banana images also show an apple: multi-
+    label), val: 3 images per category, a pool of 48 unlabelled images, and a caption corpus whose
+    mention counts follow the categories' frequency (synthetic captions, for counting only).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    demo = REPO / "data/fashion_mnist_lt"
+    categories = [
+        {"id": cid, "name": name, "synonyms": syns, "def": definition, "synset": synset, "frequency": freq}
+        for cid, name, syns, definition, synset, freq, _, _ in PIPELINE_CATEGORIES
+    ]
+    sources = {
+        cid: sorted((demo / "train" / folder).glob("*.png")) for cid, *_, folder, _ in PIPELINE_CATEGORIES
+    }
+    test_sources = {
+        cid: sorted((demo / "test" / folder).glob("*.png")) for cid, *_, folder, _ in PIPELINE_CATEGORIES
+    }
+    paths = {}
+    for split, per_class in (("train", None), ("val", 3)):
+        image_dir = root / "coco" / f"{split}2017"
+        image_dir.mkdir(parents=True)
+        images, annotations = [], []
+        for cid, *_, count in PIPELINE_CATEGORIES:
+            for png in (test_sources if split == "val" else sources)[cid][: per_class or count]:
+                image_id = len(images) + 1 + (0 if split == "train" else 10_000)
+                name = f"{image_id:012d}.png"
+                shutil.copy(png, image_dir / name)
+                url = f"http://images.cocodataset.org/{split}2017/{name}"
+                images.append(
+                    {
+                        "id": image_id,
+                        "coco_url": url,
+                        "width": 28,
+                        "height": 28,
+                        "neg_category_ids": [],
+                        "not_exhaustive_category_ids": [],
+                    }
+                )
+                labels = [cid, 12] if split == "train" and cid == 57 and len(images) <= 4 else [cid]
+                for label in labels:
+                    box = {"bbox": [2.0, 2.0, 20.0, 24.0], "area": 480.0}
+                    annotations.append(
+                        {"id": len(annotations) + 1, "image_id": image_id, "category_id": label, **box}
+                    )
+        paths[split] = root / f"lvis_v1_{split}.json"
+        paths[split].write_text(
+            json.dumps({"images": images, "annotations": annotations, "categories": categories})
+        )
+    paths["image_root"] = root / "coco"
+    pool = root / "pool"
+    pool.mkdir()
+    for cid, *_, folder, count in PIPELINE_CATEGORIES:
+        for png in sources[cid][count : count + 8]:
+            shutil.copy(png, pool / f"{folder}_{png.name}")
+    paths["pool"] = pool
+    mentions = {
+        "banana": 400,
+        "apple": 300,
+        "bike": 120,
+        "bicycle": 80,
+        "spray can": 30,
+        "alcoholic beverage": 6,
+        "bagpipe": 2,
+    }
+    captions = [f"a photo of a {phrase} on the table" for phrase, n in mentions.items() for _ in range(n)]
+    captions += [f"an empty street number {i}" for i in range(500)]
+    paths["captions"] = root / "captions.parquet"
+    pq.write_table(pa.table({"caption": captions}), paths["captions"])
+    return paths

@@ -1,0 +1,84 @@
+"""pipelines/lvis.yaml itself, run on a small LVIS-format fixture with tiny models (overrides only)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+
+from rebalance import api
+from rebalance.core.config import load_pipeline
+from rebalance.errors import ConfigError
+from tests.conftest import REPO
+from tests.steps.lvis_fixture import build_lvis_pipeline_inputs
+
+LVIS = REPO / "pipelines" / "lvis.yaml"
+
+
+def lvis_overrides(tmp_path: Path) -> list[str]:
+    from rebalance.models.tiny import save_tiny_open_clip, save_tiny_stable_diffusion
+
+    data = build_lvis_pipeline_inputs(tmp_path / "data")
+    config, checkpoint = save_tiny_open_clip(tmp_path / "models" / "open_clip")
+    diffusion = save_tiny_stable_diffusion(tmp_path / "models" / "sd")
+    overrides = [
+        f"cache_dir={tmp_path / 'cache'}",
+        f"output_dir={tmp_path / 'out'}",
+        "executor.kind=local",
+        "executor.shard_rows=16",
+        f"steps.train.annotations={data['train']}",
+        f"steps.train.image_root={data['image_root']}",
+        f"steps.val.annotations={data['val']}",
+        f"steps.val.image_root={data['image_root']}",
+        f"steps.corpus.captions={data['captions']}",
+        f"steps.pool.root={data['pool']}",
+        f"steps.generated.model={diffusion}",
+        "steps.generated.image_size=32",
+        "steps.generated.steps=2",
+        "steps.generated.guidance=1.0",
+        # A random CLIP scores every image alike: its filters would reject all; the code path is the same.
+        "steps.generated.min_clip_score=null",
+        "steps.generated.real_similarity=null",
+        "steps.retrieved.duplicate_threshold=null",
+        "steps.retrieved.max_per_class=3",  # a small pool: synthesis fills the rest
+        "steps.rebalanced.epochs=5",
+        "steps.baseline.epochs=5",
+        "steps.export.num_shards=2",
+    ]
+    for step in ("embedded", "val_embedded", "pool_embedded"):
+        overrides += [
+            f"steps.{step}.model={config}",
+            f"steps.{step}.pretrained={checkpoint}",
+            f"steps.{step}.device=cpu",
+        ]
+    return overrides
+
+
+def test_lvis_pipeline_without_its_data_names_every_missing_path() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_pipeline(LVIS)
+    message = str(caught.value)
+    for key in (
+        "steps.train.annotations",
+        "steps.val.annotations",
+        "steps.corpus.captions",
+        "steps.pool.root",
+    ):
+        assert f"{key}: path does not exist" in message
+
+
+def test_the_lvis_pipeline_runs_end_to_end_on_the_fixture(tmp_path: Path) -> None:
+    overrides = lvis_overrides(tmp_path)
+    first = api.run(LVIS, overrides)
+    steps = [step["id"] for step in first.manifest["steps"]]
+    assert first.executed == steps and len(steps) == 23
+    report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
+    assert set(report["stages"]) >= {"after retrieved", "after synthetic", "final"}
+    baseline = json.loads((tmp_path / "cache" / "train_probe").glob("*/metrics.json").__next__().read_text())
+    assert baseline["metric"] == "average_precision" and baseline["mean_class_accuracy"] is not None
+    exported = datasets.load_from_disk(str(tmp_path / "out" / "export"))["train"]
+    sources = set(exported["source"])
+    assert {"original", "retrieved", "synthetic"} <= sources and "objects" in exported.column_names
+    assert api.run(LVIS, overrides).executed == []
