@@ -79,8 +79,9 @@ def build_lvis(root: Path, images: int = 6) -> tuple[Path, Path]:
     return path, root / "coco"
 
 
-# Six LVIS v1 categories (metadata as in lvis_v1_train.json) for the pipeline fixture, each drawn
-# with the images of one Fashion-MNIST class so that image embeddings separate them.
+# Six categories with metadata modelled on LVIS v1 (name, synonyms, definition, WordNet synset,
+# r/c/f frequency) for the pipeline fixture, each drawn with the images of one Fashion-MNIST class
+# so that image embeddings separate them.
 PIPELINE_CATEGORIES = [
     (
         57,
