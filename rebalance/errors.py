@@ -55,3 +55,9 @@ class StepError(RebalanceError):
     """A step failed while running; the message names the step and how to resume."""
 
     exit_code = 4
+
+
+class StorageError(RebalanceError):
+    """The cache or output folder could not be written (disk full, quota, permissions)."""
+
+    exit_code = 5

@@ -9,6 +9,7 @@ killed run redoes only unfinished shards.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import platform
@@ -27,7 +28,7 @@ from rebalance.core.fs import atomic_dir, remove_stale_temps, write_json_atomic
 from rebalance.core.hashing import ContentHasher, stable_hash
 from rebalance.core.progress import Reporter, SilentReporter
 from rebalance.core.registry import get_step
-from rebalance.errors import RebalanceError, StepError
+from rebalance.errors import RebalanceError, StepError, StorageError
 
 MANIFEST = "manifest.json"
 _VERSIONED_PACKAGES = (
@@ -233,13 +234,15 @@ def _run_step(
                 write_entry(folder, result, {"step": spec.name, "key": plan.key})
         except RebalanceError as error:
             raise type(error)(f"step {step.id!r} ({spec.name}): {error}\n{_resume_hint(config)}") from error
-        except Exception as error:
-            log = config.output_dir / "error.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            log.write_text(traceback.format_exc())
-            raise StepError(
-                f"step {step.id!r} ({spec.name}) failed: {type(error).__name__}: {error}\nTraceback in {log}. {_resume_hint(config)}"
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+                raise _crashed(step.id, spec.name, error, config) from error
+            raise StorageError(
+                f"step {step.id!r} ({spec.name}): cannot write under {config.cache_dir}: {error.strerror}. "
+                f"Free space (or point cache_dir= elsewhere); nothing half-written was kept.\n{_resume_hint(config)}"
             ) from error
+        except Exception as error:
+            raise _crashed(step.id, spec.name, error, config) from error
     wall_s = time.perf_counter() - started
     rows_out = _rows(cache, plan)
     reporter.step_finished(step.id, plan.cached, wall_s, rows_out)
@@ -247,6 +250,15 @@ def _run_step(
         cache="hit" if plan.cached else "miss", wall_s=round(wall_s, 3), rows_out=rows_out, shards=shards
     )
     return record
+
+
+def _crashed(step_id: str, step_name: str, error: Exception, config: PipelineConfig) -> StepError:
+    log = config.output_dir / "error.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(traceback.format_exc())
+    return StepError(
+        f"step {step_id!r} ({step_name}) failed: {type(error).__name__}: {error}\nTraceback in {log}. {_resume_hint(config)}"
+    )
 
 
 def _run_sharded(

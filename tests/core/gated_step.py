@@ -19,3 +19,12 @@ def gated_copy(dataset: LabeledDataset, *, gate: str, open_shards: int = 2) -> L
     while shard_index >= open_shards and not Path(gate).exists():
         time.sleep(0.05)
     return dataset
+
+
+@step("test_gated_stats")
+def gated_stats(dataset: LabeledDataset, *, gate: str) -> LabeledDataset:
+    """An in-process (not sharded) step that waits for ``gate`` after announcing it started."""
+    Path(f"{gate}.started").write_text("started")
+    while not Path(gate).exists():
+        time.sleep(0.05)
+    return dataset
