@@ -105,10 +105,22 @@ def test_manifest_records_the_run(run_dirs: list[str], tmp_path: Path) -> None:
 
 
 def test_same_config_and_seed_give_byte_identical_outputs(tmp_path: Path) -> None:
+    manifests = []
     for name in ("one", "two"):
         api.run(TINY, [f"cache_dir={tmp_path / name / 'cache'}", f"output_dir={tmp_path / name / 'out'}"])
+        text = (tmp_path / name / "out" / "manifest.json").read_text().replace(str(tmp_path / name), "<run>")
+        manifests.append(_without_timings(json.loads(text)))
     one, two = tree_digest(tmp_path / "one" / "out"), tree_digest(tmp_path / "two" / "out")
     assert one == two and any(name.endswith(".parquet") for name in one)
+    assert manifests[0] == manifests[1]  # identical but for wall times
+
+
+def _without_timings(value):
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if k != "wall_s"}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
 
 
 def test_a_run_killed_mid_step_resumes_without_redoing_finished_shards(tmp_path: Path) -> None:
