@@ -30,8 +30,11 @@ class DiffusionGenerator:
         import torch
         from diffusers import AutoPipelineForText2Image
         from diffusers.utils import logging
+        from transformers.utils import logging as transformers_logging
 
+        # The runner reports progress per step; per-file loading bars would interleave with it.
         logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
         dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         try:
             pipeline = AutoPipelineForText2Image.from_pretrained(self.model, dtype=dtype)
