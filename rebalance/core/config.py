@@ -28,7 +28,8 @@ COMMAND_LINE = "command line"
 # already key the cache, so it never causes extra re-runs; users cannot set it.
 LINEAGE_PARAM = "lineage"
 RESERVED_STEP_KEYS = ("step", "inputs")
-TOP_LEVEL_KEYS = ("name", "seed", "cache_dir", "output_dir", "executor", "steps")
+TOP_LEVEL_KEYS = ("name", "seed", "device", "cache_dir", "output_dir", "executor", "steps")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 class ExecutorConfig(pydantic.BaseModel):
@@ -235,6 +236,17 @@ def load_pipeline(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -
     if not isinstance(seed, int) or isinstance(seed, bool):
         issues.append(ConfigIssue(tree.source_of(("seed",)), "seed", f"expected an integer, got {seed!r}"))
         seed = 0
+    device = data.get("device", "auto")
+    if device not in DEVICES:
+        issues.append(
+            ConfigIssue(
+                tree.source_of(("device",)),
+                "device",
+                f"unknown device {device!r}",
+                f"allowed: {', '.join(DEVICES)}",
+            )
+        )
+        device = "auto"
     executor = _validate_executor(tree, issues)
     cache_dir = _resolve_dir(tree, "cache_dir", Path(os.environ.get("REBALANCE_CACHE", "cache")), issues)
     output_dir = _resolve_dir(tree, "output_dir", Path("runs") / name, issues)
@@ -250,7 +262,7 @@ def load_pipeline(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -
     else:
         registry = all_steps()
         for step_id, raw in raw_steps.items():
-            step = _validate_step(tree, str(step_id), raw, seed, registry, issues)
+            step = _validate_step(tree, str(step_id), raw, {"seed": seed, "device": device}, registry, issues)
             if step is not None:
                 steps[step.id] = step
         _validate_wiring(tree, raw_steps, steps, issues)
@@ -346,7 +358,7 @@ def _validate_step(
     tree: _Tree,
     step_id: str,
     raw: Any,
-    seed: int,
+    defaults: dict[str, Any],
     registry: Mapping[str, StepSpec],
     issues: list[ConfigIssue],
 ) -> StepConfig | None:
@@ -423,8 +435,10 @@ def _validate_step(
 
     raw_params = {k: v for k, v in raw.items() if k not in RESERVED_STEP_KEYS}
     param_names = [p.name for p in spec.params]
-    if any(p.name == "seed" for p in spec.params):
-        raw_params.setdefault("seed", seed)
+    # Pipeline-wide `seed` and `device` reach every step that declares them, unless it sets its own.
+    for name, value in defaults.items():
+        if any(p.name == name for p in spec.params):
+            raw_params.setdefault(name, value)
     if LINEAGE_PARAM in raw_params:
         issues.append(
             ConfigIssue(

@@ -32,6 +32,7 @@ def synthesize_features(
     borrow: PositiveInt = 2,
     alpha: confloat(ge=0) = 0.1,
     lof_neighbors: PositiveInt | None = 20,
+    device: Device = "auto",
     seed: NonNegativeInt = 0,
 ) -> LabeledDataset:
     """Add synthetic *feature* rows to the classes still below the balance target.
@@ -39,7 +40,8 @@ def synthesize_features(
     Quotas come from the same target as retrieval, over the original counts
     (``rebalance.steps.stats.balance_quotas``), so this makes only what retrieval could not fill.
     ``smote``: x_i + λ(x_nn − x_i) between a class sample and one of its k nearest same-class
-    neighbours (``rebalance.synthesis.features.smote``). ``gaussian``: samples from a class
+    neighbours (``rebalance.synthesis.features.smote``; neighbours by torch on CUDA when ``device``
+    resolves to it, else FAISS). ``gaussian``: samples from a class
     Gaussian whose statistics tail classes borrow from their ``borrow`` nearest frequent classes,
     after LOF outlier removal (RCAL / distribution calibration).
 
@@ -54,7 +56,7 @@ def synthesize_features(
     features = embeddings.aligned_to(image_ids)
     quotas = balance_quotas(dataset, target, max_per_class=max_per_class)
     if method == "smote":
-        made = smote(features, labels, quotas, k=k, seed=seed)
+        made = smote(features, labels, quotas, k=k, seed=seed, device=device)
     else:
         head = np.array([b == "frequent" for b in compute_class_stats(dataset).table["bucket"].to_pylist()])
         made = calibrated_gaussian(

@@ -199,3 +199,17 @@ def test_lineage_holds_the_exact_config_of_a_step_and_its_ancestors(tmp_path: Pa
         f"steps:\n  a: {{step: ingest_image_folder, root: {tmp_path}}}\n  e: {{step: export_hf, inputs: {{dataset: a}}, lineage: {{}}}}\n",
     )
     assert "steps.e.lineage: is filled in by the runner" in one_issue(path)
+
+
+def test_a_pipeline_wide_device_reaches_every_step_that_takes_one(tmp_path: Path) -> None:
+    config = load_pipeline(TINY, ["device=cpu", "steps.baseline.device=auto"])
+    devices = {s.id: s.params["device"] for s in config.steps.values() if "device" in s.params}
+    assert devices["rebalanced"] == "cpu" and devices["baseline"] == "auto"
+    assert all(d == "cpu" for step_id, d in devices.items() if step_id != "baseline")
+    assert "device: unknown device 'gpu' (allowed: auto, cpu, cuda)" in one_issue_of_overrides(["device=gpu"])
+
+
+def one_issue_of_overrides(overrides: list[str]) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_pipeline(TINY, overrides)
+    return str(caught.value)
