@@ -21,6 +21,12 @@ EXACT_UP_TO = 50_000
 """Pools up to this size get an exact ``Flat`` index: a full scan is fast enough there."""
 
 
+def unit_rows(matrix: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), as float32: inner products become cosines."""
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return (matrix / np.where(norms == 0, 1, norms)).astype(np.float32)
+
+
 def auto_factory(num_vectors: int, dim: int, *, max_memory_bytes: int = 8 << 30) -> str:
     """The FAISS index for a pool of ``num_vectors`` × ``dim`` float32 vectors.
 

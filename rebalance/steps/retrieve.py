@@ -14,6 +14,7 @@ from rebalance import index as vector_index
 from rebalance.core.artifacts import ConceptFrequency, Embeddings, LabeledDataset, VectorIndex
 from rebalance.core.registry import step
 from rebalance.errors import DataError
+from rebalance.index import unit_rows
 from rebalance.models.device import Device
 from rebalance.retrieval import Assignment, Target, retrieve_with_quotas
 from rebalance.steps.stats import balance_quotas, freeze_buckets
@@ -84,8 +85,8 @@ def retrieve(
     Quota per class: min(max_per_class, T − n_c), T the target over the classes' *original* counts
     (``rebalance.steps.stats.balance_quotas``, shared with synthesis), for every class below it, or
     only REAL's concept tail (``tail_only`` with ``frequency``).
-    Queries: ``image`` = each class's examples in ``embeddings`` (every image that has the class) (their normalised ``centroid``,
-    or every example as a kNN query, ``examples``); ``text`` = the class's prompt ensemble
+    Queries: ``image`` = each class's examples in ``embeddings``, every image that has the class
+    (their normalised ``centroid``, or every example as a kNN query, ``examples``); ``text`` = the class's prompt ensemble
     (``templates`` filled with its most frequent caption synonym from ``frequency``, else its
     name), embedded by the encoder that embedded the pool; ``both`` = the sum of the two, for
     CLIP-style encoders. A pool item goes to at most one class (its best match), never one that is
@@ -102,12 +103,11 @@ def retrieve(
         raise DataError(
             f"query: {query} needs the dataset's embeddings; wire `embeddings`, or use query: text"
         )
-    for name, vectors in (("dataset", embeddings),):
-        if vectors is not None and vectors.encoder != index.encoder:
-            raise DataError(
-                f"the {name} was embedded by {vectors.encoder!r} but the pool index by {index.encoder!r}; "
-                "embed both with the same encoder"
-            )
+    if embeddings is not None and embeddings.encoder != index.encoder:
+        raise DataError(
+            f"the dataset was embedded by {embeddings.encoder!r} but the pool index by {index.encoder!r}; "
+            "embed both with the same encoder"
+        )
     if tail_only and frequency is None:
         raise DataError("tail_only needs the concept frequency table; wire `frequency`")
     eligible = _tail_mask(dataset, frequency) if tail_only else None
@@ -202,9 +202,9 @@ def _queries(
     sums = np.zeros((num_classes, dataset_vectors.shape[1]), dtype=np.float64)
     np.add.at(sums, classes, dataset_vectors[rows])
     sizes = np.bincount(classes, minlength=num_classes)
-    centroids = _unit_rows(sums)
+    centroids = unit_rows(sums)
     if query == "both":
-        combined = _unit_rows(centroids + parts["text"])
+        combined = unit_rows(centroids + parts["text"])
         return (
             combined,
             np.arange(num_classes),
@@ -238,12 +238,7 @@ def _text_queries(names: list[str], templates: tuple[str, ...], encoder: str, de
     model = load_encoder(EncoderSpec.parse(encoder), device=device)
     prompts = [template.format(name) for name in names for template in templates]
     vectors = model.encode_texts(prompts).reshape(len(names), len(templates), -1)
-    return _unit_rows(vectors.mean(axis=1))
-
-
-def _unit_rows(matrix: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return (matrix / np.where(norms == 0, 1, norms)).astype(np.float32)
+    return unit_rows(vectors.mean(axis=1))
 
 
 def _pool_positions(pool: LabeledDataset, index: VectorIndex) -> np.ndarray:
@@ -271,8 +266,9 @@ def _excluded_rows(
     """A function flagging index rows that are already in the dataset: the same file, or a near copy."""
     import faiss
 
+    # Synthetic feature rows have no file (file_name null).
     own_files = {
-        os.path.realpath(dataset.image_path(name)) for name in dataset.images["file_name"].to_pylist()
+        os.path.realpath(dataset.image_path(name)) for name in dataset.images["file_name"].to_pylist() if name
     }
     pool_files = pool.images["file_name"].to_pylist()
     nearest = None
@@ -289,7 +285,7 @@ def _excluded_rows(
         if nearest is None:
             return same_file
         candidates = faiss_index.reconstruct_batch(rows.astype(np.int64))
-        closest, _ = nearest.search(_unit_rows(candidates), 1)
+        closest, _ = nearest.search(unit_rows(candidates), 1)
         return same_file | (closest[:, 0] >= duplicate_threshold)
 
     return excluded

@@ -14,6 +14,7 @@ from pydantic import NonNegativeInt, PositiveInt, confloat
 from rebalance.core.artifacts import REMOVED_SCHEMA, ConceptFrequency, Embeddings, LabeledDataset
 from rebalance.core.registry import ModelRef, step
 from rebalance.errors import DataError
+from rebalance.index import unit_rows
 from rebalance.models.device import Device
 from rebalance.retrieval import Target
 from rebalance.steps.stats import balance_quotas, compute_class_stats, freeze_buckets
@@ -191,30 +192,21 @@ def synthesize_images(
                 [c["prompt"] for c in candidates], [c["seed"] for c in candidates], image_size
             )
         pngs = [_png(image) for image in made]
-        vectors = encoder.encode_images([io.BytesIO(png) for png in pngs])
-        prompt_vectors = encoder.encode_texts([c["prompt"] for c in candidates])
-        clip_scores = np.sum(vectors * prompt_vectors, axis=1)
-        nearest = (
-            (vectors @ _unit(real[members]).T).max(axis=1) if len(members) else np.full(len(vectors), np.nan)
-        )
-        passing = []
-        for candidate, png, vector, score, closest in zip(
-            candidates, pngs, vectors, clip_scores, nearest, strict=True
+        for candidate, png, vector in zip(
+            candidates, pngs, encoder.encode_images([io.BytesIO(p) for p in pngs]), strict=True
         ):
-            candidate |= {
-                "png": png,
-                "vector": vector,
-                "clip_score": float(score),
-                "real_similarity": float(closest),
-            }
-            rule = _rejection(float(score), float(closest), min_clip_score, real_similarity)
-            (dropped_rows.append({**candidate, "reason": rule}) if rule else passing.append(candidate))
-        passing.sort(key=lambda c: (-c["clip_score"], c["index"]))
-        for candidate in passing[quotas[cls] :]:
-            dropped_rows.append(
-                {**candidate, "reason": f"quota of {int(quotas[cls])} already met by higher CLIP scores"}
-            )
-        for candidate in sorted(passing[: quotas[cls]], key=lambda c: c["index"]):
+            candidate |= {"png": png, "vector": vector}
+        prompt_vectors = encoder.encode_texts([c["prompt"] for c in candidates])
+        kept, dropped = _filtered(
+            candidates,
+            prompt_vectors,
+            unit_rows(real[members]),
+            int(quotas[cls]),
+            min_clip_score,
+            real_similarity,
+        )
+        dropped_rows += dropped
+        for candidate in kept:
             name = f"{int(category_ids[cls])}_{candidate['index']:05d}_{candidate['seed']}.png"
             files[name] = candidate["png"]
             kept_rows.append({**candidate, "artifact_file": name})
@@ -259,6 +251,33 @@ def _with_parents(
             continue
         usable.append(candidate)
     return usable, unreadable
+
+
+def _filtered(
+    candidates: list[dict],
+    prompt_vectors: np.ndarray,
+    real: np.ndarray,
+    quota: int,
+    min_clip_score: float | None,
+    band: tuple[float, float] | None,
+) -> tuple[list[dict], list[dict]]:
+    """Score candidates (CLIP score, cosine to the nearest real image), apply the rules, keep the best ``quota``."""
+    vectors = np.stack([c["vector"] for c in candidates])
+    clip_scores = np.sum(vectors * prompt_vectors, axis=1)
+    nearest = (vectors @ real.T).max(axis=1) if len(real) else np.full(len(vectors), np.nan)
+    passing, dropped = [], []
+    for candidate, score, closest in zip(candidates, clip_scores, nearest, strict=True):
+        candidate |= {"clip_score": float(score), "real_similarity": float(closest)}
+        rule = _rejection(float(score), float(closest), min_clip_score, band)
+        if rule:
+            dropped.append({**candidate, "reason": rule})
+        else:
+            passing.append(candidate)
+    passing.sort(key=lambda c: (-c["clip_score"], c["index"]))
+    dropped += [
+        {**c, "reason": f"quota of {quota} already met by higher CLIP scores"} for c in passing[quota:]
+    ]
+    return sorted(passing[:quota], key=lambda c: c["index"]), dropped
 
 
 def _rejection(
@@ -312,8 +331,3 @@ def _png(image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.where(norms == 0, 1, norms)

@@ -210,3 +210,18 @@ def test_a_class_with_no_images_has_no_image_query_and_breaks_nothing(tmp_path: 
     # Median 2: "empty" wants 2 but has no example to build an image query from; nothing else is short.
     result = retrieve(dataset, pool, index, embeddings)
     assert class_counts(result)[0].tolist() == [2, 2, 0]
+
+
+def test_rows_without_an_image_file_do_not_stop_retrieval(scene) -> None:
+    dataset, embeddings, pool, pool_embeddings = scene
+    names = dataset.images["file_name"].to_pylist()
+    names[3] = None  # a synthetic feature row has no file
+    images = dataset.images.set_column(1, "file_name", pa.array(names, pa.string()))
+    dataset = LabeledDataset(
+        images, dataset.annotations, dataset.categories, dataset.removed, dataset.image_root
+    )
+    assert class_counts(retrieve(dataset, pool, build_index(pool_embeddings), embeddings))[0].tolist() == [
+        9,
+        5,
+        5,
+    ]
