@@ -76,12 +76,18 @@ class PhraseIndex:
         for phrase in phrases:
             for token in phrase.split(" "):
                 vocabulary.setdefault(token, len(vocabulary))
+        # Tables are filled as Python lists (plain ints are much faster than numpy scalars here)
+        # with the same open addressing the compiled loop probes, then frozen into arrays.
         size = _table_size(len(vocabulary))
-        token_keys = np.zeros(size, dtype=np.uint64)
-        token_ids = np.full(size, -1, dtype=np.int64)
+        keys, ids = [0] * size, [-1] * size
         for token, token_id in vocabulary.items():
-            slot = _insert_slot(token_keys, token_ids, np.uint64(fnv1a(token.encode())))
-            token_keys[slot], token_ids[slot] = np.uint64(fnv1a(token.encode())), token_id
+            key = fnv1a(token.encode())
+            slot = key & (size - 1)
+            while ids[slot] != -1:
+                slot = (slot + 1) & (size - 1)
+            keys[slot], ids[slot] = key, token_id
+        token_keys = np.array(keys, dtype=np.uint64)
+        token_ids = np.array(ids, dtype=np.int64)
         edges: dict[tuple[int, int], int] = {}
         node_phrase = [-1]
         for phrase_id, phrase in enumerate(phrases):
@@ -98,12 +104,15 @@ class PhraseIndex:
             if node == 0:
                 root_child[token_id] = child
         edge_size = _table_size(len(edges))
-        edge_keys = np.full(edge_size, -1, dtype=np.int64)
-        edge_children = np.full(edge_size, -1, dtype=np.int64)
+        keys, children = [-1] * edge_size, [-1] * edge_size
         for (node, token_id), child in edges.items():
             key = node * len(vocabulary) + token_id
-            slot = _probe(edge_keys, key)
-            edge_keys[slot], edge_children[slot] = key, child
+            slot = (key * 0x9E3779B97F4A7C15 & _MASK) & (edge_size - 1)
+            while keys[slot] != -1:
+                slot = (slot + 1) & (edge_size - 1)
+            keys[slot], children[slot] = key, child
+        edge_keys = np.array(keys, dtype=np.int64)
+        edge_children = np.array(children, dtype=np.int64)
         groups = [phrase_groups[p] for p in phrases]
         group_offsets = np.zeros(len(phrases) + 1, dtype=np.int64)
         group_offsets[1:] = np.cumsum([len(g) for g in groups])
@@ -120,20 +129,6 @@ class PhraseIndex:
             group_offsets,
             group_ids,
         )
-
-
-def _insert_slot(keys: np.ndarray, ids: np.ndarray, key: np.uint64) -> int:
-    slot = int(key & np.uint64(len(keys) - 1))
-    while ids[slot] != -1:
-        slot = (slot + 1) & (len(keys) - 1)
-    return slot
-
-
-def _probe(keys: np.ndarray, key: int) -> int:
-    slot = (key * 0x9E3779B97F4A7C15 & _MASK) & (len(keys) - 1)
-    while keys[slot] != -1 and keys[slot] != key:
-        slot = (slot + 1) & (len(keys) - 1)
-    return slot
 
 
 @dataclasses.dataclass
@@ -239,8 +234,6 @@ def _buffers(captions: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 _WORD = np.zeros(256, dtype=np.bool_)
 _WORD[48:58] = _WORD[65:91] = _WORD[97:123] = _WORD[128:] = True  # digits, letters, any UTF-8 byte
-_LOWER = np.arange(256, dtype=np.uint8)
-_LOWER[65:91] += 32
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -360,13 +353,18 @@ def _scan_range(
             start = position
             value = np.uint64(0xCBF29CE484222325)
             minus1 = minus2 = minus3 = value
-            while position < stop and _WORD[data[position]]:
+            while position < stop:
                 byte = data[position]
-                if byte >= 128 and not normalised:
-                    skip = True
+                if not _WORD[byte]:
                     break
+                if byte >= 128:
+                    if not normalised:
+                        skip = True
+                        break
+                else:
+                    byte |= 32  # ASCII letters to lower case; digits already have this bit
                 minus3, minus2, minus1 = minus2, minus1, value
-                value = (value ^ np.uint64(_LOWER[byte])) * np.uint64(0x100000001B3)
+                value = (value ^ np.uint64(byte)) * np.uint64(0x100000001B3)
                 position += 1
             if skip:
                 break
