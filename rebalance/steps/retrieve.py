@@ -190,7 +190,7 @@ def _queries(
     parts: dict[str, np.ndarray] = {}
     if query in ("text", "both"):
         names = class_prompt_names(dataset, frequency)
-        parts["text"] = _text_queries(names, templates, encoder, device)
+        parts["text"] = text_queries(names, templates, encoder, device)
         text_descriptions = [f"text: {templates[0].format(name)}" for name in names]
     if query == "text":
         return parts["text"], np.arange(num_classes), text_descriptions
@@ -232,7 +232,8 @@ def class_prompt_names(dataset: LabeledDataset, frequency: ConceptFrequency | No
     return [top.get(name) or readable(name) for name in dataset.class_names()]
 
 
-def _text_queries(names: list[str], templates: tuple[str, ...], encoder: str, device: str) -> np.ndarray:
+def text_queries(names: list[str], templates: tuple[str, ...], encoder: str, device: str) -> np.ndarray:
+    """One unit vector per class: the mean of its prompts' text embeddings (CLIP's prompt ensemble)."""
     from rebalance.models.encoders import EncoderSpec, load_encoder
 
     model = load_encoder(EncoderSpec.parse(encoder), device=device)

@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 
-from rebalance.core.artifacts import Embeddings, LabeledDataset, TrainReport
+from rebalance.core.artifacts import ConceptFrequency, Embeddings, LabeledDataset, TrainReport
 from rebalance.core.registry import step
 from rebalance.errors import DataError
 from rebalance.steps.stats import compute_class_stats
@@ -22,7 +22,10 @@ def train_probe(
     test: LabeledDataset,
     test_embeddings: Embeddings,
     original: LabeledDataset | None = None,
+    frequency: ConceptFrequency | None = None,
     *,
+    init: Literal["random", "zero_shot"] = "random",
+    templates: tuple[str, ...] = ("a photo of a {}.",),
     loss: LossName = "ce",
     sampler: Literal["uniform", "repeat_factor"] = "uniform",
     hidden: NonNegativeInt = 0,
@@ -48,6 +51,9 @@ def train_probe(
     uses the dataset's repeat_factor column; a balanced loss on top of it triggers a
     double-correction warning, recorded in the report. crt_epochs > 0 then re-trains the classifier
     on frozen features with class-balanced sampling (cRT); tau_norm applies τ-normalisation.
+    ``init: zero_shot`` (REAL-Linear) starts a linear probe from the zero-shot classifier of the
+    encoder that made the embeddings (a CLIP-style model): its text embeddings of ``templates``
+    filled with each class's most frequent caption synonym (``frequency``) or its name.
     """
     from rebalance.models.device import resolve_device
     from rebalance.train.metrics import classification_metrics, multilabel_metrics
@@ -75,6 +81,13 @@ def train_probe(
     factors = (
         dataset.images["repeat_factor"].to_numpy() if "repeat_factor" in dataset.images.column_names else None
     )
+    zero_shot = None
+    if init == "zero_shot":
+        from rebalance.steps.retrieve import class_prompt_names, text_queries
+
+        zero_shot = text_queries(
+            class_prompt_names(dataset, frequency), templates, embeddings.encoder, device
+        )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         head, history = train_head(
@@ -83,6 +96,7 @@ def train_probe(
             len(dataset.class_names()),
             config,
             repeat_factors=factors,
+            zero_shot=zero_shot,
         )
     test_x = test_embeddings.aligned_to(test.images["image_id"].to_numpy())
     buckets = compute_class_stats(original if original is not None else dataset).table["bucket"].to_pylist()

@@ -55,6 +55,19 @@ class Head(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.body((features - self.mean) / self.std))
 
+    @torch.no_grad()
+    def init_zero_shot(self, class_vectors: torch.Tensor, scale: float) -> None:
+        """Start from a zero-shot classifier: logits = scale · x·t_c for each class's text vector t_c.
+
+        The head standardises x first, so W = scale · T · diag(std) and b = scale · T·mean give the
+        same logits on standardised inputs (REAL-Linear initialises its linear head this way).
+        """
+        if not isinstance(self.body, nn.Identity):
+            raise RebalanceError("a zero-shot start needs a linear probe (hidden: 0)")
+        weights = scale * class_vectors.to(self.std.dtype)
+        self.classifier.weight.copy_(weights * self.std)
+        self.classifier.bias.copy_(weights @ self.mean)
+
 
 def train_head(
     features: np.ndarray,
@@ -63,6 +76,8 @@ def train_head(
     config: HeadConfig,
     repeat_factors: np.ndarray | None = None,
     checkpoint: Path | None = None,
+    zero_shot: np.ndarray | None = None,
+    zero_shot_scale: float = 100.0,
 ) -> tuple[Head, list[float]]:
     """Fit a head; returns it (on CPU) and the mean training loss of each epoch.
 
@@ -74,6 +89,8 @@ def train_head(
     ``crt_epochs`` the classifier is then re-initialised and re-trained on frozen features with
     class-balanced sampling (cRT, Kang et al., ICLR 2020). With ``checkpoint``, the state is saved
     atomically after every epoch and a run with the same configuration resumes from it.
+    ``zero_shot`` (classes × dim, unit text embeddings of the class prompts) starts the linear
+    head from the zero-shot classifier they define, scaled by ``zero_shot_scale`` (CLIP's 100).
     """
     if config.sampler == "repeat_factor":
         if repeat_factors is None:
@@ -98,7 +115,10 @@ def train_head(
     counts = y.sum(0) if multilabel else torch.bincount(y, minlength=num_classes).float()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        head = Head(x.mean(0), x.std(0).clamp_min(1e-6), num_classes, config.hidden).to(device)
+        head = Head(x.mean(0), x.std(0).clamp_min(1e-6), num_classes, config.hidden)
+        if zero_shot is not None:
+            head.init_zero_shot(torch.tensor(np.asarray(zero_shot, dtype=np.float32)), zero_shot_scale)
+        head = head.to(device)
     main = _Phase(
         "main",
         head.parameters(),

@@ -176,3 +176,39 @@ def test_embeddings_can_be_stored_as_float16(tiny_models) -> None:
     full, half = embed_images(pool, **options), embed_images(pool, **options, dtype="float16")
     assert half.vectors.dtype == np.float16 and full.vectors.dtype == np.float32
     np.testing.assert_allclose(half.vectors.astype(np.float32), full.vectors, atol=1e-3)
+
+
+def test_train_probe_starts_from_the_zero_shot_classifier_of_the_clip_encoder(tiny_models) -> None:
+    from rebalance.steps.embed import embed_images, embed_pixels_pca
+    from rebalance.steps.ingest import ingest_image_folder
+    from rebalance.steps.train import train_probe
+
+    train = ingest_image_folder(root=DEMO / "train", max_images_per_class=3)
+    test = ingest_image_folder(root=DEMO / "test", split="test", max_images_per_class=2)
+    options = dict(
+        encoder="open_clip",
+        model=str(tiny_models["config"]),
+        pretrained=str(tiny_models["checkpoint"]),
+        device="cpu",
+    )
+    report = train_probe(
+        train,
+        embed_images(train, **options),
+        test,
+        embed_images(test, **options),
+        init="zero_shot",
+        epochs=2,
+        device="cpu",
+    )
+    assert report.metrics["test_samples"] == 20 and 0 <= report.metrics["top1"] <= 1
+    with pytest.raises(
+        RebalanceError, match="embeddings made by 'pixels_pca' have no model that embeds text"
+    ):
+        train_probe(
+            train,
+            embed_pixels_pca(train),
+            test,
+            embed_pixels_pca(test, train),
+            init="zero_shot",
+            device="cpu",
+        )

@@ -72,3 +72,30 @@ def test_a_run_resumes_from_its_checkpoint_exactly(tmp_path, crt_epochs: int) ->
     assert torch.equal(again.classifier.weight, resumed.classifier.weight)
     with pytest.raises(RebalanceError, match="another configuration"):
         train_head(x, y, 3, dataclasses.replace(config, lr=0.5), checkpoint=checkpoint)
+
+
+def test_a_zero_shot_start_reproduces_the_text_classifier_on_standardised_inputs() -> None:
+    import torch
+
+    from rebalance.train.trainer import Head
+
+    rng = np.random.default_rng(0)
+    x = torch.tensor(rng.normal(size=(50, 8)), dtype=torch.float32)
+    text = torch.nn.functional.normalize(torch.tensor(rng.normal(size=(3, 8)), dtype=torch.float32), dim=1)
+    head = Head(x.mean(0), x.std(0), num_classes=3, hidden=0)
+    head.init_zero_shot(text, scale=100.0)
+    with torch.no_grad():
+        torch.testing.assert_close(head(x), 100.0 * x @ text.T, rtol=1e-4, atol=1e-3)
+    with pytest.raises(RebalanceError, match="needs a linear probe"):
+        Head(x.mean(0), x.std(0), num_classes=3, hidden=4).init_zero_shot(text, scale=1.0)
+
+
+def test_training_from_a_zero_shot_start_keeps_its_predictions_at_a_negligible_learning_rate() -> None:
+    rng = np.random.default_rng(1)
+    text = rng.normal(size=(4, 16)).astype(np.float32)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    labels = rng.integers(0, 4, 200)
+    features = text[labels] + rng.normal(scale=0.3, size=(200, 16)).astype(np.float32)
+    config = HeadConfig(epochs=1, lr=1e-12, weight_decay=0.0, device="cpu")
+    head, _ = train_head(features, labels, 4, config, zero_shot=text)
+    assert np.array_equal(predict(head, features), (features @ text.T).argmax(1))
