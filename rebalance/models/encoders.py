@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -42,6 +42,16 @@ class EncoderSpec:
         kind, _, rest = text.partition(":")
         model, _, pretrained = rest.partition("@")
         return cls(kind, model, pretrained or None)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageTower:
+    """The trainable image side of a CLIP-style encoder: the whole ``module`` (its parameters),
+    ``preprocess`` (PIL image -> tensor) and ``forward`` (pixel batch -> features)."""
+
+    module: Any
+    preprocess: Callable[[Any], Any]
+    forward: Callable[[Any], Any]
 
 
 class Encoder(Protocol):
@@ -123,13 +133,17 @@ class OpenClipEncoder(_TorchEncoder):
             raise self._load_error(error) from None
         return model.to(self.dtype).eval(), preprocess, open_clip.get_tokenizer(name)
 
+    def image_tower(self) -> ImageTower:
+        model, preprocess, _ = self._loaded
+        return ImageTower(model, preprocess, model.encode_image)
+
     def encode_images(self, paths: Sequence[Path]) -> np.ndarray:
         import torch
 
         model, preprocess, _ = self._loaded
 
         def batch(chunk):
-            pixels = torch.stack([preprocess(_open_rgb(path)) for path in chunk])
+            pixels = torch.stack([preprocess(open_rgb(path)) for path in chunk])
             return model.encode_image(pixels.to(self.device, self.dtype))
 
         return self._batched(list(paths), batch)
@@ -156,11 +170,21 @@ class TransformersClipEncoder(_TorchEncoder):
         _check_vocabulary(tokenizer, self.spec)
         return model.to(self.device).eval(), processor
 
+    def image_tower(self) -> ImageTower:
+        model, processor = self._loaded
+
+        def preprocess(image):
+            return processor(images=[image], return_tensors="pt")["pixel_values"][0]
+
+        return ImageTower(
+            model, preprocess, lambda pixels: _features(model.get_image_features(pixel_values=pixels))
+        )
+
     def encode_images(self, paths: Sequence[Path]) -> np.ndarray:
         model, processor = self._loaded
 
         def batch(chunk):
-            inputs = processor(images=[_open_rgb(path) for path in chunk], return_tensors="pt")
+            inputs = processor(images=[open_rgb(path) for path in chunk], return_tensors="pt")
             return _features(
                 model.get_image_features(pixel_values=inputs["pixel_values"].to(self.device, self.dtype))
             )
@@ -248,7 +272,7 @@ def _check_vocabulary(tokenizer, spec: EncoderSpec) -> None:
         )
 
 
-def _open_rgb(path: Path):
+def open_rgb(path: Path):
     from PIL import Image
 
     try:

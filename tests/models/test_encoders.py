@@ -212,3 +212,40 @@ def test_train_probe_starts_from_the_zero_shot_classifier_of_the_clip_encoder(ti
             init="zero_shot",
             device="cpu",
         )
+
+
+def test_finetune_encoder_trains_the_tower_and_reports_per_bucket(tiny_models) -> None:
+    import torch
+
+    from rebalance.steps.ingest import ingest_image_folder
+    from rebalance.steps.train import finetune_encoder
+    from rebalance.train.finetune import finetune
+    from rebalance.train.trainer import HeadConfig
+
+    train = ingest_image_folder(root=DEMO / "train", max_images_per_class=3)
+    test = ingest_image_folder(root=DEMO / "test", split="test", max_images_per_class=2)
+    options = dict(
+        encoder="open_clip", model=str(tiny_models["config"]), pretrained=str(tiny_models["checkpoint"])
+    )
+    report = finetune_encoder(train, test, **options, epochs=2, batch_size=8, device="cpu")
+    assert report.metrics["config"]["finetuned"] and len(report.metrics["loss_per_epoch"]) == 2
+    assert report.metrics["train_samples"] == 30 and set(report.metrics["bucket_accuracy"]) == {
+        "rare",
+        "common",
+        "frequent",
+    }
+
+    tower = load_encoder(
+        EncoderSpec("open_clip", options["model"], options["pretrained"]), device="cpu"
+    ).image_tower()
+    before = [p.detach().clone() for p in tower.module.parameters()]
+    paths = [train.image_path(n) for n in train.images["file_name"].to_pylist()]
+    finetune(
+        tower,
+        paths,
+        train.single_labels("test"),
+        10,
+        HeadConfig(epochs=1, batch_size=8, device="cpu"),
+        encoder_lr=1e-3,
+    )
+    assert any(not torch.equal(a, b) for a, b in zip(before, tower.module.parameters(), strict=True))
