@@ -17,9 +17,8 @@ from torch import nn
 
 from rebalance.models.device import resolve_device
 from rebalance.models.encoders import ImageTower, open_rgb
-from rebalance.sampling import epoch_indices
 from rebalance.train.losses import make_loss
-from rebalance.train.trainer import HeadConfig
+from rebalance.train.trainer import HeadConfig, epoch_order, require_factors
 
 
 @dataclasses.dataclass
@@ -53,6 +52,9 @@ def finetune(
     repeat_factors: np.ndarray | None = None,
 ) -> FineTuned:
     """Train ``tower`` and a new linear head on the images at ``paths`` with ``labels``."""
+    factors = repeat_factors if config.sampler == "repeat_factor" else None
+    if config.sampler == "repeat_factor":
+        require_factors(repeat_factors)
     device = resolve_device(config.device)
     tower.module.float().to(device).train()
     targets = torch.tensor(np.asarray(labels, dtype=np.int64))
@@ -80,10 +82,7 @@ def finetune(
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     history = []
     for epoch in range(config.epochs):
-        if config.sampler == "repeat_factor" and repeat_factors is not None:
-            order = torch.as_tensor(epoch_indices(repeat_factors, seed=config.seed, epoch=epoch))
-        else:
-            order = torch.randperm(len(targets), generator=shuffler)
+        order = epoch_order(len(targets), factors, config.seed, epoch, shuffler)
         total, batches = 0.0, 0
         for start in range(0, len(order), config.batch_size):
             batch = order[start : start + config.batch_size]

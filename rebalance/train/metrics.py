@@ -32,11 +32,7 @@ def multilabel_metrics(
             for c in range(len(class_names))
         ]
     )
-    bucket_array = np.asarray(buckets)
-    by_bucket = {}
-    for bucket in BUCKETS:
-        values = per_class[(bucket_array == bucket) & (support > 0)]
-        by_bucket[bucket] = float(values.mean()) if len(values) else None
+    by_bucket = _bucket_means(per_class, support, buckets)
     return {
         "metric": "average_precision",
         "top1": None,
@@ -63,11 +59,7 @@ def classification_metrics(
     correct = np.bincount(targets[predictions == targets], minlength=num_classes)
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class = np.where(support > 0, correct / np.maximum(support, 1), np.nan)
-    bucket_array = np.asarray(buckets)
-    by_bucket = {}
-    for bucket in BUCKETS:
-        values = per_class[(bucket_array == bucket) & (support > 0)]
-        by_bucket[bucket] = float(values.mean()) if len(values) else None
+    by_bucket = _bucket_means(per_class, support, buckets)
     return {
         "metric": "accuracy",
         "top1": float(correct.sum() / max(support.sum(), 1)),
@@ -83,3 +75,13 @@ def classification_metrics(
             for name, bucket, n, acc in zip(class_names, buckets, support, per_class, strict=True)
         ],
     }
+
+
+def _bucket_means(per_class: np.ndarray, support: np.ndarray, buckets: list[str]) -> dict[str, float | None]:
+    """The mean of each bucket's per-class values, over classes with test samples."""
+    bucket_array = np.asarray(buckets)
+    means = {}
+    for bucket in BUCKETS:
+        values = per_class[(bucket_array == bucket) & (support > 0)]
+        means[bucket] = float(values.mean()) if len(values) else None
+    return means

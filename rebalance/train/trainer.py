@@ -93,10 +93,7 @@ def train_head(
     head from the zero-shot classifier they define, scaled by ``zero_shot_scale`` (CLIP's 100).
     """
     if config.sampler == "repeat_factor":
-        if repeat_factors is None:
-            raise RebalanceError(
-                "sampler 'repeat_factor' needs repeat factors; add a repeat_factors step upstream"
-            )
+        require_factors(repeat_factors)
         if config.loss in BALANCED_LOSSES and not np.allclose(repeat_factors, repeat_factors.mean()):
             warnings.warn(
                 f"loss {config.loss!r} already corrects for class frequency and the repeat-factor sampler "
@@ -183,10 +180,7 @@ def _fit(
         shuffler.set_state(saved["shuffler"])
         history, start_epoch = saved["history"], saved["epoch"] + 1
     for epoch in range(start_epoch, phase.epochs):
-        if factors is not None:
-            order = torch.as_tensor(epoch_indices(factors, seed=config.seed, epoch=epoch))
-        else:
-            order = torch.randperm(len(y), generator=shuffler)
+        order = epoch_order(len(y), factors, config.seed, epoch, shuffler)
         total, batches = 0.0, 0
         for start in range(0, len(order), config.batch_size):
             batch = order[start : start + config.batch_size]
@@ -216,6 +210,23 @@ def _fit(
             torch.save(state, buffer)
             write_bytes_atomic(checkpoint, buffer.getvalue())
     return history
+
+
+def require_factors(repeat_factors: np.ndarray | None) -> None:
+    if repeat_factors is None:
+        raise RebalanceError(
+            "sampler 'repeat_factor' needs repeat factors; add a repeat_factors step upstream"
+        )
+
+
+def epoch_order(
+    count: int, factors: np.ndarray | None, seed: int, epoch: int, shuffler: torch.Generator
+) -> torch.Tensor:
+    """One epoch's sample order: repeat-factor draws (stochastic rounding, as detectron2) when
+    ``factors`` are given, else every sample once in a seeded shuffle."""
+    if factors is not None:
+        return torch.as_tensor(epoch_indices(factors, seed=seed, epoch=epoch))
+    return torch.randperm(count, generator=shuffler)
 
 
 def _resumable(config: HeadConfig) -> dict:
