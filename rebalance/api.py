@@ -64,18 +64,27 @@ def cache_clear(cache_dir: str | os.PathLike[str], step: str | None = None) -> i
 
 
 def train(
-    dataset: str | os.PathLike[str], *, checkpoint: str | os.PathLike[str] | None = None, **options: Any
+    dataset: str | os.PathLike[str],
+    *,
+    checkpoint: str | os.PathLike[str] | None = None,
+    zero_shot: str | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """Train a head on an exported dataset (or a run folder with ``export/``); returns the metrics.
 
     ``options`` are ``HeadConfig`` fields (loss, sampler, hidden, epochs, crt_epochs, lr, seed,
     device, ...). With ``checkpoint``, training saves after every epoch and resumes from the file.
+    ``zero_shot`` names the CLIP encoder that made the export's ``embedding`` column (e.g.
+    ``open_clip:ViT-B-32@laion2b_s34b_b79k``): the linear probe starts from its zero-shot classifier.
     """
     from rebalance.train.hf import train_on_export
     from rebalance.train.trainer import HeadConfig
 
     return train_on_export(
-        Path(dataset), HeadConfig(**options), checkpoint=Path(checkpoint) if checkpoint else None
+        Path(dataset),
+        HeadConfig(**options),
+        checkpoint=Path(checkpoint) if checkpoint else None,
+        zero_shot_encoder=zero_shot,
     )
 
 

@@ -130,6 +130,13 @@ def train(
     seed: int = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     checkpoint: Annotated[str | None, typer.Option(help="Save after every epoch; resume from it.")] = None,
+    zero_shot: Annotated[
+        str | None,
+        typer.Option(
+            help="Start the probe from this CLIP encoder's zero-shot classifier (the encoder of the export's "
+            "embeddings), e.g. open_clip:ViT-B-32@laion2b_s34b_b79k."
+        ),
+    ] = None,
     metrics_json: Annotated[
         str | None, typer.Option(help="Also write the metrics as JSON to this file.")
     ] = None,
@@ -138,6 +145,7 @@ def train(
     metrics = api.train(
         dataset,
         checkpoint=checkpoint,
+        zero_shot=zero_shot,
         loss=loss,
         sampler=sampler,
         hidden=hidden,

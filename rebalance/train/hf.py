@@ -35,12 +35,20 @@ def _features(split: Any, image_size: int) -> np.ndarray:
 
 
 def train_on_export(
-    path: Path, config: HeadConfig, *, checkpoint: Path | None = None, dim: int = 64, image_size: int = 28
+    path: Path,
+    config: HeadConfig,
+    *,
+    checkpoint: Path | None = None,
+    dim: int = 64,
+    image_size: int = 28,
+    zero_shot_encoder: str | None = None,
 ) -> dict[str, Any]:
     """Train a head on the export's train split and score it on its test split, per bucket.
 
     Features: the ``embedding`` column when the export has one, else grey pixels projected on the
     training split's top-``dim`` PCA axes (pixels_pca). Buckets come from the training counts.
+    ``zero_shot_encoder`` (an encoder spec string) starts the probe from that CLIP model's zero-shot
+    classifier over the class names (REAL-Linear).
     """
     import datasets
 
@@ -60,10 +68,32 @@ def train_on_export(
             pca_project(test_x, dim, fit_on=train_x),
             "pixels_pca",
         )
+    zero_shot = None
+    if zero_shot_encoder is not None:
+        from rebalance.steps.retrieve import text_queries
+        from rebalance.text.normalize import readable
+
+        if "embedding" not in train.column_names:
+            raise DataError(f"{folder}: a zero-shot start needs the export's CLIP `embedding` column")
+        zero_shot = text_queries(
+            [readable(n) for n in names], ("a photo of a {}.",), zero_shot_encoder, config.device
+        )
+        if zero_shot.shape[1] != train_x.shape[1]:
+            raise DataError(
+                f"{zero_shot_encoder!r} embeds text in {zero_shot.shape[1]} dims but the export's embeddings have "
+                f"{train_x.shape[1]}: name the encoder that made them"
+            )
+        encoder = f"{encoder} (zero-shot start: {zero_shot_encoder})"
     labels = np.asarray(train["label"])
     factors = np.asarray(train["repeat_factor"]) if "repeat_factor" in train.column_names else None
     head, history = train_head(
-        train_x, labels, len(names), config, repeat_factors=factors, checkpoint=checkpoint
+        train_x,
+        labels,
+        len(names),
+        config,
+        repeat_factors=factors,
+        checkpoint=checkpoint,
+        zero_shot=zero_shot,
     )
     buckets = frequency_buckets(np.bincount(labels, minlength=len(names)))
     metrics = classification_metrics(predict(head, test_x), np.asarray(test["label"]), names, buckets)

@@ -249,3 +249,38 @@ def test_finetune_encoder_trains_the_tower_and_reports_per_bucket(tiny_models) -
         encoder_lr=1e-3,
     )
     assert any(not torch.equal(a, b) for a, b in zip(before, tower.module.parameters(), strict=True))
+
+
+def test_rebalance_train_starts_from_a_zero_shot_classifier_on_an_export(tiny_models, tmp_path: Path) -> None:
+    from rebalance.steps.embed import embed_images
+    from rebalance.steps.export import export_hf
+    from rebalance.steps.ingest import ingest_image_folder
+    from tests.test_cli import invoke
+
+    train = ingest_image_folder(root=DEMO / "train", max_images_per_class=3)
+    test = ingest_image_folder(root=DEMO / "test", split="test", max_images_per_class=2)
+    options = dict(
+        encoder="open_clip",
+        model=str(tiny_models["config"]),
+        pretrained=str(tiny_models["checkpoint"]),
+        device="cpu",
+    )
+    export = export_hf(
+        train,
+        test=test,
+        embeddings=embed_images(train, **options),
+        test_embeddings=embed_images(test, **options),
+    )
+    export.write(tmp_path / "export")
+    spec = f"open_clip:{tiny_models['config']}@{tiny_models['checkpoint']}"
+    result = invoke(
+        "train", str(tmp_path / "export"), "--zero-shot", spec, "--epochs", "2", "--device", "cpu"
+    )
+    assert result.exit_code == 0, result.output
+    assert "zero-shot start" in result.output
+    wrong = invoke(
+        "train", str(tmp_path / "export"), "--zero-shot", f"transformers:{tiny_models['transformers']}"
+    )
+    assert (
+        wrong.exit_code == 3 and "embeds text in 16 dims but the export's embeddings have 32" in wrong.output
+    )
