@@ -32,21 +32,10 @@ def multilabel_metrics(
             for c in range(len(class_names))
         ]
     )
-    by_bucket = _bucket_means(per_class, support, buckets)
     return {
         "metric": "average_precision",
         "top1": None,
-        "mean_class_accuracy": float(np.nanmean(per_class)) if (support > 0).any() else None,
-        "bucket_accuracy": by_bucket,
-        "per_class": [
-            {
-                "class": name,
-                "bucket": bucket,
-                "support": int(n),
-                "average_precision": None if np.isnan(ap) else float(ap),
-            }
-            for name, bucket, n, ap in zip(class_names, buckets, support, per_class, strict=True)
-        ],
+        **_summary("average_precision", per_class, support, class_names, buckets),
     }
 
 
@@ -59,20 +48,29 @@ def classification_metrics(
     correct = np.bincount(targets[predictions == targets], minlength=num_classes)
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class = np.where(support > 0, correct / np.maximum(support, 1), np.nan)
-    by_bucket = _bucket_means(per_class, support, buckets)
+    top1 = float(correct.sum() / max(support.sum(), 1))
     return {
         "metric": "accuracy",
-        "top1": float(correct.sum() / max(support.sum(), 1)),
+        "top1": top1,
+        **_summary("accuracy", per_class, support, class_names, buckets),
+    }
+
+
+def _summary(
+    metric: str, per_class: np.ndarray, support: np.ndarray, class_names: list[str], buckets: list[str]
+) -> dict[str, Any]:
+    """Mean over classes, mean per bucket, and the per-class table of one per-class ``metric``."""
+    return {
         "mean_class_accuracy": float(np.nanmean(per_class)) if (support > 0).any() else None,
-        "bucket_accuracy": by_bucket,
+        "bucket_accuracy": _bucket_means(per_class, support, buckets),
         "per_class": [
             {
                 "class": name,
                 "bucket": bucket,
                 "support": int(n),
-                "accuracy": None if np.isnan(acc) else float(acc),
+                metric: None if np.isnan(value) else float(value),
             }
-            for name, bucket, n, acc in zip(class_names, buckets, support, per_class, strict=True)
+            for name, bucket, n, value in zip(class_names, buckets, support, per_class, strict=True)
         ],
     }
 

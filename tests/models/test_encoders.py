@@ -31,6 +31,23 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+def small_splits() -> tuple[LabeledDataset, LabeledDataset]:
+    """3 training and 2 test images a class from the demo data."""
+    from rebalance.steps.ingest import ingest_image_folder
+
+    train = ingest_image_folder(root=DEMO / "train", max_images_per_class=3)
+    return train, ingest_image_folder(root=DEMO / "test", split="test", max_images_per_class=2)
+
+
+def clip_options(models: dict[str, Path]) -> dict[str, str]:
+    return {
+        "encoder": "open_clip",
+        "model": str(models["config"]),
+        "pretrained": str(models["checkpoint"]),
+        "device": "cpu",
+    }
+
+
 def small_pool(tmp_path: Path, count: int = 30) -> Path:
     pool = tmp_path / "pool"
     pool.mkdir()
@@ -167,12 +184,7 @@ def test_embeddings_can_be_stored_as_float16(tiny_models) -> None:
     pool = LabeledDataset(
         pool.images.slice(0, 6), pool.annotations, pool.categories, pool.removed, pool.image_root
     )
-    options = dict(
-        encoder="open_clip",
-        model=str(tiny_models["config"]),
-        pretrained=str(tiny_models["checkpoint"]),
-        device="cpu",
-    )
+    options = clip_options(tiny_models)
     full, half = embed_images(pool, **options), embed_images(pool, **options, dtype="float16")
     assert half.vectors.dtype == np.float16 and full.vectors.dtype == np.float32
     np.testing.assert_allclose(half.vectors.astype(np.float32), full.vectors, atol=1e-3)
@@ -180,17 +192,10 @@ def test_embeddings_can_be_stored_as_float16(tiny_models) -> None:
 
 def test_train_probe_starts_from_the_zero_shot_classifier_of_the_clip_encoder(tiny_models) -> None:
     from rebalance.steps.embed import embed_images, embed_pixels_pca
-    from rebalance.steps.ingest import ingest_image_folder
     from rebalance.steps.train import train_probe
 
-    train = ingest_image_folder(root=DEMO / "train", max_images_per_class=3)
-    test = ingest_image_folder(root=DEMO / "test", split="test", max_images_per_class=2)
-    options = dict(
-        encoder="open_clip",
-        model=str(tiny_models["config"]),
-        pretrained=str(tiny_models["checkpoint"]),
-        device="cpu",
-    )
+    train, test = small_splits()
+    options = clip_options(tiny_models)
     report = train_probe(
         train,
         embed_images(train, **options),
@@ -217,17 +222,13 @@ def test_train_probe_starts_from_the_zero_shot_classifier_of_the_clip_encoder(ti
 def test_finetune_encoder_trains_the_tower_and_reports_per_bucket(tiny_models) -> None:
     import torch
 
-    from rebalance.steps.ingest import ingest_image_folder
     from rebalance.steps.train import finetune_encoder
     from rebalance.train.finetune import finetune
     from rebalance.train.trainer import HeadConfig
 
-    train = ingest_image_folder(root=DEMO / "train", max_images_per_class=3)
-    test = ingest_image_folder(root=DEMO / "test", split="test", max_images_per_class=2)
-    options = dict(
-        encoder="open_clip", model=str(tiny_models["config"]), pretrained=str(tiny_models["checkpoint"])
-    )
-    report = finetune_encoder(train, test, **options, epochs=2, batch_size=8, device="cpu")
+    train, test = small_splits()
+    options = clip_options(tiny_models)
+    report = finetune_encoder(train, test, **options, epochs=2, batch_size=8)
     assert report.metrics["config"]["finetuned"] and len(report.metrics["loss_per_epoch"]) == 2
     assert report.metrics["train_samples"] == 30 and set(report.metrics["bucket_accuracy"]) == {
         "rare",
@@ -254,17 +255,10 @@ def test_finetune_encoder_trains_the_tower_and_reports_per_bucket(tiny_models) -
 def test_rebalance_train_starts_from_a_zero_shot_classifier_on_an_export(tiny_models, tmp_path: Path) -> None:
     from rebalance.steps.embed import embed_images
     from rebalance.steps.export import export_hf
-    from rebalance.steps.ingest import ingest_image_folder
     from tests.test_cli import invoke
 
-    train = ingest_image_folder(root=DEMO / "train", max_images_per_class=3)
-    test = ingest_image_folder(root=DEMO / "test", split="test", max_images_per_class=2)
-    options = dict(
-        encoder="open_clip",
-        model=str(tiny_models["config"]),
-        pretrained=str(tiny_models["checkpoint"]),
-        device="cpu",
-    )
+    train, test = small_splits()
+    options = clip_options(tiny_models)
     export = export_hf(
         train,
         test=test,
