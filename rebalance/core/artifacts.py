@@ -421,13 +421,7 @@ class Embeddings:
 
     def aligned_to(self, image_ids: np.ndarray) -> np.ndarray:
         """Vectors in the order of ``image_ids``; every id must have a vector."""
-        order = np.argsort(self.ids, kind="stable")
-        found = np.searchsorted(self.ids, image_ids, sorter=order)
-        found = np.minimum(found, len(order) - 1)
-        rows = order[found] if len(order) else found
-        missing = (
-            image_ids[(len(order) == 0) | (self.ids[rows] != image_ids)] if len(image_ids) else image_ids
-        )
+        rows, missing = positions_of(self.ids, image_ids)
         if len(missing):
             raise DataError(
                 f"{len(missing)} image(s) have no embedding (first ids: {missing[:5].tolist()}); embed the same dataset"
@@ -716,6 +710,16 @@ class HFDatasetExport:
 
         num_shards = json.loads((directory / "export.json").read_text())["num_shards"]
         return cls(datasets.load_from_disk(str(directory)), (directory / "README.md").read_text(), num_shards)
+
+
+def positions_of(ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``wanted``, its position in ``ids`` (binary search, no dict); and the wanted ids
+    that ``ids`` lacks (their positions are meaningless)."""
+    order = np.argsort(ids, kind="stable")
+    found = np.searchsorted(ids, wanted, sorter=order)
+    rows = order[np.minimum(found, len(order) - 1)] if len(order) else found
+    missing = wanted[(len(order) == 0) | (ids[rows] != wanted)] if len(wanted) else wanted
+    return rows, missing
 
 
 def markdown_table(table: pa.Table) -> str:

@@ -11,7 +11,7 @@ import pyarrow as pa
 from pydantic import NonNegativeInt, PositiveFloat, PositiveInt, confloat
 
 from rebalance import index as vector_index
-from rebalance.core.artifacts import ConceptFrequency, Embeddings, LabeledDataset, VectorIndex
+from rebalance.core.artifacts import ConceptFrequency, Embeddings, LabeledDataset, VectorIndex, positions_of
 from rebalance.core.registry import step
 from rebalance.errors import DataError
 from rebalance.index import unit_rows
@@ -113,14 +113,8 @@ def retrieve(
     eligible = _tail_mask(dataset, frequency) if tail_only else None
     quotas = balance_quotas(dataset, target, max_per_class=max_per_class, eligible=eligible)
     pair_rows, pair_classes = dataset.label_pairs()
-    dataset_vectors = (
-        None
-        if embeddings is None
-        else _normalised(
-            embeddings.aligned_to(dataset.images["image_id"].to_numpy()),
-            dataset.images["image_id"].to_numpy(),
-        )
-    )
+    image_ids = dataset.images["image_id"].to_numpy()
+    dataset_vectors = None if embeddings is None else _normalised(embeddings.aligned_to(image_ids), image_ids)
     queries, query_classes, descriptions = _queries(
         dataset,
         (pair_rows, pair_classes),
@@ -244,11 +238,7 @@ def text_queries(names: list[str], templates: tuple[str, ...], encoder: str, dev
 
 def _pool_positions(pool: LabeledDataset, index: VectorIndex) -> np.ndarray:
     """For each index row, the pool row holding that image id."""
-    pool_ids = pool.images["image_id"].to_numpy()
-    order = np.argsort(pool_ids, kind="stable")
-    found = np.searchsorted(pool_ids, index.ids, sorter=order)
-    found = order[np.minimum(found, len(order) - 1)] if len(order) else found
-    missing = index.ids[(len(order) == 0) | (pool_ids[found] != index.ids)] if len(index.ids) else index.ids
+    found, missing = positions_of(pool.images["image_id"].to_numpy(), index.ids)
     if len(missing):
         raise DataError(
             f"{len(missing)} indexed id(s) are not in the pool (first: {missing[:5].tolist()}); index the same pool"
