@@ -132,3 +132,54 @@ def test_bad_input_is_an_error_not_a_wrong_count() -> None:
         count_concepts(pa.array(["a cat", None]), SYNONYMS)
     empty = count_concepts([], SYNONYMS)
     assert empty["count"].sum() == 0 and empty.attrs["captions"] == 0
+
+
+def _adversarial_corpus(rng: np.random.Generator, captions: int) -> tuple[list[str], dict[str, list[str]]]:
+    """Tokens of 1 to 70 bytes (one 8-byte read, several, past the 56-bit window), long plurals,
+    separator runs longer than the window, upper case, non-ASCII text and three-word phrases."""
+    letters = np.array(list("abcdefghiy"))
+    stems = ["".join(rng.choice(letters, size=int(n))) for n in rng.integers(1, 70, size=60)]
+    forms = [*stems, *(s + "s" for s in stems[:20]), *(s + "ies" for s in stems[20:30])]
+    forms += [s.upper() for s in stems[30:40]] + ["café", "naïveté", "xes", "boxes", "puppies", "Ponies"]
+    synonyms = {
+        f"c{i}": [stems[i], f"{stems[i + 1]} {stems[i + 2]}", f"{stems[i]} {stems[i + 3]} {stems[i + 4]}"]
+        for i in range(0, 50, 5)
+    }
+    synonyms["shared"] = [stems[0], "café"]  # ambiguous with c0, and non-ASCII
+    synonyms["plural"] = [s + "ies" for s in stems[20:30]] + [s.upper() + "S" for s in stems[:5]]
+    synonyms["young"] = ["puppy", "ponies", "box"]
+    separators = [" ", "  ", ", ", "-", "_", " " * 60, "!" * 90, "\t"]
+    texts = []
+    for _ in range(captions):
+        words = rng.choice(forms, size=rng.integers(0, 9))
+        text = ""
+        for word in words:
+            text += str(rng.choice(separators)) + word
+        texts.append(text + str(rng.choice(separators)) if rng.random() < 0.3 else text)
+    return texts, synonyms
+
+
+@pytest.mark.parametrize("per_caption", [True, False])
+def test_adversarial_tokens_match_naive_in_slices_and_tiny_buffers(per_caption: bool) -> None:
+    texts, synonyms = _adversarial_corpus(np.random.default_rng(1), 1500)
+    expected = naive_counts(texts, synonyms, per_caption)
+
+    def counted(captions: object) -> dict[str, int]:
+        table = count_concepts(captions, synonyms, per_caption=per_caption)
+        return dict(zip(table["concept"], table["count"], strict=True))
+
+    assert counted(texts) == expected
+    whole = pa.array(["padding before", *texts, "padding after"], pa.string())
+    assert counted(whole.slice(1, len(texts))) == expected  # an offset into a shared buffer
+    for text in texts[:200]:  # buffers shorter than one 8-byte read
+        assert counted([text]) == naive_counts([text], synonyms, per_caption)
+
+
+def test_nested_phrases_in_a_very_long_caption_are_all_counted() -> None:
+    # Every token starts four phrases: matches far outnumber the caption's tokens.
+    caption = " ".join(["a"] * 40_000)
+    synonyms = {"run": ["a", "a a", "a a a", "a a a a"]}
+    every = count_concepts([caption], synonyms, per_caption=False).iloc[0]
+    assert every["count"] == 40_000 + 39_999 + 39_998 + 39_997
+    assert every["synonym_counts"] == {"a": 40_000, "a a": 39_999, "a a a": 39_998, "a a a a": 39_997}
+    assert count_concepts([caption], synonyms)["count"].tolist() == [1]
