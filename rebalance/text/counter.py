@@ -61,7 +61,7 @@ def token_key(token: str) -> int:
 
 def _cuckoo_table(
     entries: dict[int, int], empty_key: int, missing: int
-) -> tuple[np.ndarray, np.ndarray, int]:
+) -> tuple[np.ndarray, np.ndarray, np.uint64]:
     """Keys -> values in a two-choice cuckoo table: ``(keys, values, shift)``.
 
     A key lives in slot ``(key * _FIRST) >> shift`` or ``(key * _SECOND) >> shift``, so a lookup
@@ -85,7 +85,7 @@ def _cuckoo_table(
             else:
                 break
         else:
-            return np.array(keys, dtype=np.uint64), np.array(values, dtype=np.int32), shift
+            return np.array(keys, dtype=np.uint64), np.array(values, dtype=np.int32), np.uint64(shift)
         bits += 1
 
 
@@ -102,10 +102,10 @@ class PhraseIndex:
     longest_phrase: int  # in tokens: each token can end at most this many matches
     token_keys: np.ndarray
     token_ids: np.ndarray
-    token_shift: int
+    token_shift: np.uint64
     edge_keys: np.ndarray  # (node * (vocabulary_size + 1) + token) of each non-root trie edge
     edge_children: np.ndarray
-    edge_shift: int
+    edge_shift: np.uint64
     root_child: np.ndarray  # token id -> trie node of the one-token prefix of a longer phrase, or -1
     node_phrase: np.ndarray
     single_phrase: np.ndarray  # token id -> its one-word phrase, or len(phrases)
@@ -115,23 +115,8 @@ class PhraseIndex:
 
     @property
     def tables(self) -> tuple:
-        """What the compiled loop reads, in the order it unpacks it."""
-        return (
-            self.token_keys,
-            self.token_ids,
-            np.uint64(self.token_shift),
-            self.edge_keys,
-            self.edge_children,
-            np.uint64(self.edge_shift),
-            self.root_child,
-            self.node_phrase,
-            self.single_phrase,
-            self.phrase_group,
-            self.group_offsets,
-            self.group_ids,
-            self.vocabulary_size,
-            self.longest_phrase,
-        )
+        """What the compiled loop reads: every field but ``phrases``, in order."""
+        return tuple(getattr(self, field.name) for field in dataclasses.fields(self)[1:])
 
     @classmethod
     def build(cls, phrase_groups: dict[str, list[int]]) -> PhraseIndex:
@@ -169,21 +154,21 @@ class PhraseIndex:
         group_offsets = np.zeros(len(phrases) + 1, dtype=np.int64)
         group_offsets[1:] = np.cumsum([len(groups) for groups in group_lists])
         return cls(
-            phrases,
-            size,
-            max(phrase.count(" ") + 1 for phrase in phrases),
-            token_keys,
-            token_ids,
-            token_shift,
-            edge_keys,
-            edge_children,
-            edge_shift,
-            root_child,
-            np.array(node_phrase, dtype=np.int32),
-            single_phrase,
-            np.array([groups[0] if len(groups) == 1 else -1 for groups in group_lists], dtype=np.int64),
-            group_offsets,
-            np.array([g for groups in group_lists for g in groups], dtype=np.int32),
+            phrases=phrases,
+            vocabulary_size=size,
+            longest_phrase=max(phrase.count(" ") + 1 for phrase in phrases),
+            token_keys=token_keys,
+            token_ids=token_ids,
+            token_shift=token_shift,
+            edge_keys=edge_keys,
+            edge_children=edge_children,
+            edge_shift=edge_shift,
+            root_child=root_child,
+            node_phrase=np.array(node_phrase, dtype=np.int32),
+            single_phrase=single_phrase,
+            phrase_group=np.array([gs[0] if len(gs) == 1 else -1 for gs in group_lists], dtype=np.int64),
+            group_offsets=group_offsets,
+            group_ids=np.array([g for groups in group_lists for g in groups], dtype=np.int32),
         )
 
 
@@ -504,6 +489,8 @@ def _scan_range(
     pair_fill,
 ):  # pragma: no cover - compiled
     (
+        vocabulary_size,
+        longest_phrase,
         token_keys,
         token_ids,
         token_shift,
@@ -516,8 +503,6 @@ def _scan_range(
         phrase_group,
         group_offsets,
         group_ids,
-        vocabulary_size,
-        longest_phrase,
     ) = tables
     phrases = len(phrase_counts)
     recording = len(pair_captions) > 0
