@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from rebalance.errors import DataError
-from rebalance.frequency import count_concepts
+from rebalance.frequency import count_concepts, sample_matching_captions
 from rebalance.text.normalize import normalize, singular, tokens
 
 SYNONYMS = {
@@ -183,3 +183,16 @@ def test_nested_phrases_in_a_very_long_caption_are_all_counted() -> None:
     assert every["count"] == 40_000 + 39_999 + 39_998 + 39_997
     assert every["synonym_counts"] == {"a": 40_000, "a a": 39_999, "a a a": 39_998, "a a a a": 39_997}
     assert count_concepts([caption], synonyms)["count"].tolist() == [1]
+
+
+def test_sampled_matching_captions_include_unicode_ones_and_only_matches() -> None:
+    captions = ["a cat", "a dog", "Café cats", "naïve dog", "catalog", "the CAT's café"]
+    synonyms = {"cat": ["cat"], "dog": ["dog"], "cafe": ["café"], "bird": ["bird"]}
+    sampled = sample_matching_captions(captions, synonyms, per_concept=10)
+    assert {concept: sorted(texts) for concept, texts in sampled.items()} == {
+        "cat": ["Café cats", "a cat", "the CAT's café"],
+        "dog": ["a dog", "naïve dog"],
+        "cafe": ["Café cats", "the CAT's café"],
+        "bird": [],
+    }
+    assert len(sample_matching_captions(captions, synonyms, per_concept=1)["cat"]) == 1

@@ -45,6 +45,9 @@ _FIRST = 0x9E3779B97F4A7C15
 _SECOND = 0xC2B2AE3D27D4EB4F
 _NO_EDGE = _MASK
 _LETTER_Y = ord("y")
+# The same constants as the compiled loops read them (numpy scalars are frozen in as uint64).
+_LONG_SEED_U64, _LONG_PRIME_U64 = np.uint64(_LONG_SEED), np.uint64(_LONG_PRIME)
+_FIRST_U64, _SECOND_U64 = np.uint64(_FIRST), np.uint64(_SECOND)
 
 
 def token_key(token: str) -> int:
@@ -187,9 +190,9 @@ def count_batch(index: PhraseIndex, captions: pa.Array, counts: PhraseCounts, *,
         return
     # The compiled loop defers captions with non-ASCII bytes instead of counting them; they are
     # normalised here (NFKC, case-folding) and counted in a second, small pass.
-    deferred = _count_arrow(index, captions, counts, per_caption, normalised=False)
+    deferred = _count(index, _buffers(captions), counts, per_caption, normalised=False)
     if len(deferred):
-        _count_arrow(index, _normalised(captions, deferred), counts, per_caption, normalised=True)
+        _count(index, _buffers(_normalised(captions, deferred)), counts, per_caption, normalised=True)
     counts.captions += len(captions)
 
 
@@ -197,11 +200,17 @@ def _normalised(captions: pa.Array, positions: np.ndarray) -> pa.Array:
     return pa.array([normalize(text) for text in captions.take(positions).to_pylist()], pa.large_string())
 
 
-def _count_arrow(
-    index: PhraseIndex, captions: pa.Array, counts: PhraseCounts, per_caption: bool, normalised: bool
+def _count(
+    index: PhraseIndex,
+    buffers: tuple[np.ndarray, np.ndarray, np.ndarray],
+    counts: PhraseCounts,
+    per_caption: bool,
+    normalised: bool,
 ) -> np.ndarray:
-    data, bits, offsets = _buffers(captions)
-    deferred = np.zeros(len(captions), dtype=np.bool_)
+    """Add the matches in ``buffers`` (see ``_buffers``) to ``counts``; the captions deferred."""
+    data, bits, offsets = buffers
+    captions = len(offsets) - 1
+    deferred = np.zeros(captions, dtype=np.bool_)
     _scan(
         data,
         bits,
@@ -210,7 +219,7 @@ def _count_arrow(
         counts.phrases,
         counts.groups,
         per_caption,
-        min(len(captions), 8 * numba.get_num_threads()),
+        min(captions, 8 * numba.get_num_threads()),
         normalised,
         deferred,
     )
@@ -219,44 +228,43 @@ def _count_arrow(
 
 def match_pairs(index: PhraseIndex, captions: pa.Array, groups: int) -> tuple[np.ndarray, np.ndarray]:
     """Every (caption position, group) such that the caption mentions the group, once each."""
-    deferred = _count_arrow(
-        index,
-        captions,
-        PhraseCounts(np.zeros(len(index.phrases), np.int64), np.zeros(groups, np.int64)),
-        True,
-        False,
-    )
-    rows = [(np.arange(len(captions)), captions, False)]
+    found_captions, found_groups, deferred = _pairs(index, captions, groups, normalised=False)
     if len(deferred):
-        rows.append((deferred, _normalised(captions, deferred), True))
-    found_captions, found_groups = [], []
-    for positions, texts, normalised in rows:
-        counts = PhraseCounts(np.zeros(len(index.phrases), np.int64), np.zeros(groups, np.int64))
-        _count_arrow(index, texts, counts, True, normalised)  # sizes the record buffers exactly
-        capacity = max(int(counts.groups.sum()), 1)
-        pair_captions = np.empty(capacity, dtype=np.int64)
-        pair_groups = np.empty(capacity, dtype=np.int64)
-        fill = np.zeros(1, dtype=np.int64)
-        data, bits, offsets = _buffers(texts)
-        _scan_range(
-            data,
-            bits,
-            offsets,
-            0,
-            len(texts),
-            index.tables,
-            np.zeros(len(index.phrases), np.int64),
-            np.zeros(groups, np.int64),
-            True,
-            normalised,
-            np.zeros(len(texts), dtype=np.bool_),
-            pair_captions,
-            pair_groups,
-            fill,
-        )
-        found_captions.append(positions[pair_captions[: fill[0]]])
-        found_groups.append(pair_groups[: fill[0]])
-    return np.concatenate(found_captions), np.concatenate(found_groups)
+        texts = _normalised(captions, deferred)
+        again_captions, again_groups, _ = _pairs(index, texts, groups, normalised=True)
+        found_captions = np.concatenate([found_captions, deferred[again_captions]])
+        found_groups = np.concatenate([found_groups, again_groups])
+    return found_captions, found_groups
+
+
+def _pairs(
+    index: PhraseIndex, captions: pa.Array, groups: int, normalised: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(caption, group) pairs of ``captions``, and the positions deferred for normalisation."""
+    data, bits, offsets = buffers = _buffers(captions)
+    # Counting once per caption first sizes the record buffers exactly.
+    counts = PhraseCounts(np.zeros(len(index.phrases), np.int64), np.zeros(groups, np.int64))
+    deferred = _count(index, buffers, counts, True, normalised)
+    pair_captions = np.empty(max(int(counts.groups.sum()), 1), dtype=np.int64)
+    pair_groups = np.empty_like(pair_captions)
+    fill = np.zeros(1, dtype=np.int64)
+    _scan_range(
+        data,
+        bits,
+        offsets,
+        0,
+        len(captions),
+        index.tables,
+        np.zeros(len(index.phrases), np.int64),
+        np.zeros(groups, np.int64),
+        True,
+        normalised,
+        np.zeros(len(captions), dtype=np.bool_),
+        pair_captions,
+        pair_groups,
+        fill,
+    )
+    return pair_captions[: fill[0]], pair_groups[: fill[0]], deferred
 
 
 def _buffers(captions: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -406,14 +414,14 @@ def _token_keys(data, bits, offsets, first, last, normalised, keys, token_end, d
                 if y:
                     key = _with_last_byte_y(key, length)
             else:
-                key = np.uint64(0xCBF29CE484222325)
+                key = _LONG_SEED_U64
                 ascii = True
                 for offset in range(0, length, 8):
                     part = _token_word(data, position + offset, min(8, length - offset))
                     ascii &= (part & _HIGH_BITS) == 0
                     if y and length - offset <= 8:
                         part = _with_last_byte_y(part, length - offset)
-                    key = (key ^ part) * np.uint64(0x100000001B3)
+                    key = (key ^ part) * _LONG_PRIME_U64
                     key ^= key >> np.uint64(32)
             if not ascii and not normalised:
                 deferred[caption] = True
@@ -428,10 +436,10 @@ def _token_keys(data, bits, offsets, first, last, normalised, keys, token_end, d
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _cuckoo_get(keys, values, shift, key, missing):  # pragma: no cover - compiled
-    first = np.int64((key * np.uint64(0x9E3779B97F4A7C15)) >> shift)
+    first = np.int64((key * _FIRST_U64) >> shift)
     if keys[first] == key:
         return values[first]
-    second = np.int64((key * np.uint64(0xC2B2AE3D27D4EB4F)) >> shift)
+    second = np.int64((key * _SECOND_U64) >> shift)
     return values[second] if keys[second] == key else missing
 
 
@@ -506,7 +514,8 @@ def _scan_range(
     ) = tables
     phrases = len(phrase_counts)
     recording = len(pair_captions) > 0
-    # One record per phrase and per group, so that marking one touches one cache line.
+    # One record per phrase (last caption, count, group, padding to 32 bytes) and per group (last
+    # caption, count), so that marking one touches one cache line.
     phrase_state = np.zeros((phrases, 4), dtype=np.int64)
     phrase_state[:, _LAST] = -1
     phrase_state[:, _GROUP] = phrase_group
