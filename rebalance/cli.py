@@ -176,9 +176,12 @@ def report(run_dir: Annotated[str, typer.Argument(help="A run's output folder.")
     page, figures = api.report_figures(run_dir)
     out.print(f"report: {page.resolve()}", highlight=False)
     if "accuracy" in figures:
-        out.print(
-            _accuracy_table([{"variant": run, **values} for run, values in figures["accuracy"].items()])
-        )
+        from rebalance.compare import HEADERS, METRICS
+
+        table = Table("run", *HEADERS, title="test accuracy per frequency bucket")
+        for run, values in figures["accuracy"].items():
+            table.add_row(run, *("–" if values[m] is None else f"{values[m]:.3f}" for m in METRICS))
+        out.print(table)
 
 
 @app.command()
@@ -186,32 +189,22 @@ def report(run_dir: Annotated[str, typer.Argument(help="A run's output folder.")
 def compare(
     pipeline: Pipeline,
     overrides: Overrides = None,
+    seeds: Annotated[int, typer.Option(help="Seeds per variant (0 … N-1).")] = 3,
     ablation: Annotated[bool, typer.Option(help="Also turn each rebalancing stage off in turn.")] = False,
+    markdown: Annotated[bool, typer.Option(help="Print the tables as markdown.")] = False,
 ) -> None:
-    """Train the same head on the original and the rebalanced data; print both (and the ablation)."""
-    out.print(_accuracy_table(api.compare(pipeline, overrides or [], ablation=ablation)))
+    """Loss-only baselines vs the pipeline, per bucket, over seeds, with paired 95% intervals."""
+    from rebalance.report.panel import panel_markdown, panel_tables
 
-
-def _accuracy_table(rows: list[dict]) -> Table:
-    from rebalance.compare import HEADERS, METRICS
-
-    table = Table("variant", *HEADERS, title="test accuracy per frequency bucket; (±) vs rebalanced")
-    reference = next((row for row in rows if row["variant"] == "rebalanced"), None)
-    for row in rows:
-        cells = []
-        for metric in METRICS:
-            value = row.get(metric)
-            text = "–" if value is None else f"{value:.3f}"
-            if (
-                reference is not None
-                and row is not reference
-                and row["variant"] != "baseline"
-                and value is not None
-            ):
-                text += f" ({value - reference[metric]:+.3f})"
-            cells.append(text)
-        table.add_row(row["variant"], *cells)
-    return table
+    result = api.compare(pipeline, overrides or [], seeds=seeds, ablation=ablation)
+    if markdown:
+        print(panel_markdown(result), end="")
+        return
+    for caption, header, rows in panel_tables(result):
+        table = Table(*header, title=caption)
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
 
 
 @cache_app.command("ls")

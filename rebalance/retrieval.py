@@ -15,6 +15,7 @@ import numba
 import numpy as np
 
 Target = Literal["median", "mean", "max"]
+VOTE_CHUNK = 8192  # pool items voted on at once: bounds the dense (items × classes) vote matrix
 
 
 def class_quotas(
@@ -71,6 +72,7 @@ def retrieve_with_quotas(
     pool_size: int,
     *,
     excluded: Callable[[np.ndarray], np.ndarray] | None = None,
+    agrees: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
     oversample: float = 2.0,
 ) -> Assignment:
     """Fill every class's quota with the pool items closest to its queries, no item used twice.
@@ -79,7 +81,9 @@ def retrieve_with_quotas(
     is the best over its queries. Candidates of all classes are then taken in one global order
     (score descending; ties by class, then row), so an item wanted by two classes goes to the one
     it matches best, and a class stops at its quota. ``excluded(rows)`` flags pool rows that must
-    never be taken (already in the dataset). A class left short widens its search (k doubles)
+    never be taken (already in the dataset); ``agrees(rows, classes)`` flags the (item, class)
+    candidates that may be taken, e.g. where the class wins a kNN vote of the item's labelled
+    neighbours (``knn_vote_filter``). A class left short widens its search (k doubles)
     until it is full or the whole pool was ranked, so quotas are met exactly whenever the pool can.
 
     Args:
@@ -99,7 +103,7 @@ def retrieve_with_quotas(
     k = min(pool_size, max(1, int(np.ceil(quotas.max() * oversample))))
     while True:
         scores, rows = search(queries, k)
-        result = _assign(scores, rows, query_classes, query_ids, quotas, excluded)
+        result = _assign(scores, rows, query_classes, query_ids, quotas, excluded, agrees)
         short = np.bincount(result.classes, minlength=len(quotas)) < quotas
         if not short.any() or k >= pool_size:
             return result
@@ -113,6 +117,7 @@ def _assign(
     query_ids: np.ndarray,
     quotas: np.ndarray,
     excluded: Callable[[np.ndarray], np.ndarray] | None,
+    agrees: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> Assignment:
     k = rows.shape[1]
     flat_class = np.repeat(query_classes, k)
@@ -123,6 +128,8 @@ def _assign(
         unique_rows = np.unique(flat_rows[valid])
         banned = unique_rows[excluded(unique_rows)]
         valid &= ~np.isin(flat_rows, banned)
+    if agrees is not None and valid.any():
+        valid[valid] = agrees(flat_rows[valid], flat_class[valid])
     flat_class, flat_query = flat_class[valid], flat_query[valid]
     flat_rows, flat_scores = flat_rows[valid], flat_scores[valid]
     if len(np.unique(query_classes)) < len(query_classes):
@@ -163,3 +170,60 @@ def _greedy_take(order, rows, classes, quotas, num_rows):  # pragma: no cover - 
             keep[count] = position
             count += 1
     return keep[:count]
+
+
+def knn_vote_filter(
+    labelled: np.ndarray,
+    image_classes: tuple[np.ndarray, np.ndarray],
+    num_classes: int,
+    k: int,
+    vectors_of: Callable[[np.ndarray], np.ndarray],
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """``agrees(rows, classes)`` for ``retrieve_with_quotas``: a pool item may join class c only when c
+    has the most votes among the item's ``k`` nearest labelled images (cosine), each neighbour
+    voting for every class it has (ties: every tied class may take it).
+
+    A retrieval query finds what is near *one* class's examples; the vote also asks the classes
+    that have no quota, so a coat that happens to lie near a shirt example is not taken as a
+    shirt. It is the kNN pseudo-label agreement filter of semi-supervised learning, and it trades
+    recall for precision: a tail class with few examples wins fewer votes, so keep ``k`` small.
+
+    Args:
+        labelled: unit vectors of the labelled images (n × d).
+        image_classes: (image row, class position) pairs: the labels of ``labelled``.
+        num_classes: C.
+        k: neighbours that vote.
+        vectors_of: pool rows -> their unit vectors.
+    """
+    import faiss
+    from scipy import sparse
+
+    rows, classes = image_classes
+    membership = sparse.csr_matrix(
+        (np.ones(len(rows), dtype=np.float32), (rows, classes)), shape=(len(labelled), num_classes)
+    )
+    nearest = faiss.IndexFlatIP(labelled.shape[1])
+    nearest.add(np.ascontiguousarray(labelled, dtype=np.float32))
+    k = min(k, len(labelled))
+
+    def agrees(pool_rows: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+        unique, inverse = np.unique(pool_rows, return_inverse=True)
+        wins = np.zeros(len(pool_rows), dtype=bool)
+        for start in range(0, len(unique), VOTE_CHUNK):
+            chunk = unique[start : start + VOTE_CHUNK]
+            _, neighbours = nearest.search(np.ascontiguousarray(vectors_of(chunk), dtype=np.float32), k)
+            # votes[i, c] = how many of item i's neighbours have class c.
+            voters = sparse.csr_matrix(
+                (
+                    np.ones(neighbours.size, dtype=np.float32),
+                    (np.repeat(np.arange(len(chunk)), k), neighbours.ravel()),
+                ),
+                shape=(len(chunk), len(labelled)),
+            )
+            votes = (voters @ membership).toarray()
+            mine = (inverse >= start) & (inverse < start + len(chunk))
+            local = inverse[mine] - start
+            wins[mine] = votes[local, wanted[mine]] == votes.max(axis=1)[local]
+        return wins
+
+    return agrees

@@ -30,6 +30,8 @@ TINY_STEPS = [
     "epochs",
     "baseline",
     "rebalanced",
+    "cnn_baseline",
+    "cnn_rebalanced",
     "export",
     "report",
 ]

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from rebalance.cli import app
@@ -66,6 +67,16 @@ def test_train_on_an_exported_run(tmp_path: Path) -> None:
         "embedding column features, loss ce, sampler repeat_factor" in result.output
     )  # the export's vectors
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert set(metrics["bucket_accuracy"]) == {"rare", "common", "frequent"} and 0 <= metrics["top1"] <= 1
+    # Buckets are the pipeline's, counted before rebalancing (tiny: ankle_boot has 10 images, the
+    # other classes 17-20), not the rebalanced counts, where every class would look alike.
+    report = json.loads((tmp_path / "o" / "report" / "report.json").read_text())
+    assert [row["bucket"] for row in metrics["per_class"]] == report["buckets"]
+    assert report["buckets"] == ["rare"] + ["common"] * 9
+    rare_line = next(line for line in result.output.splitlines() if line.strip("│ ").startswith("rare"))
+    assert "–" not in rare_line
+    # The tiny export's 64 PCA axes separate its classes far above chance (0.1).
+    assert metrics["top1"] >= 0.4
+    common = [row["accuracy"] for row in metrics["per_class"][1:]]
+    assert metrics["bucket_accuracy"]["common"] == pytest.approx(sum(common) / 9)
     missing = invoke("train", str(tmp_path))
     assert missing.exit_code == 3 and "no exported dataset here" in missing.output

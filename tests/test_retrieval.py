@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 
 from rebalance.index import build_index, search
-from rebalance.retrieval import class_quotas, retrieve_with_quotas
+from rebalance.retrieval import class_quotas, knn_vote_filter, retrieve_with_quotas
 
 
 def test_quotas_raise_classes_to_the_target_with_a_cap() -> None:
@@ -79,3 +79,39 @@ def test_knn_queries_score_an_item_by_its_best_example() -> None:
 def test_nothing_to_fill_gives_an_empty_assignment() -> None:
     directions, pool, _ = planted_pool()
     assert len(run(directions, np.arange(3), [0, 0, 0], pool)) == 0
+
+
+def _unit(angles_degrees: list[float]) -> np.ndarray:
+    radians = np.deg2rad(angles_degrees)
+    return np.stack([np.cos(radians), np.sin(radians)], axis=1).astype(np.float32)
+
+
+def test_knn_vote_by_hand() -> None:
+    # Labelled: class 0 at 0°, 10°, 20°; class 1 at 80°, 90°; class 2 (multi-label image) at 45°.
+    labelled = _unit([0, 10, 20, 80, 90, 45])
+    pairs = (np.array([0, 1, 2, 3, 4, 5, 5]), np.array([0, 0, 0, 1, 1, 1, 2]))
+    pool = _unit([5, 85, 50, 40, 30])
+    agrees = knn_vote_filter(labelled, pairs, 3, 3, lambda rows: pool[rows])
+    # Item 0 (5°): neighbours 0°, 10°, 20° -> class 0 wins 3 votes to 0.
+    # Item 1 (85°): 80°, 90°, 45° -> class 1 has 3 votes (the 45° image votes for 1 and 2).
+    # Item 2 (50°): 45°, 80°, 20° -> class 1: 2 (45°, 80°), class 0: 1, class 2: 1.
+    # Item 3 (40°): 45°, 20°, 10° -> class 0: 2, class 1: 1, class 2: 1.
+    rows = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    classes = np.array([0, 1, 1, 2, 1, 2, 0, 2])
+    assert agrees(rows, classes).tolist() == [True, False, True, False, True, False, True, False]
+    # A tie lets each tied class take the item: k = 2 at 30° has 20° (class 0) and 45° (classes 1, 2).
+    tied = knn_vote_filter(labelled, pairs, 3, 2, lambda rows: pool[rows])
+    assert tied(np.array([4, 4, 4, 0]), np.array([0, 1, 2, 1])).tolist() == [True, True, True, False]
+
+
+def test_the_vote_keeps_an_item_out_of_a_class_whose_query_it_is_near() -> None:
+    # Class 0's only example is at 30°; class 1 (no quota) owns the region around 50°. The pool item
+    # at 45° is nearer to class 0's query than the others, but its nearest labelled image is class 1's.
+    labelled = _unit([30, 48, 50, 52])
+    pairs = (np.arange(4), np.array([0, 1, 1, 1]))
+    pool = _unit([45, 10, 0])
+    agrees = knn_vote_filter(labelled, pairs, 2, 1, lambda rows: pool[rows])
+    plain = run(labelled[:1], np.array([0]), [2], pool)
+    voted = run(labelled[:1], np.array([0]), [2], pool, agrees=agrees)
+    assert sorted(plain.rows.tolist()) == [0, 1]
+    assert sorted(voted.rows.tolist()) == [1, 2]

@@ -677,6 +677,9 @@ class HFDatasetExport:
     card: str
     num_shards: int
     plots: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    # Class name -> rare / common / frequent, from the counts *before* rebalancing, so a trainer
+    # scores the exported data on the buckets the pipeline used (after rebalancing all look frequent).
+    class_buckets: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def num_rows(self) -> int:
@@ -695,7 +698,9 @@ class HFDatasetExport:
                 part = self.dataset[split].shard(shards, index, contiguous=True)
                 part.to_parquet(str(data / f"{split}-{index:05d}-of-{shards:05d}.parquet"))
         (directory / "README.md").write_text(self.card)
-        (directory / "export.json").write_text(json.dumps({"num_shards": self.num_shards}))
+        (directory / "export.json").write_text(
+            json.dumps({"num_shards": self.num_shards, "class_buckets": self.class_buckets}, indent=2)
+        )
         if self.plots:
             (directory / "plots").mkdir()
             for name, png in self.plots.items():
@@ -708,8 +713,13 @@ class HFDatasetExport:
     def read(cls, directory: Path) -> Self:
         import datasets
 
-        num_shards = json.loads((directory / "export.json").read_text())["num_shards"]
-        return cls(datasets.load_from_disk(str(directory)), (directory / "README.md").read_text(), num_shards)
+        meta = json.loads((directory / "export.json").read_text())
+        return cls(
+            datasets.load_from_disk(str(directory)),
+            (directory / "README.md").read_text(),
+            meta["num_shards"],
+            class_buckets=meta.get("class_buckets", {}),
+        )
 
 
 def positions_of(ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -118,6 +118,7 @@ def build_report(
     figures: dict[str, Any] = {
         "retrieval": retrieval,
         "stages": {k: v.tolist() for k, v in stages.items()},
+        "changes": {k: int(v.sum()) for k, v in changes.items()},
         "classes": names,
         "buckets": buckets,
     }
@@ -131,22 +132,28 @@ def build_report(
             for run, report in runs.items()
         }
         images["bucket_accuracy"] = plots.bucket_accuracy(accuracy)
-        first = next(iter(accuracy))
+        # Each rebalanced run is compared with the baseline of the same model ("cnn_" prefix).
+        pairs = [
+            (run, run.replace("rebalanced", "baseline"))
+            for run in accuracy
+            if "rebalanced" in run and run.replace("rebalanced", "baseline") in accuracy
+        ]
         rows = []
         for group in groups:
             row = [group, *(_fmt(accuracy[run][group]) for run in accuracy)]
-            if len(accuracy) > 1:
-                delta = [
-                    accuracy[run][group] - accuracy[first][group]
-                    for run in list(accuracy)[1:]
-                    if accuracy[run][group] is not None and accuracy[first][group] is not None
-                ]
-                row += [
-                    f'<span class="{"better" if d > 0 else "worse" if d < 0 else ""}">{d:+.3f}</span>'
-                    for d in delta
-                ]
+            for run, base in pairs:
+                delta = (
+                    None
+                    if accuracy[run][group] is None or accuracy[base][group] is None
+                    else accuracy[run][group] - accuracy[base][group]
+                )
+                row.append(
+                    "–"
+                    if delta is None
+                    else f'<span class="{"better" if delta > 0 else "worse" if delta < 0 else ""}">{delta:+.3f}</span>'
+                )
             rows.append(row)
-        deltas = [f"Δ {run}" for run in list(accuracy)[1:]]
+        deltas = [f"Δ {run}" for run, _ in pairs]
         encoders = sorted({report.metrics["encoder"] for report in runs.values()})
         metric = next(iter(runs.values())).metrics.get("metric", "accuracy")
         explained = (

@@ -25,7 +25,7 @@ from rebalance.steps.stats import (
 Task = Literal["auto", "classification", "detection"]
 
 
-@step("export_hf", version=4)
+@step("export_hf", version=5)
 def export_hf(
     dataset: LabeledDataset,
     original: LabeledDataset | None = None,
@@ -65,8 +65,9 @@ def export_hf(
             for name, split_data in splits.items()
         }
     )
-    card, plots = _card(title, dataset, original, test, resolved, num_shards, list(splits), lineage)
-    return HFDatasetExport(exported, card, num_shards, plots)
+    buckets = compute_class_stats(original if original is not None else dataset).table["bucket"].to_pylist()
+    card, plots = _card(title, dataset, original, test, resolved, num_shards, list(splits), lineage, buckets)
+    return HFDatasetExport(exported, card, num_shards, plots, dict(zip(class_names, buckets, strict=True)))
 
 
 def _resolve_task(dataset: LabeledDataset, task: Task) -> Literal["classification", "detection"]:
@@ -175,13 +176,14 @@ def _card(
     num_shards: int,
     splits: list[str],
     lineage: dict[str, Any] | None,
+    buckets: list[str],
 ) -> tuple[str, dict[str, bytes]]:
-    """The dataset card (README.md) and its plots."""
+    """The dataset card (README.md) and its plots; ``buckets`` per class, from the original counts."""
     from rebalance.report.plots import class_distribution
 
     stats = compute_class_stats(dataset)
     after = stats.table["images"].to_numpy()
-    counts: dict[str, Any] = {"class": stats.table["name"], "bucket": stats.table["bucket"]}
+    counts: dict[str, Any] = {"class": stats.table["name"], "bucket": pa.array(buckets, pa.string())}
     stages = {}
     if original is not None:
         before, _ = class_counts(original)
@@ -224,8 +226,9 @@ def _card(
         '```python\nimport datasets\nds = datasets.load_from_disk("<this folder>")\n'
         '# or: datasets.load_dataset("<this folder>")\n```\n',
         f"## Class counts (train images)\n\n{before_total}{dataset.num_rows:,} images, {summary['classes']} classes, "
-        f"imbalance ratio {_ratio(summary['imbalance_ratio'])}; buckets: rare ≤ 10 < common ≤ 100 < frequent "
-        f"images per class ({summary['bucket_source']}).\n",
+        f"imbalance ratio {_ratio(summary['imbalance_ratio'])}; buckets (rare ≤ 10 < common ≤ 100 < frequent "
+        "images per class, counted before rebalancing, or the dataset's own LVIS field) are recorded per class in "
+        "`export.json` (`class_buckets`), which `rebalance train` reads.\n",
         "![class counts before and after](plots/class_counts.png)\n",
         markdown_table(pa.table(counts)),
     ]

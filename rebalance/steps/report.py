@@ -12,6 +12,8 @@ def report(
     final: LabeledDataset,
     baseline: TrainReport | None = None,
     rebalanced: TrainReport | None = None,
+    cnn_baseline: TrainReport | None = None,
+    cnn_rebalanced: TrainReport | None = None,
     frequency: ConceptFrequency | None = None,
     *,
     title: str = "rebalance report",
@@ -19,12 +21,17 @@ def report(
     """Write report.html and PNG plots: class counts after each stage, removals, and per-bucket accuracy.
 
     ``original`` is the data before rebalancing (it defines the rare/common/frequent buckets),
-    ``final`` the data after; ``baseline`` and ``rebalanced`` are training reports to compare;
+    ``final`` the data after; ``baseline`` and ``rebalanced`` are training reports to compare (a
+    probe or head), ``cnn_baseline`` and ``cnn_rebalanced`` a second pair (a CNN on the images);
     ``frequency`` adds the concept-frequency plot and table.
     """
     from rebalance.report.html import build_report
 
-    runs = {
-        name: run for name, run in (("baseline", baseline), ("rebalanced", rebalanced)) if run is not None
+    given = {
+        "baseline": baseline,
+        "rebalanced": rebalanced,
+        "cnn_baseline": cnn_baseline,
+        "cnn_rebalanced": cnn_rebalanced,
     }
+    runs = {name: run for name, run in given.items() if run is not None}
     return build_report(title, original, final, runs, frequency)

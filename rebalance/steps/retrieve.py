@@ -16,7 +16,7 @@ from rebalance.core.registry import step
 from rebalance.errors import DataError
 from rebalance.index import unit_rows
 from rebalance.models.device import Device
-from rebalance.retrieval import Assignment, Target, retrieve_with_quotas
+from rebalance.retrieval import Assignment, Target, knn_vote_filter, retrieve_with_quotas
 from rebalance.steps.stats import balance_quotas, freeze_buckets
 from rebalance.text.normalize import readable
 
@@ -75,6 +75,7 @@ def retrieve(
     max_per_class: PositiveInt | None = None,
     tail_only: bool = False,
     min_score: confloat(ge=-1, le=1) | None = None,
+    vote_k: PositiveInt | None = None,
     duplicate_threshold: confloat(gt=0, le=1) | None = 0.995,
     nprobe: PositiveInt | None = None,
     backend: vector_index.Backend = "auto",
@@ -91,7 +92,10 @@ def retrieve(
     name), embedded by the encoder that embedded the pool; ``both`` = the sum of the two, for
     CLIP-style encoders. A pool item goes to at most one class (its best match), never one that is
     already in the dataset (same file, or cosine ≥ ``duplicate_threshold`` to a dataset image; null
-    turns the near-copy check off), and never below ``min_score``.
+    turns the near-copy check off), and never below ``min_score``. With ``vote_k``, an item joins
+    class c only when c wins the vote of its ``vote_k`` nearest dataset images over *all* classes
+    (``rebalance.retrieval.knn_vote_filter``): a precision filter that keeps, say, a coat found
+    near a shirt example out of the shirts.
 
     Retrieved rows are new images with ``source = retrieved`` and provenance columns
     ``retrieval_query``, ``retrieval_score``, ``pool_image_id`` and ``pool_file_name`` (plus the
@@ -108,6 +112,8 @@ def retrieve(
             f"the dataset was embedded by {embeddings.encoder!r} but the pool index by {index.encoder!r}; "
             "embed both with the same encoder"
         )
+    if vote_k is not None and embeddings is None:
+        raise DataError("vote_k needs the dataset's embeddings (the voters); wire `embeddings`")
     if tail_only and frequency is None:
         raise DataError("tail_only needs the concept frequency table; wire `frequency`")
     eligible = _tail_mask(dataset, frequency) if tail_only else None
@@ -140,7 +146,19 @@ def retrieve(
             rows = np.where(scores >= min_score, rows, -1)
         return scores, rows
 
-    found = retrieve_with_quotas(search, queries, query_classes, quotas, index.num_rows, excluded=excluded)
+    agrees = None
+    if vote_k is not None:
+        _enable_reconstruct(index.index)
+        agrees = knn_vote_filter(
+            dataset_vectors,
+            (pair_rows, pair_classes),
+            len(dataset.class_names()),
+            vote_k,
+            lambda rows: unit_rows(index.index.reconstruct_batch(rows.astype(np.int64))),
+        )
+    found = retrieve_with_quotas(
+        search, queries, query_classes, quotas, index.num_rows, excluded=excluded, agrees=agrees
+    )
     return _with_retrieved(dataset, pool, pool_positions, index, found, descriptions)
 
 

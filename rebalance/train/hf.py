@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,19 @@ def locate_export(path: Path) -> Path:
     )
 
 
+def export_buckets(folder: Path, names: list[str]) -> list[str] | None:
+    """Each class's bucket as the pipeline recorded it in ``export.json`` (counted before
+    rebalancing); None for an export without them."""
+    meta = folder / "export.json"
+    recorded = json.loads(meta.read_text()).get("class_buckets") if meta.is_file() else None
+    if not recorded:
+        return None
+    missing = [name for name in names if name not in recorded]
+    if missing:
+        raise DataError(f"{meta}: class_buckets lacks {missing[:5]}; re-export the dataset")
+    return [recorded[name] for name in names]
+
+
 def _features(split: Any, image_size: int) -> np.ndarray:
     if "embedding" in split.column_names:
         return np.asarray(split["embedding"], dtype=np.float32)
@@ -46,7 +60,8 @@ def train_on_export(
     """Train a head on the export's train split and score it on its test split, per bucket.
 
     Features: the ``embedding`` column when the export has one, else grey pixels projected on the
-    training split's top-``dim`` PCA axes (pixels_pca). Buckets come from the training counts.
+    training split's top-``dim`` PCA axes (pixels_pca). Buckets are the ones the export recorded
+    (counted before rebalancing), else from the training counts.
     ``zero_shot_encoder`` (an encoder spec string) starts the probe from that CLIP model's zero-shot
     classifier over the class names (REAL-Linear).
     """
@@ -95,7 +110,7 @@ def train_on_export(
         checkpoint=checkpoint,
         zero_shot=zero_shot,
     )
-    buckets = frequency_buckets(np.bincount(labels, minlength=len(names)))
+    buckets = export_buckets(folder, names) or frequency_buckets(np.bincount(labels, minlength=len(names)))
     metrics = classification_metrics(predict(head, test_x), np.asarray(test["label"]), names, buckets)
     return {
         **metrics,

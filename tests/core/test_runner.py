@@ -55,8 +55,10 @@ def test_changing_one_parameter_reruns_only_downstream(run_dirs: list[str]) -> N
         "epochs": "upstream changed: sampled",
         "baseline": "upstream changed: verified, embedded, test_embedded",
         "rebalanced": "upstream changed: sampled, synthesized_embedded, verified, test_embedded",
+        "cnn_baseline": "upstream changed: verified",
+        "cnn_rebalanced": "upstream changed: sampled, verified",
         "export": "upstream changed: sampled, synthesized_embedded, test_embedded",
-        "report": "upstream changed: baseline, sampled, verified, rebalanced",
+        "report": "upstream changed: baseline, cnn_baseline, cnn_rebalanced, sampled, verified, rebalanced",
     }
     assert api.run(TINY, changed).executed == [
         s for s in TINY_STEPS[2:] if s not in ("synonyms", "frequency", "pool")

@@ -77,7 +77,9 @@ def test_calibrated_moments_by_hand() -> None:
     np.testing.assert_allclose(mean, [2 / 3, 4 / 3])
     np.testing.assert_allclose(cov, (1.0 + 3.0) / 2 * identity + 0.5 * identity)
     head_mean, head_cov = calibrated_moments(stats, 0, head_classes=[0, 1, 2], borrow=2, alpha=0.5, dim=2)
-    np.testing.assert_allclose(head_mean, [2, 0]) and np.testing.assert_allclose(head_cov, 1.5 * identity)
+    # A head class keeps its own moments, with the ridge α·I added to its covariance.
+    np.testing.assert_allclose(head_mean, [2, 0])
+    np.testing.assert_allclose(head_cov, 1.5 * identity)
 
 
 def test_gaussian_samples_converge_to_the_calibrated_statistics() -> None:
