@@ -74,8 +74,8 @@ def test_train_on_an_exported_run(tmp_path: Path) -> None:
     assert report["buckets"] == ["rare"] + ["common"] * 9
     rare_line = next(line for line in result.output.splitlines() if line.strip("│ ").startswith("rare"))
     assert "–" not in rare_line
-    # The tiny export's 64 PCA axes separate its classes far above chance (0.1).
-    assert metrics["top1"] >= 0.4
+    # Five epochs on the tiny export's 64 PCA axes: far above chance (0.1).
+    assert metrics["top1"] >= 0.3
     common = [row["accuracy"] for row in metrics["per_class"][1:]]
     assert metrics["bucket_accuracy"]["common"] == pytest.approx(sum(common) / 9)
     missing = invoke("train", str(tmp_path))

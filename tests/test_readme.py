@@ -24,3 +24,14 @@ def readme_panel() -> str:
 def test_readme_panel_equals_what_compare_prints_at_the_pinned_seeds(tmp_path: Path) -> None:
     result = api.compare(DEMO, [f"cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'out'}"], seeds=3)
     assert readme_panel() == panel_markdown(result)
+    # The README's reading of the panel. CNN: the pipeline's data beats the best loss-only baseline
+    # on rare classes and top-1 (paired intervals above zero) and no bucket drops beyond its interval.
+    cnn = result["models"]["train_cnn"]
+    assert cnn["best_loss_only"] == "LDAM-DRW"
+    winner = next(row for row in cnn["rows"] if row["variant"] == "pipeline + LDAM-DRW")["vs_best"]
+    assert winner["rare"]["low"] > 0 and winner["top1"]["low"] > 0
+    assert all(winner[bucket]["high"] > 0 for bucket in ("common", "frequent"))
+    # Probe: no pipeline variant beats logit adjustment on top-1 beyond its interval.
+    probe = result["models"]["train_probe"]
+    assert probe["best_loss_only"] == "logit adjustment"
+    assert all(row["vs_best"]["top1"]["low"] < 0 for row in probe["rows"] if row["data"] == "rebalanced")

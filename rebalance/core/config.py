@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import pydantic
 import yaml
@@ -28,8 +28,11 @@ COMMAND_LINE = "command line"
 # already key the cache, so it never causes extra re-runs; users cannot set it.
 LINEAGE_PARAM = "lineage"
 RESERVED_STEP_KEYS = ("step", "inputs")
-TOP_LEVEL_KEYS = ("name", "seed", "device", "cache_dir", "output_dir", "executor", "steps")
+TOP_LEVEL_KEYS = ("name", "seed", "device", "buckets", "cache_dir", "output_dir", "executor", "steps")
 DEVICES = ("auto", "cpu", "cuda")
+
+
+_Section = TypeVar("_Section", bound=pydantic.BaseModel)
 
 
 class ExecutorConfig(pydantic.BaseModel):
@@ -46,6 +49,23 @@ class ExecutorConfig(pydantic.BaseModel):
     n_workers: pydantic.PositiveInt | None = None
     shard_rows: pydantic.PositiveInt = 1000
     retries: pydantic.NonNegativeInt = 2
+
+
+class BucketConfig(pydantic.BaseModel):
+    """The rare / common / frequent thresholds, in training images per class, counted before
+    rebalancing (LVIS: rare ≤ 10 < common ≤ 100 < frequent). Pipeline-wide: every step that declares
+    ``rare_max_images`` / ``common_max_images`` receives them, so stats, retrieval, thinning,
+    training, export and report share one definition."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+    rare_max_images: pydantic.PositiveInt = 10
+    common_max_images: pydantic.PositiveInt = 100
+
+    @pydantic.model_validator(mode="after")
+    def _ordered(self) -> BucketConfig:
+        if self.common_max_images <= self.rare_max_images:
+            raise ValueError("common_max_images must be larger than rare_max_images")
+        return self
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,7 +267,8 @@ def load_pipeline(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -
             )
         )
         device = "auto"
-    executor = _validate_executor(tree, issues)
+    executor = _validate_section(tree, "executor", ExecutorConfig, issues)
+    buckets = _validate_section(tree, "buckets", BucketConfig, issues)
     cache_dir = _resolve_dir(tree, "cache_dir", Path(os.environ.get("REBALANCE_CACHE", "cache")), issues)
     output_dir = _resolve_dir(tree, "output_dir", Path("runs") / name, issues)
 
@@ -262,7 +283,8 @@ def load_pipeline(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -
     else:
         registry = all_steps()
         for step_id, raw in raw_steps.items():
-            step = _validate_step(tree, str(step_id), raw, {"seed": seed, "device": device}, registry, issues)
+            filled = {"seed": seed, "device": device, **buckets.model_dump()}
+            step = _validate_step(tree, str(step_id), raw, filled, registry, issues)
             if step is not None:
                 steps[step.id] = step
         _validate_wiring(tree, raw_steps, steps, issues)
@@ -324,16 +346,17 @@ def _pydantic_issues(
     return issues
 
 
-def _validate_executor(tree: _Tree, issues: list[ConfigIssue]) -> ExecutorConfig:
-    raw = tree.data.get("executor", {})
+def _validate_section(tree: _Tree, key: str, model: type[_Section], issues: list[ConfigIssue]) -> _Section:
+    """A top-level mapping validated by ``model``; its defaults (and the issues) when it is invalid."""
+    raw = tree.data.get(key, {})
     if not isinstance(raw, dict):
-        issues.append(ConfigIssue(tree.source_of(("executor",)), "executor", "expected a mapping"))
-        return ExecutorConfig()
+        issues.append(ConfigIssue(tree.source_of((key,)), key, "expected a mapping"))
+        return model()
     try:
-        return ExecutorConfig.model_validate(raw)
+        return model.model_validate(raw)
     except pydantic.ValidationError as error:
-        issues.extend(_pydantic_issues(error, tree, ("executor",), list(ExecutorConfig.model_fields)))
-        return ExecutorConfig()
+        issues.extend(_pydantic_issues(error, tree, (key,), list(model.model_fields)))
+        return model()
 
 
 def _resolve_dir(tree: _Tree, key: str, default: Path, issues: list[ConfigIssue]) -> Path:

@@ -11,8 +11,8 @@ from rebalance.core.artifacts import ConceptFrequency, LabeledDataset, Report, T
 from rebalance.report import plots
 from rebalance.steps.stats import (
     BUCKETS,
+    class_buckets,
     class_counts,
-    compute_class_stats,
     expected_draws_per_epoch,
     retrieval_summary,
     stage_changes,
@@ -40,10 +40,12 @@ def build_report(
     final: LabeledDataset,
     runs: dict[str, TrainReport],
     frequency: ConceptFrequency | None = None,
+    thresholds: tuple[int, int] = (10, 100),
 ) -> Report:
     """The report for one pipeline run (``runs`` maps a name such as "baseline" to its training report)."""
     names = original.class_names()
-    buckets = compute_class_stats(original).table["bucket"].to_pylist()
+    rare_max, common_max = thresholds
+    buckets = class_buckets(original, rare_max_images=rare_max, common_max_images=common_max)
     before = class_counts(original)[0]
     stages: dict[str, np.ndarray] = {"original": before}
     changes = stage_changes(original, final)
@@ -71,7 +73,7 @@ def build_report(
     sections = [
         f"<h1>{html.escape(title)}</h1>",
         f"<p>{original.num_rows:,} images in {len(names)} classes before; {final.num_rows:,} after. "
-        f"Buckets from the original training set: rare ≤ 10 < common ≤ 100 < frequent images.</p>",
+        f"Buckets from the original training set: rare ≤ {rare_max} < common ≤ {common_max} < frequent images.</p>",
         "<h2>Class distribution, stage by stage</h2>",
         '<img src="plots/class_distribution.png" alt="class distribution per stage">',
         _table(["class", "bucket", *stages], count_rows),

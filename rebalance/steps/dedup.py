@@ -12,16 +12,17 @@ from pydantic import NonNegativeInt, PositiveInt, confloat
 
 from rebalance.core.artifacts import Embeddings, LabeledDataset
 from rebalance.core.registry import step
-from rebalance.steps.stats import class_counts, compute_class_stats
+from rebalance.steps.stats import class_buckets, class_counts
 
 Bucket = Literal["rare", "common", "frequent"]
 
 
-def thinnable_images(dataset: LabeledDataset, thin_buckets: tuple[str, ...]) -> np.ndarray:
-    """True for images whose every class is in ``thin_buckets`` (an image with any tail class is kept)."""
-    in_bucket = np.isin(
-        compute_class_stats(dataset).table["bucket"].to_numpy(zero_copy_only=False), thin_buckets
-    )
+def thinnable_images(
+    dataset: LabeledDataset, buckets: np.ndarray, thin_buckets: tuple[str, ...]
+) -> np.ndarray:
+    """True for images whose every class (``buckets``: one per class) is in ``thin_buckets``: an image
+    with any tail class is kept."""
+    in_bucket = np.isin(buckets, thin_buckets)
     lists = dataset.category_lists()
     lengths = np.diff(lists.offsets.to_numpy())
     outside = np.bincount(
@@ -41,6 +42,8 @@ def semdedup_step(
     images_per_cluster: PositiveInt = 1000,
     kmeans_iterations: PositiveInt = 10,
     thin_buckets: tuple[Bucket, ...] = ("frequent",),
+    rare_max_images: PositiveInt = 10,
+    common_max_images: PositiveInt = 100,
     seed: NonNegativeInt = 0,
 ) -> LabeledDataset:
     """Remove semantic near-duplicates (cosine > 1 - epsilon) of head images, SemDeDup-style.
@@ -61,7 +64,11 @@ def semdedup_step(
         n_clusters=-(-dataset.num_rows // images_per_cluster),
         seed=seed,
         groups=groups.indices.to_numpy(zero_copy_only=False),
-        protected=~thinnable_images(dataset, thin_buckets),
+        protected=~thinnable_images(
+            dataset,
+            class_buckets(dataset, rare_max_images=rare_max_images, common_max_images=common_max_images),
+            thin_buckets,
+        ),
         kmeans_iterations=kmeans_iterations,
     )
     drop = ~result.keep
@@ -79,6 +86,8 @@ def entity_thinning(
     *,
     tau: PositiveInt | None = None,
     thin_buckets: tuple[Bucket, ...] = ("frequent",),
+    rare_max_images: PositiveInt = 10,
+    common_max_images: PositiveInt = 100,
     seed: NonNegativeInt = 0,
 ) -> LabeledDataset:
     """Keep each head image with probability p = min(1, tau / N_e), N_e = images of its most frequent class.
@@ -91,10 +100,9 @@ def entity_thinning(
     classes come down to the size of the largest protected class. Bernoulli draws come from seed.
     """
     images_per_class, _ = class_counts(dataset)
-    candidates = thinnable_images(dataset, thin_buckets)
-    protected_counts = images_per_class[
-        ~np.isin(compute_class_stats(dataset).table["bucket"].to_numpy(zero_copy_only=False), thin_buckets)
-    ]
+    buckets = class_buckets(dataset, rare_max_images=rare_max_images, common_max_images=common_max_images)
+    candidates = thinnable_images(dataset, buckets, thin_buckets)
+    protected_counts = images_per_class[~np.isin(buckets, thin_buckets)]
     threshold = (
         tau
         if tau is not None

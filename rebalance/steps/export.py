@@ -15,6 +15,7 @@ from rebalance.core.artifacts import Embeddings, HFDatasetExport, LabeledDataset
 from rebalance.core.registry import step
 from rebalance.errors import DataError
 from rebalance.steps.stats import (
+    class_buckets,
     class_counts,
     compute_class_stats,
     expected_draws_per_epoch,
@@ -37,6 +38,8 @@ def export_hf(
     embed_images: bool = True,
     num_shards: PositiveInt = 1,
     title: str = "Rebalanced dataset",
+    rare_max_images: PositiveInt = 10,
+    common_max_images: PositiveInt = 100,
     lineage: dict[str, Any] | None = None,
 ) -> HFDatasetExport:
     """Write a datasets.DatasetDict (train, and test when given) plus a dataset card.
@@ -65,8 +68,23 @@ def export_hf(
             for name, split_data in splits.items()
         }
     )
-    buckets = compute_class_stats(original if original is not None else dataset).table["bucket"].to_pylist()
-    card, plots = _card(title, dataset, original, test, resolved, num_shards, list(splits), lineage, buckets)
+    buckets = class_buckets(
+        original if original is not None else dataset,
+        rare_max_images=rare_max_images,
+        common_max_images=common_max_images,
+    )
+    card, plots = _card(
+        title,
+        dataset,
+        original,
+        test,
+        resolved,
+        num_shards,
+        list(splits),
+        lineage,
+        buckets,
+        (rare_max_images, common_max_images),
+    )
     return HFDatasetExport(exported, card, num_shards, plots, dict(zip(class_names, buckets, strict=True)))
 
 
@@ -177,6 +195,7 @@ def _card(
     splits: list[str],
     lineage: dict[str, Any] | None,
     buckets: list[str],
+    thresholds: tuple[int, int],
 ) -> tuple[str, dict[str, bytes]]:
     """The dataset card (README.md) and its plots; ``buckets`` per class, from the original counts."""
     from rebalance.report.plots import class_distribution
@@ -226,7 +245,7 @@ def _card(
         '```python\nimport datasets\nds = datasets.load_from_disk("<this folder>")\n'
         '# or: datasets.load_dataset("<this folder>")\n```\n',
         f"## Class counts (train images)\n\n{before_total}{dataset.num_rows:,} images, {summary['classes']} classes, "
-        f"imbalance ratio {_ratio(summary['imbalance_ratio'])}; buckets (rare ≤ 10 < common ≤ 100 < frequent "
+        f"imbalance ratio {_ratio(summary['imbalance_ratio'])}; buckets (rare ≤ {thresholds[0]} < common ≤ {thresholds[1]} < frequent "
         "images per class, counted before rebalancing, or the dataset's own LVIS field) are recorded per class in "
         "`export.json` (`class_buckets`), which `rebalance train` reads.\n",
         "![class counts before and after](plots/class_counts.png)\n",

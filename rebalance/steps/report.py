@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import PositiveInt
+
 from rebalance.core.artifacts import ConceptFrequency, LabeledDataset, Report, TrainReport
 from rebalance.core.registry import step
 
@@ -17,6 +19,8 @@ def report(
     frequency: ConceptFrequency | None = None,
     *,
     title: str = "rebalance report",
+    rare_max_images: PositiveInt = 10,
+    common_max_images: PositiveInt = 100,
 ) -> Report:
     """Write report.html and PNG plots: class counts after each stage, removals, and per-bucket accuracy.
 
@@ -34,4 +38,4 @@ def report(
         "cnn_rebalanced": cnn_rebalanced,
     }
     runs = {name: run for name, run in given.items() if run is not None}
-    return build_report(title, original, final, runs, frequency)
+    return build_report(title, original, final, runs, frequency, (rare_max_images, common_max_images))

@@ -79,6 +79,8 @@ def retrieve(
     duplicate_threshold: confloat(gt=0, le=1) | None = 0.995,
     nprobe: PositiveInt | None = None,
     backend: vector_index.Backend = "auto",
+    rare_max_images: PositiveInt = 10,
+    common_max_images: PositiveInt = 100,
     device: Device = "auto",
 ) -> LabeledDataset:
     """Add pool images to the classes below a balance target, as REAL-Linear fills the tail.
@@ -159,7 +161,8 @@ def retrieve(
     found = retrieve_with_quotas(
         search, queries, query_classes, quotas, index.num_rows, excluded=excluded, agrees=agrees
     )
-    return _with_retrieved(dataset, pool, pool_positions, index, found, descriptions)
+    frozen = freeze_buckets(dataset, rare_max_images=rare_max_images, common_max_images=common_max_images)
+    return _with_retrieved(frozen, pool, pool_positions, index, found, descriptions)
 
 
 def _normalised(vectors: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -335,7 +338,7 @@ def _with_retrieved(
     }
     columns |= {name: taken[name] for name in ("caption", "reference_label") if name in taken.column_names}
     category_ids = dataset.categories["category_id"].to_numpy()[found.classes]
-    return freeze_buckets(dataset).add_images(columns, category_ids)
+    return dataset.add_images(columns, category_ids)
 
 
 def _relative_to(dataset: LabeledDataset, path: Path) -> str:

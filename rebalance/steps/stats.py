@@ -138,14 +138,16 @@ def balance_quotas(
     )
 
 
-def freeze_buckets(dataset: LabeledDataset) -> LabeledDataset:
+def freeze_buckets(
+    dataset: LabeledDataset, *, rare_max_images: int = 10, common_max_images: int = 100
+) -> LabeledDataset:
     """The dataset with each class's rare/common/frequent bucket fixed at its current counts.
 
     Called before a stage adds rows: a tail class filled to the median must stay a tail class for
     the steps after (head dedup and thinning never touch the tail), so the bucket is written as
     LVIS's r/c/f code unless the dataset already declares one.
     """
-    stats = compute_class_stats(dataset)
+    stats = compute_class_stats(dataset, rare_max_images=rare_max_images, common_max_images=common_max_images)
     if stats.summary["bucket_source"] == "dataset":
         return dataset
     codes = pa.array([bucket[0] for bucket in stats.table["bucket"].to_pylist()], pa.string())
@@ -240,6 +242,14 @@ def compute_class_stats(
     return ClassStats(table, summary)
 
 
+def class_buckets(
+    dataset: LabeledDataset, *, rare_max_images: int = 10, common_max_images: int = 100
+) -> list[str]:
+    """Each class's rare / common / frequent bucket (``compute_class_stats``'s rule)."""
+    stats = compute_class_stats(dataset, rare_max_images=rare_max_images, common_max_images=common_max_images)
+    return stats.table["bucket"].to_pylist()
+
+
 @step("class_stats")
 def class_stats(
     dataset: LabeledDataset, *, rare_max_images: PositiveInt = 10, common_max_images: PositiveInt = 100
@@ -248,6 +258,6 @@ def class_stats(
 
     Buckets use the dataset's own LVIS ``frequency`` field when every class has one; otherwise
     they are computed from training images per class (rare ≤ rare_max_images < common ≤
-    common_max_images < frequent). Imbalance ratio = max / min images over non-empty classes.
+    common_max_images < frequent; the pipeline-wide ``buckets`` setting fills both). Imbalance ratio = max / min images over non-empty classes.
     """
     return compute_class_stats(dataset, rare_max_images=rare_max_images, common_max_images=common_max_images)

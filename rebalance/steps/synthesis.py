@@ -17,7 +17,7 @@ from rebalance.errors import DataError
 from rebalance.index import unit_rows
 from rebalance.models.device import Device
 from rebalance.retrieval import Target
-from rebalance.steps.stats import balance_quotas, compute_class_stats, freeze_buckets
+from rebalance.steps.stats import balance_quotas, class_buckets, freeze_buckets
 from rebalance.synthesis.features import calibrated_gaussian, smote
 
 
@@ -34,6 +34,8 @@ def synthesize_features(
     alpha: confloat(ge=0) = 0.1,
     lof_neighbors: PositiveInt | None = 20,
     device: Device = "auto",
+    rare_max_images: PositiveInt = 10,
+    common_max_images: PositiveInt = 100,
     seed: NonNegativeInt = 0,
 ) -> LabeledDataset:
     """Add synthetic *feature* rows to the classes still below the balance target.
@@ -59,7 +61,14 @@ def synthesize_features(
     if method == "smote":
         made = smote(features, labels, quotas, k=k, seed=seed, device=device)
     else:
-        head = np.array([b == "frequent" for b in compute_class_stats(dataset).table["bucket"].to_pylist()])
+        head = np.array(
+            [
+                b == "frequent"
+                for b in class_buckets(
+                    dataset, rare_max_images=rare_max_images, common_max_images=common_max_images
+                )
+            ]
+        )
         made = calibrated_gaussian(
             features,
             labels,
@@ -88,7 +97,9 @@ def synthesize_features(
         "synthesis_seed": pa.array([seed] * count, pa.int64()),
     }
     category_ids = dataset.categories["category_id"].to_numpy()[made.labels]
-    return freeze_buckets(dataset).add_images(columns, category_ids)
+    return freeze_buckets(
+        dataset, rare_max_images=rare_max_images, common_max_images=common_max_images
+    ).add_images(columns, category_ids)
 
 
 DEFAULT_PROMPTS = ("a photo of a {}.",)
@@ -114,6 +125,8 @@ def synthesize_images(
     min_clip_score: confloat(ge=-1, le=1) | None = 0.2,
     real_similarity: tuple[confloat(ge=-1, le=1), confloat(ge=-1, le=1)] | None = (0.5, 0.95),
     device: Device = "auto",
+    rare_max_images: PositiveInt = 10,
+    common_max_images: PositiveInt = 100,
     seed: NonNegativeInt = 0,
 ) -> LabeledDataset:
     """Generate images for the classes still below the balance target, and keep the good ones (Gen2Det, ADR).
@@ -210,7 +223,9 @@ def synthesize_images(
             name = f"{int(category_ids[cls])}_{candidate['index']:05d}_{candidate['seed']}.png"
             files[name] = candidate["png"]
             kept_rows.append({**candidate, "artifact_file": name})
-    grown = freeze_buckets(dataset).add_images(
+    grown = freeze_buckets(
+        dataset, rare_max_images=rare_max_images, common_max_images=common_max_images
+    ).add_images(
         _generated_columns(kept_rows, mode, model, image_size),
         np.array([r["category_id"] for r in kept_rows], dtype=np.int64),
     )

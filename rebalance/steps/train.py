@@ -13,7 +13,7 @@ from rebalance.core.artifacts import ConceptFrequency, Embeddings, LabeledDatase
 from rebalance.core.registry import ModelRef, step
 from rebalance.errors import DataError
 from rebalance.models.device import Device
-from rebalance.steps.stats import compute_class_stats
+from rebalance.steps.stats import class_buckets
 from rebalance.train.losses import LossName
 
 
@@ -41,6 +41,8 @@ def train_probe(
     tau_norm: float | None = None,
     crt_epochs: NonNegativeInt = 0,
     device: Literal["auto", "cpu", "cuda"] = "auto",
+    rare_max_images: PositiveInt = 10,
+    common_max_images: PositiveInt = 100,
     seed: NonNegativeInt = 0,
 ) -> TrainReport:
     """Train a linear probe (hidden = 0) or MLP head on embeddings; report top-1 and per-bucket accuracy.
@@ -101,7 +103,11 @@ def train_probe(
             zero_shot=zero_shot,
         )
     test_x = test_embeddings.aligned_to(test.images["image_id"].to_numpy())
-    buckets = compute_class_stats(original if original is not None else dataset).table["bucket"].to_pylist()
+    buckets = class_buckets(
+        original if original is not None else dataset,
+        rare_max_images=rare_max_images,
+        common_max_images=common_max_images,
+    )
     if multilabel:
         metrics = multilabel_metrics(
             class_scores(head, test_x), _targets(test, True), dataset.class_names(), buckets
@@ -155,6 +161,8 @@ def finetune_encoder(
     encoder_lr: PositiveFloat = 1e-5,
     weight_decay: float = 1e-4,
     device: Device = "auto",
+    rare_max_images: PositiveInt = 10,
+    common_max_images: PositiveInt = 100,
     seed: NonNegativeInt = 0,
 ) -> TrainReport:
     """Fine-tune the image encoder with a linear head end to end on the images; report per-bucket accuracy.
@@ -196,7 +204,11 @@ def finetune_encoder(
     )
     test_paths = [test.image_path(name) for name in test.images["file_name"].to_pylist()]
     predictions = tuned.predict(test_paths, batch_size, resolve_device(device))
-    buckets = compute_class_stats(original if original is not None else dataset).table["bucket"].to_pylist()
+    buckets = class_buckets(
+        original if original is not None else dataset,
+        rare_max_images=rare_max_images,
+        common_max_images=common_max_images,
+    )
     metrics = classification_metrics(
         predictions, test.single_labels("scoring a classifier"), dataset.class_names(), buckets
     )
@@ -239,6 +251,8 @@ def train_cnn(
     gamma: float = 2.0,
     crt_epochs: NonNegativeInt = 0,
     device: Device = "auto",
+    rare_max_images: PositiveInt = 10,
+    common_max_images: PositiveInt = 100,
     seed: NonNegativeInt = 0,
 ) -> TrainReport:
     """Train a small CNN from scratch on the images (``image_size`` px, ``channels`` 1 grey or 3 RGB);
@@ -285,7 +299,11 @@ def train_cnn(
     )
     test_paths = [test.image_path(name) for name in test.images["file_name"].to_pylist()]
     predictions = trained.predict(load_pixels(test_paths, image_size, channels))
-    buckets = compute_class_stats(original if original is not None else dataset).table["bucket"].to_pylist()
+    buckets = class_buckets(
+        original if original is not None else dataset,
+        rare_max_images=rare_max_images,
+        common_max_images=common_max_images,
+    )
     metrics = classification_metrics(
         predictions, test.single_labels("scoring a classifier"), dataset.class_names(), buckets
     )

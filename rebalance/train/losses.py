@@ -1,7 +1,9 @@
 """Long-tail classification losses. ``n_c`` is the number of training samples of class c.
 
 - ``ce``: cross-entropy, −log softmax(z)_y.
-- ``balanced_softmax`` (Ren et al., NeurIPS 2020): cross-entropy on z_c + log n_c.
+- ``balanced_softmax`` (Ren et al., NeurIPS 2020): cross-entropy on z_c + log n_c. The same loss as
+  ``logit_adjustment`` at τ = 1 (log π_c = log n_c − log N, and softmax ignores a shift shared
+  by all classes); kept under its own name for configs that cite it, not run twice by compare.
 - ``logit_adjustment`` (Menon et al., ICLR 2021): cross-entropy on z_c + τ log π_c, π_c = n_c / N.
 - ``class_balanced`` (Cui et al., CVPR 2019): cross-entropy weighted by w_c ∝ (1 − β) / (1 − β^{n_c}),
   normalised so that Σ_c w_c = C.

@@ -203,3 +203,31 @@ def one_issue_of_overrides(overrides: list[str]) -> str:
     with pytest.raises(ConfigError) as caught:
         load_pipeline(TINY, overrides)
     return str(caught.value)
+
+
+def test_bucket_thresholds_reach_every_step_that_declares_them(tmp_path: Path) -> None:
+    config = load_pipeline(TINY, ["buckets.common_max_images=15"])
+    declaring = {
+        s.id: (s.params["rare_max_images"], s.params["common_max_images"])
+        for s in config.steps.values()
+        if "common_max_images" in s.params
+    }
+    assert set(declaring) == {
+        "stats",
+        "retrieved",
+        "synthesized",
+        "deduped",
+        "thinned",
+        "baseline",
+        "rebalanced",
+        "cnn_baseline",
+        "cnn_rebalanced",
+        "export",
+        "report",
+    }
+    assert set(declaring.values()) == {(10, 15)}
+    typo = one_issue(TINY, ["buckets.rare_max=5"])
+    assert "buckets.rare_max: unknown parameter" in typo and "rare_max_images" in typo
+    assert "must be larger than rare_max_images" in one_issue(
+        TINY, ["buckets.rare_max_images=50", "buckets.common_max_images=20"]
+    )

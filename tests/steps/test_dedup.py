@@ -14,7 +14,7 @@ from rebalance.steps.dedup import entity_thinning, semdedup_step, thinnable_imag
 from rebalance.steps.embed import embed_pixels_pca
 from rebalance.steps.export import export_hf
 from rebalance.steps.ingest import ingest_image_folder
-from rebalance.steps.stats import class_counts
+from rebalance.steps.stats import class_buckets, class_counts
 from tests.conftest import REPO
 
 DEMO_TRAIN = REPO / "data" / "fashion_mnist_lt" / "train"
@@ -51,10 +51,13 @@ def test_semdedup_removes_planted_head_copies_and_no_tail_image(tmp_path: Path) 
 
 def test_thinnable_images_are_those_of_head_classes_only() -> None:
     dataset = ingest_image_folder(root=DEMO_TRAIN)
-    head = thinnable_images(dataset, ("frequent",))
+    head = thinnable_images(dataset, class_buckets(dataset), ("frequent",))
     labels = dataset.annotations["category_id"].to_numpy()
     names = np.array(dataset.class_names())
     assert set(names[labels[head]]) == {"coat", "dress", "pullover", "t-shirt_top", "trouser"}
+    # Thresholds move classes between buckets: with common ≤ 200, coat (129 images) is not thinned.
+    wider = thinnable_images(dataset, class_buckets(dataset, common_max_images=200), ("frequent",))
+    assert set(names[labels[wider]]) == {"dress", "pullover", "t-shirt_top", "trouser"}
 
 
 def test_entity_thinning_caps_head_classes_and_spares_the_tail() -> None:

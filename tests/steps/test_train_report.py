@@ -103,3 +103,19 @@ def test_export_trains_with_plain_pytorch_without_rebalance(run_dirs: list[str],
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     sampled_rows = next(step["rows_out"] for step in manifest["steps"] if step["id"] == "sampled")
     assert result.stdout.split() == ["10", str(sampled_rows), "True", "64"]
+
+
+def test_one_bucket_definition_reaches_training_export_and_report(
+    run_dirs: list[str], tmp_path: Path
+) -> None:
+    # With common ≤ 15 images, tiny's bag (17 images) and every 20-image class are frequent.
+    api.run(TINY, [*run_dirs, "buckets.common_max_images=15"])
+    expected = ["rare"] + ["frequent"] * 9
+    report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
+    assert report["buckets"] == expected
+    exported = json.loads((tmp_path / "out" / "export" / "export.json").read_text())["class_buckets"]
+    assert list(exported.values()) == expected
+    for run in report["accuracy"].values():
+        assert run["common"] is None and run["rare"] is not None and run["frequent"] is not None
+    card = (tmp_path / "out" / "export" / "README.md").read_text()
+    assert "rare ≤ 10 < common ≤ 15 < frequent" in card

@@ -87,3 +87,15 @@ def test_tau_normalisation() -> None:
     weight = torch.tensor([[3.0, 4.0], [0.6, 0.8]])
     assert tau_normalise(weight, 1.0).flatten().tolist() == pytest.approx([0.6, 0.8, 0.6, 0.8])
     assert tau_normalise(weight, 0.0).tolist() == weight.tolist()
+
+
+def test_balanced_softmax_is_logit_adjustment_at_tau_one() -> None:
+    logits = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    targets = torch.tensor([0, 1, 2, 3, 0, 3])
+    counts = torch.tensor([500.0, 60.0, 7.0, 1.0])
+    balanced = make_loss("balanced_softmax", counts)(logits, targets, 0.0)
+    adjusted = make_loss("logit_adjustment", counts, tau=1.0)(logits, targets, 0.0)
+    assert balanced.item() == pytest.approx(adjusted.item(), rel=1e-6)
+    assert make_loss("logit_adjustment", counts, tau=0.5)(logits, targets, 0.0).item() != pytest.approx(
+        balanced.item(), rel=1e-3
+    )
