@@ -27,11 +27,12 @@ import dataclasses
 import json
 import math
 import os
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from rebalance.core.config import PipelineConfig, load_pipeline
+from rebalance.core.config import PipelineConfig, StepConfig, load_pipeline
 from rebalance.core.runner import run_pipeline
 from rebalance.errors import RebalanceError
 
@@ -75,25 +76,25 @@ PANEL = (*LOSS_ONLY, *WITH_PIPELINE)
 
 @dataclasses.dataclass(frozen=True)
 class _Wiring:
-    report_id: str
-    # model (training step name) -> {"original": report input, "rebalanced": report input}
+    report: StepConfig
+    # model (its training step's name) -> {"original": report input, "rebalanced": report input}
     models: dict[str, dict[str, str]]
-    step_ids: dict[str, dict[str, str]]
+
+    def step_id(self, model: str, data: str) -> str:
+        return self.report.inputs[self.models[model][data]]
 
 
 def _wiring(config: PipelineConfig) -> _Wiring:
     for step in config.steps.values():
         if step.spec.name != "report":
             continue
-        models: dict[str, dict[str, str]] = {}
-        step_ids: dict[str, dict[str, str]] = {}
-        for original, rebalanced in MODEL_INPUTS:
-            if {original, rebalanced} <= set(step.inputs):
-                model = config.steps[step.inputs[rebalanced]].spec.name
-                models[model] = {"original": original, "rebalanced": rebalanced}
-                step_ids[model] = {"original": step.inputs[original], "rebalanced": step.inputs[rebalanced]}
+        models = {
+            config.steps[step.inputs[rebalanced]].spec.name: {"original": original, "rebalanced": rebalanced}
+            for original, rebalanced in MODEL_INPUTS
+            if {original, rebalanced} <= set(step.inputs)
+        }
         if models:
-            return _Wiring(step.id, models, step_ids)
+            return _Wiring(step, models)
     raise RebalanceError(
         f"{config.source}: compare needs a `report` step whose inputs include `baseline` and `rebalanced` "
         "training steps (see pipelines/demo.yaml)"
@@ -110,8 +111,8 @@ def _run_report(
 def variant_overrides(config: PipelineConfig, wiring: _Wiring, variant: Variant) -> list[str]:
     """``steps.<id>.<param>=<value>`` for every model's training step on the variant's data."""
     overrides = []
-    for ids in wiring.step_ids.values():
-        step = config.steps[ids[variant.data]]
+    for model in wiring.models:
+        step = config.steps[wiring.step_id(model, variant.data)]
         overrides += [
             f"steps.{step.id}.{name}={value}"
             for name, value in variant.params.items()
@@ -124,19 +125,15 @@ def paired_interval(differences: Sequence[float], confidence: float = 0.95) -> d
     """Mean of paired differences and its two-sided t-interval; no interval from a single pair."""
     from scipy import stats
 
-    n = len(differences)
-    mean = sum(differences) / n
-    if n < 2:
+    mean = statistics.fmean(differences)
+    if len(differences) < 2:
         return {"mean": mean, "low": None, "high": None}
-    spread = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * spread / math.sqrt(n)
+    half = (
+        float(stats.t.ppf(0.5 + confidence / 2, len(differences) - 1))
+        * statistics.stdev(differences)
+        / math.sqrt(len(differences))
+    )
     return {"mean": mean, "low": mean - half, "high": mean + half}
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return mean, spread
 
 
 def summarise(runs: dict[str, list[dict[str, float | None]]]) -> dict[str, Any]:
@@ -151,7 +148,8 @@ def summarise(runs: dict[str, list[dict[str, float | None]]]) -> dict[str, Any]:
         for metric in METRICS:
             values = [run[metric] for run in seeds]
             scored = [v for v in values if v is not None]
-            mean[metric], std[metric] = _mean_std(scored) if scored else (None, None)
+            mean[metric] = statistics.fmean(scored) if scored else None
+            std[metric] = (statistics.stdev(scored) if len(scored) > 1 else 0.0) if scored else None
         rows.append({"variant": variant.name, "data": variant.data, "runs": seeds, "mean": mean, "std": std})
     loss_only = [row for row in rows if row["data"] == "original"]
     best = max(loss_only, key=lambda row: row["mean"]["top1"]) if loss_only else None
@@ -196,7 +194,7 @@ def compare(
                 config,
                 [*overrides, f"seed={seed}", *variant_overrides(config, wiring, variant)],
                 config.output_dir / "compare" / f"seed{seed}" / _slug(variant.name),
-                wiring.report_id,
+                wiring.report.id,
             )
             for model, inputs in wiring.models.items():
                 run = report["accuracy"][inputs[variant.data]]
@@ -211,13 +209,13 @@ def compare(
         "ablation": [],
     }
     if ablation:
-        rebalanced_ids = [ids["rebalanced"] for ids in wiring.step_ids.values()]
+        rebalanced_ids = [wiring.step_id(model, "rebalanced") for model in wiring.models]
         for variant, changes in ablation_variants(config, rebalanced_ids).items():
             accuracy = _run_report(
                 config,
                 [*overrides, *changes],
                 config.output_dir / "ablation" / variant.lstrip("-"),
-                wiring.report_id,
+                wiring.report.id,
             )["accuracy"]
             result["ablation"].append(
                 {

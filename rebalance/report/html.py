@@ -18,7 +18,7 @@ from rebalance.steps.stats import (
     stage_changes,
 )
 
-_STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}
 .better{color:#17692a}.worse{color:#a11}"""
@@ -179,5 +179,5 @@ def build_report(
                 f'<p class="worse">warning: {html.escape(w)}</p>' for w in report.metrics["warnings"]
             ]
         figures["accuracy"] = accuracy
-    page = f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>{"".join(sections)}</body></html>\n'
+    page = f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}</style></head><body>{"".join(sections)}</body></html>\n'
     return Report(page, images, figures)

@@ -6,10 +6,7 @@ import html
 from typing import Any
 
 from rebalance.compare import HEADERS, METRICS
-
-_STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"""
+from rebalance.report.html import STYLE
 
 
 def _mean_std(row: dict[str, Any], metric: str) -> str:
@@ -123,5 +120,5 @@ def panel_html(result: dict[str, Any], title: str) -> str:
         sections.append(f"<h2>{html.escape(caption)}</h2><table><tr>{head}</tr>{body}</table>")
     return (
         f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{_STYLE}</style></head><body>{''.join(sections)}</body></html>\n"
+        f"<style>{STYLE}</style></head><body>{''.join(sections)}</body></html>\n"
     )

@@ -174,7 +174,6 @@ def finetune_encoder(
     from rebalance.models.device import resolve_device
     from rebalance.models.encoders import EncoderSpec, load_encoder
     from rebalance.train.finetune import finetune
-    from rebalance.train.metrics import classification_metrics
     from rebalance.train.trainer import HeadConfig
 
     if test.class_names() != dataset.class_names():
@@ -204,13 +203,8 @@ def finetune_encoder(
     )
     test_paths = [test.image_path(name) for name in test.images["file_name"].to_pylist()]
     predictions = tuned.predict(test_paths, batch_size, resolve_device(device))
-    buckets = class_buckets(
-        original if original is not None else dataset,
-        rare_max_images=rare_max_images,
-        common_max_images=common_max_images,
-    )
-    metrics = classification_metrics(
-        predictions, test.single_labels("scoring a classifier"), dataset.class_names(), buckets
+    metrics = _classification_scores(
+        predictions, test, original if original is not None else dataset, rare_max_images, common_max_images
     )
     return TrainReport(
         {
@@ -266,7 +260,6 @@ def train_cnn(
     from rebalance.models.device import resolve_device
     from rebalance.train.cnn import CNNConfig, load_pixels
     from rebalance.train.cnn import train_cnn as fit_cnn
-    from rebalance.train.metrics import classification_metrics
     from rebalance.train.trainer import HeadConfig
 
     if test.class_names() != dataset.class_names():
@@ -299,13 +292,8 @@ def train_cnn(
     )
     test_paths = [test.image_path(name) for name in test.images["file_name"].to_pylist()]
     predictions = trained.predict(load_pixels(test_paths, image_size, channels))
-    buckets = class_buckets(
-        original if original is not None else dataset,
-        rare_max_images=rare_max_images,
-        common_max_images=common_max_images,
-    )
-    metrics = classification_metrics(
-        predictions, test.single_labels("scoring a classifier"), dataset.class_names(), buckets
+    metrics = _classification_scores(
+        predictions, test, original if original is not None else dataset, rare_max_images, common_max_images
     )
     return TrainReport(
         {
@@ -317,6 +305,18 @@ def train_cnn(
             "loss_per_epoch": [round(value, 6) for value in trained.history],
             "warnings": [],
         }
+    )
+
+
+def _classification_scores(
+    predictions: np.ndarray, test: LabeledDataset, reference: LabeledDataset, rare_max: int, common_max: int
+) -> dict:
+    """Per-bucket accuracy of single-label ``predictions`` on ``test``; buckets counted on ``reference``."""
+    from rebalance.train.metrics import classification_metrics
+
+    buckets = class_buckets(reference, rare_max_images=rare_max, common_max_images=common_max)
+    return classification_metrics(
+        predictions, test.single_labels("scoring a classifier"), test.class_names(), buckets
     )
 
 
