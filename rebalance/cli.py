@@ -175,6 +175,9 @@ def report(run_dir: Annotated[str, typer.Argument(help="A run's output folder.")
     """Show where a run's HTML report is, and its per-bucket accuracy."""
     page, figures = api.report_figures(run_dir)
     out.print(f"report: {page.resolve()}", highlight=False)
+    panel = Path(run_dir) / "compare" / "index.html"
+    if panel.is_file():
+        out.print(f"baselines panel (rebalance compare): {panel.resolve()}", highlight=False)
     if "accuracy" in figures:
         from rebalance.compare import HEADERS, METRICS
 

@@ -107,9 +107,14 @@ def test_compare_panel_on_the_tiny_pipeline(run_dirs: list[str], tmp_path: Path)
     parser = _Cells()
     parser.feed((written / "index.html").read_text())
     assert "pipeline + logit adjustment" in parser.cells
-    # The same figures from the command line, as markdown.
+    # The same figures from the command line, as markdown; `rebalance report` points to the panel.
     shown = invoke("compare", str(TINY), *run_dirs, "--seeds", "2", "--markdown")
     assert shown.exit_code == 0 and shown.output == panel_markdown(result)
+    api.run(TINY, run_dirs)
+    assert (
+        f"baselines panel (rebalance compare): {written / 'index.html'}"
+        in invoke("report", str(tmp_path / "out")).output
+    )
 
 
 def test_compare_needs_a_report_with_two_runs(tmp_path: Path) -> None:
@@ -119,3 +124,24 @@ def test_compare_needs_a_report_with_two_runs(tmp_path: Path) -> None:
     )
     result = invoke("compare", str(pipeline), f"cache_dir={tmp_path / 'c'}")
     assert result.exit_code == 1 and "compare needs a `report` step" in result.output
+
+
+def test_ablation_turns_each_stage_off_for_both_models(run_dirs: list[str], tmp_path: Path) -> None:
+    result = api.compare(TINY, run_dirs, seeds=1, ablation=True)
+    assert [row["variant"] for row in result["ablation"]] == [
+        "-retrieved",
+        "-synthesized",
+        "-deduped",
+        "-thinned",
+        "-sampler",
+        "-ldam_drw",
+    ]
+    without_retrieval = tmp_path / "out" / "ablation" / "retrieved"
+    manifest = json.loads((without_retrieval / "manifest.json").read_text())
+    assert "retrieved" not in manifest["config"]["steps"]["retrieved_embedded"]["inputs"].values()
+    report = json.loads((without_retrieval / "report" / "report.json").read_text())
+    row = result["ablation"][0]["models"]
+    assert row["train_cnn"]["top1"] == report["accuracy"]["cnn_rebalanced"]["top1"]
+    assert row["train_probe"]["top1"] == report["accuracy"]["rebalanced"]["top1"]
+    assert report["retrieval"]["retrieved"] == 0 and result["data"]["retrieval"]["retrieved"] > 0
+    assert "ablation: the rebalanced runs with one stage off (seed 0)" in panel_markdown(result)
