@@ -197,12 +197,13 @@ def compare(
     markdown: Annotated[bool, typer.Option(help="Print the tables as markdown.")] = False,
 ) -> None:
     """Loss-only baselines vs the pipeline, per bucket, over seeds, with paired 95% intervals."""
-    from rebalance.report.panel import panel_markdown, panel_tables
+    from rebalance.report.panel import data_summary, panel_markdown, panel_tables
 
     result = api.compare(pipeline, overrides or [], seeds=seeds, ablation=ablation)
     if markdown:
         print(panel_markdown(result), end="")
         return
+    out.print(data_summary(result["data"]), highlight=False)
     for caption, header, rows in panel_tables(result):
         table = Table(*header, title=caption)
         for row in rows:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import pickle
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -237,7 +238,15 @@ def _resumable(config: HeadConfig) -> dict:
 def _load_checkpoint(checkpoint: Path | None, config: HeadConfig) -> dict | None:
     if checkpoint is None or not checkpoint.is_file():
         return None
-    state = torch.load(checkpoint, weights_only=False)
+    # weights_only: tensors, dicts, lists and numbers only, so a checkpoint path given on the
+    # command line cannot run code when it is read (a full unpickler would run any callable in it).
+    try:
+        state = torch.load(checkpoint, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise RebalanceError(
+            f"{checkpoint} holds objects other than weights and plain values, so it was not loaded "
+            f"({str(error).splitlines()[0]}); pass a checkpoint written by rebalance train"
+        ) from None
     if state["config"] != _resumable(config):
         raise RebalanceError(
             f"{checkpoint} was written by a run with another configuration; delete it or pass another path"

@@ -99,3 +99,17 @@ def test_training_from_a_zero_shot_start_keeps_its_predictions_at_a_negligible_l
     config = HeadConfig(epochs=1, lr=1e-12, weight_decay=0.0, device="cpu")
     head, _ = train_head(features, labels, 4, config, zero_shot=text)
     assert np.array_equal(predict(head, features), (features @ text.T).argmax(1))
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("this ran while the checkpoint was read",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys) -> None:
+    x, y = blobs()
+    checkpoint = tmp_path / "head.pt"
+    torch.save({"config": _RunsCode()}, checkpoint)
+    with pytest.raises(RebalanceError, match="holds objects other than weights"):
+        train_head(x, y, 3, HeadConfig(epochs=1), checkpoint=checkpoint)
+    assert "this ran" not in capsys.readouterr().out
