@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from rebalance import api
 from rebalance.report.panel import panel_markdown
 from tests.conftest import REPO
@@ -21,6 +23,7 @@ def readme_panel() -> str:
     return found[0]
 
 
+@pytest.mark.timeout(1800)  # 21 pipeline runs (7 variants × 3 seeds), 42 trainings: about 5 minutes here
 def test_readme_panel_equals_what_compare_prints_at_the_pinned_seeds(tmp_path: Path) -> None:
     result = api.compare(DEMO, [f"cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'out'}"], seeds=3)
     assert readme_panel() == panel_markdown(result)
@@ -35,3 +38,5 @@ def test_readme_panel_equals_what_compare_prints_at_the_pinned_seeds(tmp_path: P
     probe = result["models"]["train_probe"]
     assert probe["best_loss_only"] == "logit adjustment"
     assert all(row["vs_best"]["top1"]["low"] < 0 for row in probe["rows"] if row["data"] == "rebalanced")
+    with_ce = next(row for row in probe["rows"] if row["variant"] == "pipeline + CE")["vs_best"]
+    assert with_ce["rare"]["high"] < 0
