@@ -63,7 +63,8 @@ LOSS_ONLY = (
     Variant("LDAM-DRW", "original", {"loss": "ldam_drw", "crt_epochs": 0, "sampler": "uniform"}),
 )
 WITH_PIPELINE = (
-    Variant("pipeline + CE", "rebalanced", {"loss": "ce", "crt_epochs": 0}),
+    # The pipeline's sampling stage is part of its data: CE draws by the repeat factors it set.
+    Variant("pipeline + CE", "rebalanced", {"loss": "ce", "crt_epochs": 0, "sampler": "repeat_factor"}),
     Variant(
         "pipeline + logit adjustment",
         "rebalanced",

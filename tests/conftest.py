@@ -7,7 +7,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "pipelines" / "tiny.yaml"
-# The steps of pipelines/tiny.yaml (and demo.yaml) in the order they run.
+# The steps of pipelines/tiny.yaml (and demo_full.yaml) in the order they run.
 TINY_STEPS = [
     "train",
     "test",

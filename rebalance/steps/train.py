@@ -16,6 +16,8 @@ from rebalance.models.device import Device
 from rebalance.steps.stats import class_buckets
 from rebalance.train.losses import LossName
 
+ClassPrior = Literal["training", "original"]
+
 
 @step("train_probe")
 def train_probe(
@@ -29,6 +31,7 @@ def train_probe(
     init: Literal["random", "zero_shot"] = "random",
     templates: tuple[str, ...] = ("a photo of a {}.",),
     loss: LossName = "ce",
+    class_prior: ClassPrior = "training",
     sampler: Literal["uniform", "repeat_factor"] = "uniform",
     hidden: NonNegativeInt = 0,
     epochs: PositiveInt = 30,
@@ -58,6 +61,13 @@ def train_probe(
     ``init: zero_shot`` (REAL-Linear) starts a linear probe from the zero-shot classifier of the
     encoder that made the embeddings (a CLIP-style model): its text embeddings of ``templates``
     filled with each class's most frequent caption synonym (``frequency``) or its name.
+
+    ``class_prior`` is the class frequency a balanced loss (logit adjustment, LDAM-DRW, ...)
+    corrects for: ``training``, the rows it trains on, or ``original``, the counts before
+    rebalancing. Retrieved neighbours and interpolated rows sit close to the class's own examples,
+    so they add support without undoing the label shift to a balanced test set; with
+    ``training`` they shrink the correction as if they were new independent draws (measured in the
+    README: common-class accuracy falls).
     """
     from rebalance.models.device import resolve_device
     from rebalance.train.metrics import classification_metrics, multilabel_metrics
@@ -101,6 +111,7 @@ def train_probe(
             config,
             repeat_factors=factors,
             zero_shot=zero_shot,
+            class_counts=_prior_counts(class_prior, original, dataset, multilabel),
         )
     test_x = test_embeddings.aligned_to(test.images["image_id"].to_numpy())
     buckets = class_buckets(
@@ -119,7 +130,7 @@ def train_probe(
     return TrainReport(
         {
             **metrics,
-            "config": {**vars(config), "device": str(resolve_device(device))},
+            "config": {**vars(config), "class_prior": class_prior, "device": str(resolve_device(device))},
             "encoder": embeddings.encoder,
             "train_samples": dataset.num_rows,
             "test_samples": test.num_rows,
@@ -127,6 +138,20 @@ def train_probe(
             "warnings": [str(w.message) for w in caught],
         }
     )
+
+
+def _prior_counts(
+    class_prior: ClassPrior, original: LabeledDataset | None, dataset: LabeledDataset, multilabel: bool
+) -> np.ndarray | None:
+    """The class counts a balanced loss corrects for, or None for those of the training rows."""
+    if class_prior == "training":
+        return None
+    if original is None:
+        raise DataError("class_prior: original needs the step's 'original' input (the data before rebalancing)")
+    if original.class_names() != dataset.class_names():
+        raise DataError("class_prior: original needs 'original' to have the training data's classes")
+    targets = _targets(original, multilabel)
+    return targets.sum(0) if multilabel else np.bincount(targets, minlength=len(dataset.class_names()))
 
 
 def _is_multilabel(dataset: LabeledDataset) -> bool:

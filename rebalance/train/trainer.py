@@ -79,6 +79,7 @@ def train_head(
     checkpoint: Path | None = None,
     zero_shot: np.ndarray | None = None,
     zero_shot_scale: float = 100.0,
+    class_counts: np.ndarray | None = None,
 ) -> tuple[Head, list[float]]:
     """Fit a head; returns it (on CPU) and the mean training loss of each epoch.
 
@@ -92,6 +93,8 @@ def train_head(
     atomically after every epoch and a run with the same configuration resumes from it.
     ``zero_shot`` (classes × dim, unit text embeddings of the class prompts) starts the linear
     head from the zero-shot classifier they define, scaled by ``zero_shot_scale`` (CLIP's 100).
+    ``class_counts`` (one per class): the class frequencies the balanced losses correct for, when
+    they are not those of ``labels`` (see ``train_probe``'s ``class_prior``).
     """
     if config.sampler == "repeat_factor":
         require_factors(repeat_factors)
@@ -110,7 +113,7 @@ def train_head(
             "class) and no cRT; rebalance it with the sampler instead"
         )
     y = torch.tensor(np.asarray(labels, dtype=np.float32 if multilabel else np.int64))
-    counts = y.sum(0) if multilabel else torch.bincount(y, minlength=num_classes).float()
+    counts = loss_counts(y, num_classes, class_counts)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         head = Head(x.mean(0), x.std(0).clamp_min(1e-6), num_classes, config.hidden)
@@ -211,6 +214,16 @@ def _fit(
             torch.save(state, buffer)
             write_bytes_atomic(checkpoint, buffer.getvalue())
     return history
+
+
+def loss_counts(targets: torch.Tensor, num_classes: int, class_counts: np.ndarray | None) -> torch.Tensor:
+    """Per-class counts for the losses: ``class_counts`` when given, else those of ``targets``."""
+    if class_counts is not None:
+        counts = torch.as_tensor(np.asarray(class_counts, dtype=np.float32))
+        if counts.shape != (num_classes,):
+            raise RebalanceError(f"class_counts has shape {tuple(counts.shape)}, not one count for each of {num_classes} classes")
+        return counts
+    return targets.sum(0) if targets.ndim == 2 else torch.bincount(targets, minlength=num_classes).float()
 
 
 def require_factors(repeat_factors: np.ndarray | None) -> None:

@@ -119,3 +119,45 @@ def test_one_bucket_definition_reaches_training_export_and_report(
         assert run["common"] is None and run["rare"] is not None and run["frequent"] is not None
     card = (tmp_path / "out" / "export" / "README.md").read_text()
     assert "rare ≤ 10 < common ≤ 15 < frequent" in card
+
+
+
+def test_class_prior_original_corrects_for_the_counts_before_rebalancing() -> None:
+    import numpy as np
+
+    from rebalance.core.artifacts import Embeddings, LabeledDataset
+    from rebalance.errors import DataError
+    from rebalance.steps.train import train_probe
+
+    def split(counts: list[int]) -> tuple[LabeledDataset, Embeddings]:
+        labels = np.repeat(np.arange(len(counts)), counts)
+        rng = np.random.default_rng(sum(counts))
+        vectors = (np.eye(4, dtype=np.float32)[labels] + rng.normal(0, 0.8, (len(labels), 4))).astype(np.float32)
+        names = [f"{i}.png" for i in range(len(labels))]
+        dataset = LabeledDataset.classification(names, labels.tolist(), ["a", "b", "c", "d"])
+        return dataset, Embeddings(np.arange(len(labels)), vectors, "test-encoder")
+
+    original, original_embeddings = split([60, 20, 6, 2])
+    rebalanced, embeddings = split([60, 20, 20, 20])
+    test, test_embeddings = split([25, 25, 25, 25])
+
+    def probe(dataset, vectors, **options):
+        report = train_probe(dataset, vectors, test, test_embeddings, loss="logit_adjustment", epochs=60, lr=0.05, **options)
+        return report.metrics
+
+    with pytest.raises(DataError, match="class_prior: original needs the step's 'original' input"):
+        probe(rebalanced, embeddings, class_prior="original")
+    # On the original data the two priors are the same counts: the same probe.
+    assert probe(original, original_embeddings, original=original) == {
+        **probe(original, original_embeddings, original=original, class_prior="original"),
+        "config": probe(original, original_embeddings, original=original)["config"],
+    }
+    by_rows = probe(rebalanced, embeddings, original=original)
+    by_original = probe(rebalanced, embeddings, original=original, class_prior="original")
+    assert by_original["config"]["class_prior"] == "original"
+
+    def recall_of_d(metrics):
+        return next(row["accuracy"] for row in metrics["per_class"] if row["class"] == "d")
+
+    # The original counts call d ten times rarer than the rebalanced rows do: the probe leans towards it.
+    assert recall_of_d(by_original) > recall_of_d(by_rows) + 0.2

@@ -113,3 +113,21 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys) -> None:
     with pytest.raises(RebalanceError, match="holds objects other than weights"):
         train_head(x, y, 3, HeadConfig(epochs=1), checkpoint=checkpoint)
     assert "this ran" not in capsys.readouterr().out
+
+
+def test_class_counts_set_the_prior_that_logit_adjustment_corrects_for() -> None:
+    # Features carry no information, so the probe's logits are its biases b, and logit adjustment's
+    # optimum solves softmax(b + log π) = the label frequencies f: b_c = log(f_c / π_c) + const.
+    y = np.repeat([0, 1, 2], [200, 40, 8])
+    x = np.zeros((len(y), 4), np.float32)
+    config = HeadConfig(loss="logit_adjustment", epochs=100, lr=0.1, batch_size=len(y), weight_decay=0)
+    own, _ = train_head(x, y, 3, config)
+    same, _ = train_head(x, y, 3, config, class_counts=np.array([200, 40, 8]))
+    assert torch.equal(own.classifier.bias, same.classifier.bias)
+    assert np.allclose(own.classifier.bias.detach().numpy(), own.classifier.bias[0].item(), atol=0.01)
+    declared, _ = train_head(x, y, 3, config, class_counts=np.array([100, 100, 2]))
+    bias = declared.classifier.bias.detach().numpy()
+    expected = np.log([200 / 100, 40 / 100, 8 / 2])  # log(f_c / π_c) up to the shared constant
+    np.testing.assert_allclose(bias - bias[0], expected - expected[0], atol=0.02)
+    with pytest.raises(RebalanceError, match="one count for each of 3 classes"):
+        train_head(x, y, 3, config, class_counts=np.array([1, 2]))
