@@ -36,8 +36,6 @@ from rebalance.core.config import PipelineConfig, StepConfig, load_pipeline
 from rebalance.core.runner import run_pipeline
 from rebalance.errors import RebalanceError
 
-# Data stages that an ablation bypasses (their consumers read the stage's own input).
-BYPASSABLE_STEPS = ("retrieve", "synthesize_features", "synthesize_images", "semdedup", "entity_thinning")
 METRICS = ("rare", "common", "frequent", "top1")
 HEADERS = ("rare", "common", "frequent", "top-1")
 # Report inputs that name the training runs to compare, one (original, rebalanced) pair a model.
@@ -234,7 +232,8 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name.lower()).replace("__", "_").strip("_")
 
 
-def _ancestors(config: PipelineConfig, step_ids: Sequence[str]) -> list[str]:
+def upstream_steps(config: PipelineConfig, step_ids: Sequence[str]) -> list[str]:
+    """Every step ``step_ids`` read from, directly or not, in pipeline order."""
     seen: set[str] = set()
     pending = list(step_ids)
     while pending:
@@ -242,28 +241,37 @@ def _ancestors(config: PipelineConfig, step_ids: Sequence[str]) -> list[str]:
             if upstream not in seen:
                 seen.add(upstream)
                 pending.append(upstream)
-    return [s for s in config.steps if s in seen]  # pipeline order
+    return [s for s in config.steps if s in seen]
 
 
 def ablation_variants(config: PipelineConfig, rebalanced_ids: Sequence[str]) -> dict[str, list[str]]:
-    """Variant name ("-<step id>", "-sampler", "-<loss>") -> the overrides that turn that stage off."""
+    """Variant name ("-<step id>", "-<loss>") -> the overrides that turn that stage off.
+
+    Derived from each step's declared role: a step that adds or removes rows and declares a
+    ``bypass`` input is switched off by pointing its consumers at that input; a ``sets_sampling``
+    step by training on its data with the uniform sampler instead of its repeat factors; a balanced
+    loss by cross-entropy.
+    """
     variants: dict[str, list[str]] = {}
-    for step_id in _ancestors(config, rebalanced_ids):
-        step = config.steps[step_id]
-        if step.spec.name in BYPASSABLE_STEPS:
-            source = step.inputs["dataset"]
+    rebalanced = [config.steps[step_id] for step_id in rebalanced_ids]
+    for step_id in upstream_steps(config, rebalanced_ids):
+        spec = config.steps[step_id].spec
+        if spec.role in ("adds_rows", "removes_rows") and spec.bypass is not None:
+            source = config.steps[step_id].inputs[spec.bypass]
             variants[f"-{step_id}"] = [
                 f"steps.{consumer}.inputs.{name}={source}"
                 for consumer in config.steps
                 for name, upstream in config.steps[consumer].inputs.items()
                 if upstream == step_id
             ]
-    rebalanced = [config.steps[step_id] for step_id in rebalanced_ids]
-    samplers = [
-        f"steps.{s.id}.sampler=uniform" for s in rebalanced if s.params.get("sampler") == "repeat_factor"
-    ]
-    if samplers:
-        variants["-sampler"] = samplers
+        elif spec.role == "sets_sampling":
+            samplers = [
+                f"steps.{s.id}.sampler=uniform"
+                for s in rebalanced
+                if s.params.get("sampler") == "repeat_factor"
+            ]
+            if samplers:
+                variants[f"-{step_id}"] = samplers
     for loss in dict.fromkeys(
         s.params.get("loss", "ce") for s in rebalanced if s.params.get("loss", "ce") != "ce"
     ):

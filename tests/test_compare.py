@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from rebalance import api
-from rebalance.compare import PANEL, ablation_variants, paired_interval, summarise
+from rebalance.compare import PANEL, ablation_variants, paired_interval, summarise, upstream_steps
 from rebalance.core.config import load_pipeline
 from rebalance.report.panel import panel_markdown
 from tests.conftest import TINY
@@ -18,7 +18,7 @@ from tests.test_cli import invoke
 
 
 def test_ablation_bypasses_each_stage_the_sampler_and_the_loss() -> None:
-    config = load_pipeline(TINY, ["steps.rebalanced.loss=logit_adjustment"])
+    config = load_pipeline(TINY, ["steps.rebalanced.sampler=repeat_factor"])
     assert ablation_variants(config, ["rebalanced", "cnn_rebalanced"]) == {
         "-retrieved": [
             "steps.retrieved_embedded.inputs.dataset=verified",
@@ -30,10 +30,44 @@ def test_ablation_bypasses_each_stage_the_sampler_and_the_loss() -> None:
         ],
         "-deduped": ["steps.thinned.inputs.dataset=synthesized"],
         "-thinned": ["steps.sampled.inputs.dataset=deduped"],
-        "-sampler": ["steps.rebalanced.sampler=uniform"],
+        "-sampled": ["steps.rebalanced.sampler=uniform"],
         "-logit_adjustment": ["steps.rebalanced.loss=ce"],
         "-ldam_drw": ["steps.cnn_rebalanced.loss=ce"],
     }
+
+
+def _assert_every_stage_can_be_switched_off(pipeline: Path, overrides: list[str], trained: list[str]) -> None:
+    """Each row-changing or sampling stage upstream of the rebalanced runs has a variant, and the
+    variant's pipeline loads and no longer has that stage upstream of them."""
+    config = load_pipeline(pipeline, overrides)
+    variants = ablation_variants(config, trained)
+    stages = [
+        step_id
+        for step_id in upstream_steps(config, trained)
+        if config.steps[step_id].spec.role in ("adds_rows", "removes_rows", "sets_sampling")
+    ]
+    assert stages and all(f"-{step_id}" in variants for step_id in stages)
+    for step_id in stages:
+        ablated = load_pipeline(pipeline, [*overrides, *variants[f"-{step_id}"]])
+        if config.steps[step_id].spec.role == "sets_sampling":
+            assert all(ablated.steps[t].params.get("sampler", "uniform") == "uniform" for t in trained)
+        else:
+            assert step_id not in upstream_steps(ablated, trained)
+
+
+def test_every_stage_of_the_tiny_pipeline_can_be_switched_off() -> None:
+    _assert_every_stage_can_be_switched_off(
+        TINY, ["steps.rebalanced.sampler=repeat_factor"], ["rebalanced", "cnn_rebalanced"]
+    )
+
+
+def test_every_stage_of_the_lvis_pipeline_diffusion_included_can_be_switched_off(tmp_path: Path) -> None:
+    from tests.test_lvis_pipeline import LVIS, lvis_overrides
+
+    overrides = lvis_overrides(tmp_path)
+    config = load_pipeline(LVIS, overrides)
+    assert "-generated" in ablation_variants(config, ["rebalanced"])
+    _assert_every_stage_can_be_switched_off(LVIS, overrides, ["rebalanced"])
 
 
 def test_paired_interval_by_hand_and_against_scipy() -> None:
@@ -133,7 +167,7 @@ def test_ablation_turns_each_stage_off_for_both_models(run_dirs: list[str], tmp_
         "-synthesized",
         "-deduped",
         "-thinned",
-        "-sampler",
+        "-logit_adjustment",
         "-ldam_drw",
     ]
     without_retrieval = tmp_path / "out" / "ablation" / "retrieved"

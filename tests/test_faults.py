@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -190,3 +191,79 @@ def test_kill_9_in_the_middle_of_a_step(tmp_path: Path, kind: str) -> None:
     resumed = api.run(pipeline)
     assert resumed.executed == ["g", "s"]  # the ingest step finished before the kill and is reused
     assert api.run(pipeline).executed == []
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path):
+    """A real tmpfs mounted under the test's folder (CI runs as root); yields its mount point and a
+    function that resizes it. Without root there is no way to make one, so the test is skipped."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mount = tmp_path / "small"
+    mount.mkdir()
+
+    def resize(kilobytes: int, option: str = "remount,") -> None:
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"{option}size={kilobytes}k", "tmpfs", str(mount)],
+            check=True,
+            capture_output=True,
+        )
+
+    resize(64, option="")
+    try:
+        yield mount, resize
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def _used_kilobytes(folder: Path) -> int:
+    return -(-sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) // 1024)
+
+
+def test_a_full_real_filesystem_under_a_faiss_index_write_is_a_storage_error(
+    tmp_path: Path, small_filesystem
+) -> None:
+    mount, resize = small_filesystem
+    steps = (
+        f"  pool: {{step: ingest_pool, root: {DEMO / 'pool'}}}\n"
+        "  vectors: {step: embed_pixels_pca, inputs: {dataset: pool}}\n"
+    )
+    index = "  index: {step: build_index, inputs: {embeddings: vectors}}\n"
+    # The pool and its vectors are made on the roomy disk, then moved onto a filesystem with room
+    # for them and 128 KiB more: the index (2,000 × 64 float32 = 500 KiB) does not fit.
+    api.run(write(tmp_path, steps))
+    used = _used_kilobytes(tmp_path / "cache")
+    resize(used + 512)
+    shutil.copytree(tmp_path / "cache", mount / "cache")
+    resize(used + 128 + 64)  # tmpfs counts whole pages and folders: 64 KiB of slack
+    pipeline = write(tmp_path, steps + index)
+    on_small = [f"cache_dir={mount / 'cache'}"]
+    one_line_error(
+        invoke("run", str(pipeline), *on_small),
+        5,
+        "step 'index' (build_index)",
+        "No space left on device",
+        "Free space",
+    )
+    index_entries = mount / "cache" / "build_index"
+    assert not list(index_entries.glob("*/" + MARKER)) and not list(index_entries.glob(".tmp-*"))
+    resize(used + 4096)
+    assert api.run(pipeline, on_small).executed == ["index"]  # pool and vectors were kept
+
+
+def test_a_full_real_filesystem_while_publishing_outputs_is_a_storage_error(
+    tmp_path: Path, small_filesystem
+) -> None:
+    mount, _ = small_filesystem
+    steps = (
+        f"  pool: {{step: ingest_pool, root: {DEMO / 'pool'}}}\n"
+        "  vectors: {step: embed_pixels_pca, inputs: {dataset: pool}}\n"  # 500 KiB to publish, in 64 KiB
+    )
+    pipeline = write(tmp_path, steps)
+    one_line_error(
+        invoke("run", str(pipeline), f"output_dir={mount / 'out'}"),
+        5,
+        "cannot publish the outputs",
+        "No space left on device",
+    )
+    assert not list((mount / "out").glob(".tmp-*"))

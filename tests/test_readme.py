@@ -40,7 +40,10 @@ def test_readme_panel_equals_what_compare_prints_at_the_pinned_seeds(tmp_path: P
     assert probe["best_loss_only"] == "logit adjustment"
     assert all(row["vs_best"]["top1"]["low"] < 0 for row in probe["rows"] if row["data"] == "rebalanced")
     default = next(row for row in probe["rows"] if row["variant"] == "pipeline + logit adjustment")["vs_best"]
-    assert default["top1"]["low"] < 0 < default["top1"]["high"] and default["rare"]["low"] < 0 < default["rare"]["high"]
+    assert (
+        default["top1"]["low"] < 0 < default["top1"]["high"]
+        and default["rare"]["low"] < 0 < default["rare"]["high"]
+    )
     assert default["common"]["low"] > 0 and default["frequent"]["high"] < 0
     with_ce = next(row for row in probe["rows"] if row["variant"] == "pipeline + CE")["vs_best"]
     assert with_ce["rare"]["high"] < 0

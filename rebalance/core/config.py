@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import graphlib
 import hashlib
+import heapq
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -409,7 +411,10 @@ def _validate_step(
                 tree.source_of((*prefix, "step")),
                 f"{key}.step",
                 f"unknown step {name!r}",
-                did_you_mean(str(name), list(registry)),
+                did_you_mean(str(name), list(registry))
+                if registry
+                else "no step is registered: steps are found through installed package metadata, so "
+                "install rebalance (`pip install -e .`) instead of running it from a source folder",
             )
         )
         return None
@@ -545,41 +550,29 @@ def _validate_wiring(
 
 
 def _find_cycle(steps: dict[str, StepConfig]) -> list[str]:
-    state: dict[str, int] = {}  # 1 visiting, 2 done
-    stack: list[str] = []
-
-    def visit(node: str) -> list[str]:
-        state[node] = 1
-        stack.append(node)
-        for upstream in steps[node].inputs.values():
-            if upstream not in steps:
-                continue
-            if state.get(upstream) == 1:
-                return stack[stack.index(upstream) :] + [upstream]
-            if upstream not in state and (found := visit(upstream)):
-                return found
-        stack.pop()
-        state[node] = 2
-        return []
-
-    for node in steps:
-        if node not in state and (found := visit(node)):
-            return list(reversed(found))
+    try:
+        graphlib.TopologicalSorter(_upstream_graph(steps)).prepare()
+    except graphlib.CycleError as error:
+        return list(reversed(error.args[1]))  # in data-flow order: a -> b -> a
     return []
 
 
 def _topological_order(steps: dict[str, StepConfig]) -> list[str]:
+    """Each step as early as its inputs allow; among steps ready together, the one declared first."""
+    sorter = graphlib.TopologicalSorter(_upstream_graph(steps))
+    sorter.prepare()
+    declared = {step_id: position for position, step_id in enumerate(steps)}
+    ready = [(declared[step_id], step_id) for step_id in sorter.get_ready()]
+    heapq.heapify(ready)
     order: list[str] = []
-    done: set[str] = set()
-
-    def visit(node: str) -> None:
-        if node in done:
-            return
-        done.add(node)
-        for upstream in steps[node].inputs.values():
-            visit(upstream)
-        order.append(node)
-
-    for node in steps:
-        visit(node)
+    while ready:
+        _, step_id = heapq.heappop(ready)
+        order.append(step_id)
+        sorter.done(step_id)
+        for released in sorter.get_ready():
+            heapq.heappush(ready, (declared[released], released))
     return order
+
+
+def _upstream_graph(steps: dict[str, StepConfig]) -> dict[str, set[str]]:
+    return {step_id: {up for up in step.inputs.values() if up in steps} for step_id, step in steps.items()}

@@ -10,7 +10,7 @@ first input, so that running it on shards and concatenating equals running it on
 from __future__ import annotations
 
 import dataclasses
-import importlib
+import importlib.metadata
 import inspect
 import types
 import typing
@@ -49,6 +49,22 @@ is resolved when it exists there; the contents of a local model key the cache, s
 weights re-runs what used it."""
 
 _REQUIRED = inspect.Parameter.empty
+
+Role = Literal[
+    "reads",
+    "checks",
+    "describes",
+    "embeds",
+    "adds_rows",
+    "removes_rows",
+    "sets_sampling",
+    "trains",
+    "exports",
+    "reports",
+    "transforms",
+]
+"""What a step does to the data. ``adds_rows`` / ``removes_rows`` steps that declare a ``bypass``
+input, and ``sets_sampling`` steps, are the stages ``rebalance compare --ablation`` switches off."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +112,8 @@ class StepSpec:
     params: tuple[ParamSpec, ...]
     output_type: type
     params_model: type[pydantic.BaseModel]
+    role: Role = "transforms"
+    bypass: str | None = None
 
     @property
     def summary(self) -> str:
@@ -109,29 +127,42 @@ class StepSpec:
         return next((spec for spec in self.params if spec.name == name), None)
 
 
+ENTRY_POINT_GROUP = "rebalance.steps"
 _REGISTRY: dict[str, StepSpec] = {}
-_BUILTINS_LOADED = False
+_LOADED_ENTRY_POINTS: set[tuple[str, str]] = set()
 
 
-def step(name: str, *, version: int = 1, shardable: bool = False) -> Callable[[F], F]:
+def step(
+    name: str,
+    *,
+    version: int = 1,
+    shardable: bool = False,
+    role: Role = "transforms",
+    bypass: str | None = None,
+) -> Callable[[F], F]:
     """Register a plain function as a pipeline step.
 
     Args:
         name: the name pipeline YAML files use (``step: <name>``).
         version: bump when the step's output changes for the same inputs; it keys the cache.
         shardable: the step is row-wise over its first input and may run per shard in parallel.
+        role: what the step does to the data (``Role``).
+        bypass: the input that stands in for the step's output when an ablation switches the step
+            off; it must have the output's artifact type.
     """
 
     def register(fn: F) -> F:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise RuntimeError(f"step {name!r} is registered twice")
-        _REGISTRY[name] = _build_spec(name, fn, version, shardable)
+        _REGISTRY[name] = _build_spec(name, fn, version, shardable, role, bypass)
         return fn
 
     return register
 
 
-def _build_spec(name: str, fn: Callable[..., Any], version: int, shardable: bool) -> StepSpec:
+def _build_spec(
+    name: str, fn: Callable[..., Any], version: int, shardable: bool, role: Role, bypass: str | None
+) -> StepSpec:
     hints = typing.get_type_hints(fn, include_extras=True)
     inputs: list[InputSpec] = []
     params: list[ParamSpec] = []
@@ -153,28 +184,57 @@ def _build_spec(name: str, fn: Callable[..., Any], version: int, shardable: bool
         raise TypeError(
             f"step {name!r}: a shardable step needs a shardable first input and a concatenable output"
         )
+    if bypass is not None and not any(
+        spec.name == bypass and spec.artifact_type is output_type and not spec.optional for spec in inputs
+    ):
+        raise TypeError(
+            f"step {name!r}: bypass {bypass!r} must name a required input of the output's type "
+            f"({getattr(output_type, '__name__', output_type)})"
+        )
     fields = {spec.name: (spec.annotation, ... if spec.required else spec.default) for spec in params}
     model = pydantic.create_model(f"{name}_params", __config__=pydantic.ConfigDict(extra="forbid"), **fields)
-    return StepSpec(name, fn, version, shardable, tuple(inputs), tuple(params), output_type, model)
+    return StepSpec(
+        name, fn, version, shardable, tuple(inputs), tuple(params), output_type, model, role, bypass
+    )
 
 
-def _ensure_builtins() -> None:
-    global _BUILTINS_LOADED
-    if not _BUILTINS_LOADED:
-        importlib.import_module("rebalance.steps")
-        _BUILTINS_LOADED = True
+def load_step_plugins() -> None:
+    """Import every module listed under the ``rebalance.steps`` entry points and not imported yet.
+
+    Importing a module runs its ``@step`` decorators. The built-in steps are found this way too, so
+    any fresh process (a dask worker included) knows every installed step without a ``--preload``.
+    """
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        key = (entry.name, entry.value)
+        if key in _LOADED_ENTRY_POINTS:
+            continue
+        try:
+            entry.load()
+        except Exception as error:
+            raise RebalanceError(
+                f"the step plugin {entry.name!r} ({entry.value}, entry point group {ENTRY_POINT_GROUP!r}) "
+                f"failed to import: {type(error).__name__}: {error}"
+            ) from error
+        _LOADED_ENTRY_POINTS.add(key)
 
 
 def get_step(name: str) -> StepSpec:
-    _ensure_builtins()
+    if name not in _REGISTRY:
+        load_step_plugins()
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise RebalanceError(f"unknown step {name!r}; `rebalance steps` lists them") from None
+        hint = (
+            "`rebalance steps` lists them"
+            if _REGISTRY
+            else "no step is registered: steps are found through installed package metadata, so install "
+            "rebalance (`pip install -e .`) instead of running it from a source folder"
+        )
+        raise RebalanceError(f"unknown step {name!r}; {hint}") from None
 
 
 def all_steps() -> dict[str, StepSpec]:
-    _ensure_builtins()
+    load_step_plugins()
     return dict(sorted(_REGISTRY.items()))
 
 

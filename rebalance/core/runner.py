@@ -12,6 +12,7 @@ import dataclasses
 import errno
 import json
 import math
+import os
 import platform
 import shutil
 import time
@@ -166,7 +167,15 @@ def run_pipeline(
     try:
         for plan in plans:
             records.append(_run_step(plan, by_id, cache, config, executor, reporter, loaded))
-        outputs = _publish(config, by_id, cache, previous)
+        try:
+            outputs = _publish(config, by_id, cache, previous)
+        except Exception as error:
+            if (cause := storage_failure(error)) is None:
+                raise
+            raise StorageError(
+                f"cannot publish the outputs under {config.output_dir}: {cause}. Free space (or point "
+                f"output_dir= elsewhere); the outputs published before are kept.\n{_resume_hint(config)}"
+            ) from error
         status = "complete"
     finally:
         reporter.close()
@@ -184,7 +193,14 @@ def run_pipeline(
             "outputs": outputs,
             "wall_s": round(time.perf_counter() - started, 3),
         }
-        write_json_atomic(config.output_dir / MANIFEST, manifest)
+        try:
+            write_json_atomic(config.output_dir / MANIFEST, manifest)
+        except OSError as error:
+            # A run that already failed reports its own error; only a complete run fails here.
+            if status == "complete" and (cause := storage_failure(error)) is not None:
+                raise StorageError(f"cannot write {config.output_dir / MANIFEST}: {cause}") from error
+            if status == "complete":
+                raise
     return RunResult(manifest, config.output_dir)
 
 
@@ -234,15 +250,13 @@ def _run_step(
                 write_entry(folder, result, {"step": spec.name, "key": plan.key})
         except RebalanceError as error:
             raise type(error)(f"step {step.id!r} ({spec.name}): {error}\n{_resume_hint(config)}") from error
-        except OSError as error:
-            if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+        except Exception as error:
+            if (cause := storage_failure(error)) is None:
                 raise _crashed(step.id, spec.name, error, config) from error
             raise StorageError(
-                f"step {step.id!r} ({spec.name}): cannot write under {config.cache_dir}: {error.strerror}. "
+                f"step {step.id!r} ({spec.name}): cannot write under {config.cache_dir}: {cause}. "
                 f"Free space (or point cache_dir= elsewhere); nothing half-written was kept.\n{_resume_hint(config)}"
             ) from error
-        except Exception as error:
-            raise _crashed(step.id, spec.name, error, config) from error
     wall_s = time.perf_counter() - started
     rows_out = _rows(cache, plan)
     reporter.step_finished(step.id, plan.cached, wall_s, rows_out)
@@ -250,6 +264,21 @@ def _run_step(
         cache="hit" if plan.cached else "miss", wall_s=round(wall_s, 3), rows_out=rows_out, shards=shards
     )
     return record
+
+
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS)
+
+
+def storage_failure(error: BaseException) -> str | None:
+    """Why ``error`` is a failed write to storage (full disk, quota, read-only or forbidden), or None.
+
+    An ``OSError`` says so by its errno; a library that does its own I/O (FAISS raises
+    ``RuntimeError``) only names the system's message for it, so that is matched too.
+    """
+    if isinstance(error, OSError) and error.errno in _STORAGE_ERRNOS:
+        return error.strerror or os.strerror(error.errno)
+    text = str(error)
+    return next((os.strerror(code) for code in _STORAGE_ERRNOS if os.strerror(code) in text), None)
 
 
 def _crashed(step_id: str, step_name: str, error: Exception, config: PipelineConfig) -> StepError:

@@ -20,6 +20,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from rebalance.errors import DataError, RebalanceError
+from rebalance.index import unit_rows
 from rebalance.models.device import resolve_device
 
 EncoderKind = Literal["open_clip", "transformers", "sentence"]
@@ -280,3 +281,11 @@ def open_rgb(path: Path):
             return image.convert("RGB")
     except (OSError, ValueError) as error:
         raise DataError(f"cannot decode image {path}: {error}; run verify_images before embedding") from None
+
+
+def text_queries(names: list[str], templates: tuple[str, ...], encoder: str, device: str) -> np.ndarray:
+    """One unit vector per class: the mean of its prompts' text embeddings (CLIP's prompt ensemble)."""
+    model = load_encoder(EncoderSpec.parse(encoder), device=device)
+    prompts = [template.format(name) for name in names for template in templates]
+    vectors = model.encode_texts(prompts).reshape(len(names), len(templates), -1)
+    return unit_rows(vectors.mean(axis=1))

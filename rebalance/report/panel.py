@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 from rebalance.compare import HEADERS, METRICS
-from rebalance.report.html import STYLE
+from rebalance.report.templates import render
 
 
 def _mean_std(row: dict[str, Any], metric: str) -> str:
@@ -111,14 +110,4 @@ def panel_markdown(result: dict[str, Any]) -> str:
 
 def panel_html(result: dict[str, Any], title: str) -> str:
     """A standalone page with the same tables, every cell escaped."""
-    sections = [f"<h1>{html.escape(title)}</h1>"]
-    for caption, header, rows in panel_tables(result):
-        head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows
-        )
-        sections.append(f"<h2>{html.escape(caption)}</h2><table><tr>{head}</tr>{body}</table>")
-    return (
-        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{STYLE}</style></head><body>{''.join(sections)}</body></html>\n"
-    )
+    return render("panel", title=title, tables=panel_tables(result))

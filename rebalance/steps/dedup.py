@@ -12,7 +12,7 @@ from pydantic import NonNegativeInt, PositiveInt, confloat
 
 from rebalance.core.artifacts import Embeddings, LabeledDataset
 from rebalance.core.registry import step
-from rebalance.steps.stats import class_buckets, class_counts
+from rebalance.domain.classes import class_buckets, class_counts
 
 Bucket = Literal["rare", "common", "frequent"]
 
@@ -33,7 +33,7 @@ def thinnable_images(
     return (lengths > 0) & (outside == 0)
 
 
-@step("semdedup", version=2)
+@step("semdedup", version=2, role="removes_rows", bypass="dataset")
 def semdedup_step(
     dataset: LabeledDataset,
     embeddings: Embeddings,
@@ -80,7 +80,7 @@ def semdedup_step(
     return dataset.drop(drop, "semdedup", reasons)
 
 
-@step("entity_thinning", version=2)
+@step("entity_thinning", version=2, role="removes_rows", bypass="dataset")
 def entity_thinning(
     dataset: LabeledDataset,
     *,

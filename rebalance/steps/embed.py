@@ -19,7 +19,7 @@ from rebalance.models.pixels import pca_project
 StoredDtype = Literal["float32", "float16"]
 
 
-@step("embed_images", shardable=True)
+@step("embed_images", shardable=True, role="embeds")
 def embed_images(
     dataset: LabeledDataset,
     *,
@@ -43,7 +43,7 @@ def embed_images(
     return _checked(dataset, vectors, str(spec), dtype)
 
 
-@step("embed_texts", shardable=True)
+@step("embed_texts", shardable=True, role="embeds")
 def embed_texts(
     dataset: LabeledDataset,
     *,
@@ -75,7 +75,7 @@ def embed_texts(
     return _checked(dataset, vectors, str(spec), dtype)
 
 
-@step("embed_pixels_pca")
+@step("embed_pixels_pca", role="embeds")
 def embed_pixels_pca(
     dataset: LabeledDataset,
     fit: LabeledDataset | None = None,
@@ -94,7 +94,7 @@ def embed_pixels_pca(
     return _checked(dataset, pca_project(pixels, dim, fit_on=reference), "pixels_pca")
 
 
-@step("gather_embeddings")
+@step("gather_embeddings", role="embeds")
 def gather_embeddings(
     dataset: LabeledDataset, embeddings: Embeddings, pool_embeddings: Embeddings | None = None
 ) -> Embeddings:

@@ -11,22 +11,27 @@ import pyarrow.compute as pc
 import yaml
 from pydantic import PositiveInt
 
-from rebalance.core.artifacts import Embeddings, HFDatasetExport, LabeledDataset, markdown_table
+from rebalance.core.artifacts import (
+    Embeddings,
+    HFDatasetExport,
+    LabeledDataset,
+    markdown_table,
+    markdown_text,
+)
 from rebalance.core.registry import step
-from rebalance.errors import DataError
-from rebalance.steps.stats import (
+from rebalance.domain.classes import (
     class_buckets,
     class_counts,
     compute_class_stats,
     expected_draws_per_epoch,
-    retrieval_summary,
-    stage_changes,
 )
+from rebalance.domain.ledger import retrieval_summary, stage_changes
+from rebalance.errors import DataError
 
 Task = Literal["auto", "classification", "detection"]
 
 
-@step("export_hf", version=5)
+@step("export_hf", version=5, role="exports")
 def export_hf(
     dataset: LabeledDataset,
     original: LabeledDataset | None = None,
@@ -198,7 +203,7 @@ def _card(
     thresholds: tuple[int, int],
 ) -> tuple[str, dict[str, bytes]]:
     """The dataset card (README.md) and its plots; ``buckets`` per class, from the original counts."""
-    from rebalance.report.plots import class_distribution
+    from rebalance.plots import class_distribution
 
     stats = compute_class_stats(dataset)
     after = stats.table["images"].to_numpy()
@@ -223,23 +228,34 @@ def _card(
         counts["test"] = pa.array(class_counts(test)[0], pa.int64())
     plots = {"class_counts": class_distribution(dataset.class_names(), stages)}
 
-    header = "\n".join(
-        ["---", "configs:", "- config_name: default", "  data_files:"]
-        + [f"  - split: {s}\n    path: data/{s}-*.parquet" for s in splits]
-        + ["tags:", "- long-tail", "- rebalance", "---", ""]
+    from huggingface_hub import DatasetCardData
+
+    # The hub's own card metadata writer: the YAML header is valid and quoted whatever the title holds.
+    metadata = DatasetCardData(
+        pretty_name=title,
+        configs=[
+            {
+                "config_name": "default",
+                "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in splits],
+            }
+        ],
+        tags=["long-tail", "rebalance"],
     )
+    header = f"---\n{metadata.to_yaml()}\n---\n"
     removed = dataset.removed
     removal_lines = ["No image was removed."]
     if removed.num_rows:
         removal_lines = []
         for entry in pc.value_counts(removed["step"]).to_pylist():
             by_step = removed.filter(pc.equal(removed["step"], entry["values"])).slice(0, 3).to_pylist()
-            removal_lines.append(f"- `{entry['values']}`: {entry['counts']} image(s), e.g.")
-            removal_lines += [f"  - `{row['file_name']}`: {row['reason']}" for row in by_step]
+            removal_lines.append(f"- {markdown_text(entry['values'])}: {entry['counts']} image(s), e.g.")
+            removal_lines += [
+                f"  - {markdown_text(row['file_name'])}: {markdown_text(row['reason'])}" for row in by_step
+            ]
     summary = stats.summary
     before_total = f"{original.num_rows:,} → " if original is not None else ""
     sections = [
-        f"{header}# {title}\n",
+        f"{header}# {markdown_text(title)}\n",
         f"Exported by rebalance as a {task} dataset with splits {', '.join(splits)}; "
         f"{num_shards} parquet shard(s) per split under `data/`, and `datasets.save_to_disk` files.\n",
         '```python\nimport datasets\nds = datasets.load_from_disk("<this folder>")\n'

@@ -18,7 +18,7 @@ from rebalance.io.wordnet import Synset, WordNet
 from rebalance.text.normalize import normalize, readable
 
 
-@step("mine_synonyms")
+@step("mine_synonyms", role="describes")
 def mine_synonyms(
     dataset: LabeledDataset,
     *,
@@ -100,7 +100,7 @@ def _wordnet_senses(lexicon: WordNet | None, category: dict, name: str, count: i
     return lexicon.synsets(readable(name))[:count]
 
 
-@step("caption_corpus")
+@step("caption_corpus", role="reads")
 def caption_corpus(*, captions: InputPath, column: str = "caption") -> CaptionCorpus:
     """List a caption corpus (parquet, JSON lines, text, saved HF dataset, or a folder of them) as
     pieces that ``count_captions`` counts shard by shard: parquet row groups, or whole files."""
@@ -112,7 +112,7 @@ def caption_corpus(*, captions: InputPath, column: str = "caption") -> CaptionCo
     return CaptionCorpus(pa.table(columns, schema=schema), column)
 
 
-@step("count_captions", shardable=True)
+@step("count_captions", shardable=True, role="describes")
 def count_captions(
     corpus: CaptionCorpus,
     synonyms: Synonyms,
@@ -134,7 +134,7 @@ def count_captions(
     return _count(synonyms, captions(), per_caption)
 
 
-@step("concept_frequency")
+@step("concept_frequency", role="describes")
 def concept_frequency(
     synonyms: Synonyms,
     counts: ConceptCounts | None = None,
@@ -201,7 +201,7 @@ def with_tail(
     table: pa.Table, count_column: str, summary: dict, tail_quantile: float, head_quantile: float
 ) -> ConceptFrequency:
     """Add frequency, tail and bucket columns from ``count_column``, and the rank plot."""
-    from rebalance.report.plots import concept_frequency as plot
+    from rebalance.plots import concept_frequency as plot
 
     names = table["concept"].to_pylist()
     counts = table[count_column].to_numpy()
@@ -230,7 +230,7 @@ def with_tail(
     return ConceptFrequency(table, summary, plot(names, counts, tail))
 
 
-@step("llm_filter")
+@step("llm_filter", role="describes")
 def llm_filter(
     frequency: ConceptFrequency,
     synonyms: Synonyms,

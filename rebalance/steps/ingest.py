@@ -19,7 +19,7 @@ from rebalance.io.image_folder import IMAGE_EXTENSIONS, scan_image_folder, scan_
 from rebalance.io.tables import read_side_table
 
 
-@step("ingest_image_folder", version=2)
+@step("ingest_image_folder", version=2, role="reads")
 def ingest_image_folder(
     *,
     root: InputPath,
@@ -51,7 +51,7 @@ def ingest_image_folder(
     )
 
 
-@step("ingest_coco", version=2)
+@step("ingest_coco", version=2, role="reads")
 def ingest_coco(
     *,
     annotations: InputPath,
@@ -68,7 +68,7 @@ def ingest_coco(
     return LabeledDataset(images, instances, categories, REMOVED_SCHEMA.empty_table(), str(image_root))
 
 
-@step("ingest_pool")
+@step("ingest_pool", role="reads")
 def ingest_pool(
     *,
     root: InputPath,

@@ -8,7 +8,7 @@ from rebalance.core.artifacts import ConceptFrequency, LabeledDataset, Report, T
 from rebalance.core.registry import step
 
 
-@step("report")
+@step("report", role="reports")
 def report(
     original: LabeledDataset,
     final: LabeledDataset,

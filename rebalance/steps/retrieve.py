@@ -13,12 +13,13 @@ from pydantic import NonNegativeInt, PositiveFloat, PositiveInt, confloat
 from rebalance import index as vector_index
 from rebalance.core.artifacts import ConceptFrequency, Embeddings, LabeledDataset, VectorIndex, positions_of
 from rebalance.core.registry import step
+from rebalance.domain.classes import balance_quotas, freeze_buckets
+from rebalance.domain.prompts import class_prompt_names
 from rebalance.errors import DataError
 from rebalance.index import unit_rows
 from rebalance.models.device import Device
+from rebalance.models.encoders import text_queries
 from rebalance.retrieval import Assignment, Target, knn_vote_filter, retrieve_with_quotas
-from rebalance.steps.stats import balance_quotas, freeze_buckets
-from rebalance.text.normalize import readable
 
 # CLIP's prompt ensemble, shortened (Radford et al., 2021): averaging a few templates is steadier
 # than any one of them.
@@ -30,7 +31,7 @@ DEFAULT_TEMPLATES = (
 )
 
 
-@step("build_index")
+@step("build_index", role="embeds")
 def build_index(
     embeddings: Embeddings,
     *,
@@ -60,7 +61,7 @@ def build_index(
     return VectorIndex(index, np.asarray(embeddings.ids, dtype=np.int64), {**meta, "nprobe": nprobe})
 
 
-@step("retrieve")
+@step("retrieve", role="adds_rows", bypass="dataset")
 def retrieve(
     dataset: LabeledDataset,
     pool: LabeledDataset,
@@ -231,30 +232,6 @@ def _queries(
         np.nonzero(has_examples)[0],
         [f"image: centroid of {n} image(s)" for n in sizes[has_examples]],
     )
-
-
-def class_prompt_names(dataset: LabeledDataset, frequency: ConceptFrequency | None) -> list[str]:
-    # REAL-Prompt: name a class in prompts by its most frequent synonym in pretraining captions.
-    top = {}
-    if frequency is not None and "top_synonym" in frequency.table.column_names:
-        top = dict(
-            zip(
-                frequency.table["concept"].to_pylist(),
-                frequency.table["top_synonym"].to_pylist(),
-                strict=True,
-            )
-        )
-    return [top.get(name) or readable(name) for name in dataset.class_names()]
-
-
-def text_queries(names: list[str], templates: tuple[str, ...], encoder: str, device: str) -> np.ndarray:
-    """One unit vector per class: the mean of its prompts' text embeddings (CLIP's prompt ensemble)."""
-    from rebalance.models.encoders import EncoderSpec, load_encoder
-
-    model = load_encoder(EncoderSpec.parse(encoder), device=device)
-    prompts = [template.format(name) for name in names for template in templates]
-    vectors = model.encode_texts(prompts).reshape(len(names), len(templates), -1)
-    return unit_rows(vectors.mean(axis=1))
 
 
 def _pool_positions(pool: LabeledDataset, index: VectorIndex) -> np.ndarray:

@@ -16,7 +16,7 @@ SamplingMethod = Literal["rfs", "irfs", "class_balanced", "sqrt", "power"]
 _POWERS = {"class_balanced": 0.0, "sqrt": 0.5}
 
 
-@step("repeat_factors")
+@step("repeat_factors", role="sets_sampling")
 def repeat_factors_step(
     dataset: LabeledDataset,
     *,
@@ -50,7 +50,7 @@ def repeat_factors_step(
     )
 
 
-@step("epoch_index")
+@step("epoch_index", role="exports")
 def epoch_index(
     dataset: LabeledDataset,
     *,

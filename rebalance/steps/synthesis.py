@@ -13,15 +13,15 @@ from pydantic import NonNegativeInt, PositiveInt, confloat
 
 from rebalance.core.artifacts import REMOVED_SCHEMA, ConceptFrequency, Embeddings, LabeledDataset
 from rebalance.core.registry import ModelRef, step
+from rebalance.domain.classes import balance_quotas, class_buckets, freeze_buckets
 from rebalance.errors import DataError
 from rebalance.index import unit_rows
 from rebalance.models.device import Device
 from rebalance.retrieval import Target
-from rebalance.steps.stats import balance_quotas, class_buckets, freeze_buckets
 from rebalance.synthesis.features import calibrated_gaussian, smote
 
 
-@step("synthesize_features")
+@step("synthesize_features", role="adds_rows", bypass="dataset")
 def synthesize_features(
     dataset: LabeledDataset,
     embeddings: Embeddings,
@@ -105,7 +105,7 @@ def synthesize_features(
 DEFAULT_PROMPTS = ("a photo of a {}.",)
 
 
-@step("synthesize_images")
+@step("synthesize_images", role="adds_rows", bypass="dataset")
 def synthesize_images(
     dataset: LabeledDataset,
     embeddings: Embeddings,
@@ -147,9 +147,9 @@ def synthesize_images(
     embedding), ``synthesis_method``, ``synthesis_prompt``, ``synthesis_seed``, ``synthesis_model``,
     ``synthesis_parent`` (img2img), ``clip_score``, ``real_similarity``.
     """
+    from rebalance.domain.prompts import class_prompt_names
     from rebalance.models.diffusion import DiffusionGenerator
     from rebalance.models.encoders import EncoderSpec, load_encoder
-    from rebalance.steps.retrieve import class_prompt_names
 
     spec = EncoderSpec.parse(embeddings.encoder)
     if spec.kind not in ("open_clip", "transformers"):

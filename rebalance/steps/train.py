@@ -11,15 +11,15 @@ from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 
 from rebalance.core.artifacts import ConceptFrequency, Embeddings, LabeledDataset, TrainReport
 from rebalance.core.registry import ModelRef, step
+from rebalance.domain.classes import class_buckets
 from rebalance.errors import DataError
 from rebalance.models.device import Device
-from rebalance.steps.stats import class_buckets
 from rebalance.train.losses import LossName
 
 ClassPrior = Literal["training", "original"]
 
 
-@step("train_probe")
+@step("train_probe", role="trains")
 def train_probe(
     dataset: LabeledDataset,
     embeddings: Embeddings,
@@ -97,7 +97,8 @@ def train_probe(
     )
     zero_shot = None
     if init == "zero_shot":
-        from rebalance.steps.retrieve import class_prompt_names, text_queries
+        from rebalance.domain.prompts import class_prompt_names
+        from rebalance.models.encoders import text_queries
 
         zero_shot = text_queries(
             class_prompt_names(dataset, frequency), templates, embeddings.encoder, device
@@ -147,7 +148,9 @@ def _prior_counts(
     if class_prior == "training":
         return None
     if original is None:
-        raise DataError("class_prior: original needs the step's 'original' input (the data before rebalancing)")
+        raise DataError(
+            "class_prior: original needs the step's 'original' input (the data before rebalancing)"
+        )
     if original.class_names() != dataset.class_names():
         raise DataError("class_prior: original needs 'original' to have the training data's classes")
     targets = _targets(original, multilabel)
@@ -169,7 +172,7 @@ def _targets(dataset: LabeledDataset, multilabel: bool) -> np.ndarray:
     return targets
 
 
-@step("finetune_encoder")
+@step("finetune_encoder", role="trains")
 def finetune_encoder(
     dataset: LabeledDataset,
     test: LabeledDataset,
@@ -249,7 +252,7 @@ def finetune_encoder(
     )
 
 
-@step("train_cnn")
+@step("train_cnn", role="trains")
 def train_cnn(
     dataset: LabeledDataset,
     test: LabeledDataset,

@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from rebalance.domain.classes import frequency_buckets
 from rebalance.errors import DataError
 from rebalance.models.device import resolve_device
 from rebalance.models.pixels import pca_project
-from rebalance.steps.stats import frequency_buckets
 from rebalance.train.metrics import classification_metrics
 from rebalance.train.trainer import HeadConfig, predict, train_head
 
@@ -85,7 +85,7 @@ def train_on_export(
         )
     zero_shot = None
     if zero_shot_encoder is not None:
-        from rebalance.steps.retrieve import text_queries
+        from rebalance.models.encoders import text_queries
         from rebalance.text.normalize import readable
 
         if "embedding" not in train.column_names:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from rebalance.steps.stats import BUCKETS
+from rebalance.domain.classes import BUCKETS
 
 
 def multilabel_metrics(

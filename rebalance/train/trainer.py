@@ -221,7 +221,9 @@ def loss_counts(targets: torch.Tensor, num_classes: int, class_counts: np.ndarra
     if class_counts is not None:
         counts = torch.as_tensor(np.asarray(class_counts, dtype=np.float32))
         if counts.shape != (num_classes,):
-            raise RebalanceError(f"class_counts has shape {tuple(counts.shape)}, not one count for each of {num_classes} classes")
+            raise RebalanceError(
+                f"class_counts has shape {tuple(counts.shape)}, not one count for each of {num_classes} classes"
+            )
         return counts
     return targets.sum(0) if targets.ndim == 2 else torch.bincount(targets, minlength=num_classes).float()
 

@@ -16,6 +16,7 @@ from rebalance.core.config import load_pipeline
 from rebalance.core.executors import DaskExecutor
 from rebalance.core.runner import run_pipeline
 from tests.conftest import REPO, TINY, tree_digest
+from tests.core.plugins import install_plugin
 
 
 def test_dask_local_cluster_gives_the_same_output_as_local(tmp_path: Path) -> None:
@@ -59,7 +60,9 @@ def test_a_cluster_of_separate_dask_processes_survives_a_killed_worker(tmp_path:
     """A scheduler and two workers started with the `dask` CLI; one worker is killed mid-step."""
 
     dask = Path(sys.executable).parent / "dask"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # The test steps are a plugin the workers find by its entry point: no --preload.
+    site = install_plugin(tmp_path / "site", "rebalance-test-steps", {"gated": "tests.core.gated_step"})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
     scheduler_file = tmp_path / "scheduler.json"
     processes = [
         subprocess.Popen(
@@ -92,8 +95,6 @@ def test_a_cluster_of_separate_dask_processes_survives_a_killed_worker(tmp_path:
                         "--nthreads",
                         "1",
                         "--no-dashboard",
-                        "--preload",
-                        "tests.core.gated_step",
                     ],
                     env=env,
                     stderr=subprocess.DEVNULL,

@@ -11,10 +11,10 @@ import pytest
 
 from rebalance import api
 from rebalance.core.artifacts import Embeddings, LabeledDataset, VectorIndex
+from rebalance.domain.classes import class_counts
 from rebalance.errors import RebalanceError
 from rebalance.models.encoders import EncoderSpec, load_encoder
 from rebalance.models.tiny import save_tiny_open_clip, save_tiny_transformers_clip
-from rebalance.steps.stats import class_counts
 from tests.conftest import REPO
 
 DEMO = REPO / "data" / "fashion_mnist_lt"

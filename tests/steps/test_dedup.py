@@ -9,12 +9,12 @@ import pytest
 from PIL import Image
 
 from rebalance.core.artifacts import Embeddings
+from rebalance.domain.classes import class_buckets, class_counts
 from rebalance.errors import DataError
 from rebalance.steps.dedup import entity_thinning, semdedup_step, thinnable_images
 from rebalance.steps.embed import embed_pixels_pca
 from rebalance.steps.export import export_hf
 from rebalance.steps.ingest import ingest_image_folder
-from rebalance.steps.stats import class_buckets, class_counts
 from tests.conftest import REPO
 
 DEMO_TRAIN = REPO / "data" / "fashion_mnist_lt" / "train"

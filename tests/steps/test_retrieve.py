@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 
 from rebalance.core.artifacts import ConceptFrequency, Embeddings, LabeledDataset
+from rebalance.domain.classes import class_counts, compute_class_stats
 from rebalance.errors import DataError, RebalanceError
 from rebalance.steps.embed import embed_texts, gather_embeddings
 from rebalance.steps.ingest import ingest_pool
 from rebalance.steps.retrieve import build_index, retrieve
-from rebalance.steps.stats import class_counts, compute_class_stats
 from tests.conftest import REPO
 
 CLASSES = ["plane", "ship", "truck"]

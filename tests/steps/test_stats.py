@@ -9,8 +9,10 @@ import pyarrow as pa
 from rebalance.core.artifacts import (
     LabeledDataset,
 )
+from rebalance.domain.classes import class_counts, frequency_buckets
+from rebalance.domain.ledger import stage_changes
 from rebalance.steps.ingest import ingest_coco
-from rebalance.steps.stats import class_counts, class_stats, frequency_buckets, stage_changes
+from rebalance.steps.stats import class_stats
 from tests.steps.lvis_fixture import build_lvis
 
 

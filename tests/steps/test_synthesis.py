@@ -9,9 +9,10 @@ import pyarrow.compute as pc
 import pytest
 
 from rebalance.core.artifacts import Embeddings, LabeledDataset
+from rebalance.domain.classes import class_counts
+from rebalance.domain.ledger import stage_changes
 from rebalance.steps.embed import gather_embeddings
 from rebalance.steps.export import export_hf
-from rebalance.steps.stats import class_counts, stage_changes
 from rebalance.steps.synthesis import synthesize_features
 
 

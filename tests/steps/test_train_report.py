@@ -121,7 +121,6 @@ def test_one_bucket_definition_reaches_training_export_and_report(
     assert "rare ≤ 10 < common ≤ 15 < frequent" in card
 
 
-
 def test_class_prior_original_corrects_for_the_counts_before_rebalancing() -> None:
     import numpy as np
 
@@ -132,7 +131,9 @@ def test_class_prior_original_corrects_for_the_counts_before_rebalancing() -> No
     def split(counts: list[int]) -> tuple[LabeledDataset, Embeddings]:
         labels = np.repeat(np.arange(len(counts)), counts)
         rng = np.random.default_rng(sum(counts))
-        vectors = (np.eye(4, dtype=np.float32)[labels] + rng.normal(0, 0.8, (len(labels), 4))).astype(np.float32)
+        vectors = (np.eye(4, dtype=np.float32)[labels] + rng.normal(0, 0.8, (len(labels), 4))).astype(
+            np.float32
+        )
         names = [f"{i}.png" for i in range(len(labels))]
         dataset = LabeledDataset.classification(names, labels.tolist(), ["a", "b", "c", "d"])
         return dataset, Embeddings(np.arange(len(labels)), vectors, "test-encoder")
@@ -142,7 +143,9 @@ def test_class_prior_original_corrects_for_the_counts_before_rebalancing() -> No
     test, test_embeddings = split([25, 25, 25, 25])
 
     def probe(dataset, vectors, **options):
-        report = train_probe(dataset, vectors, test, test_embeddings, loss="logit_adjustment", epochs=60, lr=0.05, **options)
+        report = train_probe(
+            dataset, vectors, test, test_embeddings, loss="logit_adjustment", epochs=60, lr=0.05, **options
+        )
         return report.metrics
 
     with pytest.raises(DataError, match="class_prior: original needs the step's 'original' input"):

@@ -1,0 +1,116 @@
+"""The stage ledger: what each stage added to or removed from each class, and what retrieval brought."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rebalance.core.artifacts import LabeledDataset
+
+
+def stage_changes(original: LabeledDataset, final: LabeledDataset) -> dict[str, np.ndarray]:
+    """What each stage between ``original`` and ``final`` did to each class, in images (signed).
+
+    ``+<source>`` for every source of added rows (``retrieved``, ``synthetic``): the rows added,
+    counting those a later step removed again; then ``-<step>`` for each step that removed rows
+    after ``original``, in the order they ran. ``original`` + Σ changes = ``final``, per class.
+    """
+    earlier = set(
+        zip(original.removed["image_id"].to_pylist(), original.removed["step"].to_pylist(), strict=True)
+    )
+    removed = final.removed
+    later = pa.array(
+        [
+            pair not in earlier
+            for pair in zip(removed["image_id"].to_pylist(), removed["step"].to_pylist(), strict=True)
+        ],
+        pa.bool_(),
+    )
+    removed = removed.filter(later) if len(removed) else removed
+    categories = final.categories["category_id"]
+    changes: dict[str, np.ndarray] = {}
+    # Rows added after `original`: still in `final`, or removed again by a later step.
+    new_images = final.images.filter(
+        pc.invert(pc.is_in(final.images["image_id"], value_set=original.images["image_id"]))
+    )
+    new_removed = removed.filter(
+        pc.invert(pc.is_in(removed["image_id"], value_set=original.images["image_id"]))
+    )
+    for source in dict.fromkeys([*new_images["source"].to_pylist(), *new_removed["source"].to_pylist()]):
+        kept_ids = new_images.filter(pc.equal(new_images["source"], source))["image_id"]
+        kept = final.annotations.filter(pc.is_in(final.annotations["image_id"], value_set=kept_ids))
+        dropped = new_removed.filter(pc.equal(new_removed["source"], source))
+        changes[f"+{source}"] = _images_per_class(
+            kept["image_id"], kept["category_id"], categories
+        ) + _removed_per_class(dropped, categories)
+    for step_name in dict.fromkeys(removed["step"].to_pylist()):
+        changes[f"-{step_name}"] = -_removed_per_class(
+            removed.filter(pc.equal(removed["step"], step_name)), categories
+        )
+    return changes
+
+
+def _removed_per_class(removed: pa.Table, categories: pa.ChunkedArray) -> np.ndarray:
+    lists = (
+        removed["category_ids"].combine_chunks() if removed.num_rows else pa.array([], pa.list_(pa.int64()))
+    )
+    image_ids = (
+        pc.take(removed["image_id"], pc.list_parent_indices(lists))
+        if len(lists)
+        else pa.array([], pa.int64())
+    )
+    return _images_per_class(image_ids, pc.list_flatten(lists), categories)
+
+
+def _images_per_class(image_ids, category_ids, categories: pa.ChunkedArray) -> np.ndarray:
+    """Images per class from (image, class) pairs, an image counted once per class."""
+    pairs = (
+        pa.table({"image_id": image_ids, "category_id": category_ids})
+        .group_by(["image_id", "category_id"])
+        .aggregate([])
+    )
+    positions = pc.index_in(pairs["category_id"], value_set=categories).to_numpy(zero_copy_only=False)
+    return np.bincount(positions, minlength=len(categories)).astype(np.int64)
+
+
+def retrieval_summary(dataset: LabeledDataset) -> dict[str, Any]:
+    """Retrieved rows in ``dataset``: how many, their mean score and, where the pool had reference
+    labels, the share whose reference label names the class they were retrieved for."""
+    images = dataset.images
+    if "retrieval_score" not in images.column_names:
+        return {"retrieved": 0, "mean_score": None, "with_reference_label": 0, "precision": None}
+    retrieved = images.filter(pc.equal(images["source"], "retrieved"))
+    labelled = (
+        retrieved.filter(pc.is_valid(retrieved["reference_label"]))
+        if "reference_label" in retrieved.column_names
+        else retrieved.slice(0, 0)
+    )
+    names = dict(zip(dataset.categories["category_id"].to_pylist(), dataset.class_names(), strict=True))
+    assigned = dict(
+        zip(
+            dataset.annotations["image_id"].to_pylist(),
+            dataset.annotations["category_id"].to_pylist(),
+            strict=False,
+        )
+    )
+    correct = [
+        _same_name(reference, names[assigned[image_id]])
+        for image_id, reference in zip(
+            labelled["image_id"].to_pylist(),
+            labelled["reference_label"].to_pylist() if labelled.num_rows else [],
+            strict=True,
+        )
+    ]
+    return {
+        "retrieved": retrieved.num_rows,
+        "mean_score": pc.mean(retrieved["retrieval_score"]).as_py(),
+        "with_reference_label": len(correct),
+        "precision": sum(correct) / len(correct) if correct else None,
+    }
+
+
+def _same_name(left: str, right: str) -> bool:
+    return left.replace("_", " ").casefold() == right.replace("_", " ").casefold()

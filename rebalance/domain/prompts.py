@@ -1,0 +1,20 @@
+"""How a class is named in text prompts."""
+
+from __future__ import annotations
+
+from rebalance.core.artifacts import ConceptFrequency, LabeledDataset
+from rebalance.text.normalize import readable
+
+
+def class_prompt_names(dataset: LabeledDataset, frequency: ConceptFrequency | None) -> list[str]:
+    # REAL-Prompt: name a class in prompts by its most frequent synonym in pretraining captions.
+    top = {}
+    if frequency is not None and "top_synonym" in frequency.table.column_names:
+        top = dict(
+            zip(
+                frequency.table["concept"].to_pylist(),
+                frequency.table["top_synonym"].to_pylist(),
+                strict=True,
+            )
+        )
+    return [top.get(name) or readable(name) for name in dataset.class_names()]

@@ -1,0 +1,70 @@
+"""The package's import structure: layers import downwards only, and nothing imports in a circle."""
+
+from __future__ import annotations
+
+import ast
+import graphlib
+
+from tests.conftest import REPO
+
+PACKAGE = REPO / "rebalance"
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the rebalance modules it imports, lazy (in-function) imports included; importing a
+    module also runs its parent packages' ``__init__``, so those count as imports too."""
+    modules = {
+        ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): path
+        for path in PACKAGE.rglob("*.py")
+    }
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        named: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                named.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(
+                        [*package.split(".")[: len(package.split(".")) - node.level + 1], base]
+                    ).strip(".")
+                named.add(base)
+                named.update(f"{base}.{alias.name}" for alias in node.names)
+        parents = {module.rsplit(".", depth)[0] for depth in range(1, module.count(".") + 1)}
+        graph[module] = {name for name in named | parents if name in modules and name != module}
+    return graph
+
+
+def test_no_module_imports_in_a_circle() -> None:
+    graphlib.TopologicalSorter(import_graph()).prepare()  # raises CycleError naming the circle
+
+
+def test_layers_import_downwards() -> None:
+    graph = import_graph()
+    upward = {
+        (module, imported)
+        for module, imports in graph.items()
+        for imported in imports
+        if (
+            module.startswith("rebalance.core")
+            and imported.startswith(("rebalance.steps", "rebalance.domain"))
+        )
+        or (
+            module.startswith("rebalance.domain")
+            and imported.startswith(("rebalance.steps", "rebalance.report"))
+        )
+        or (
+            module.startswith(
+                ("rebalance.report", "rebalance.train", "rebalance.models", "rebalance.compare")
+            )
+            and imported.startswith("rebalance.steps")
+        )
+        or (
+            module.startswith("rebalance.steps.")
+            and imported.startswith("rebalance.steps.")
+            and imported != "rebalance.steps"
+        )
+    }
+    assert not upward, sorted(upward)
