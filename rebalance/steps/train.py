@@ -14,7 +14,7 @@ from rebalance.core.registry import ModelRef, step
 from rebalance.domain.classes import class_buckets
 from rebalance.errors import DataError
 from rebalance.models.device import Device
-from rebalance.train.losses import LossName
+from rebalance.train.choices import LossName, SamplerName
 
 ClassPrior = Literal["training", "original"]
 
@@ -32,7 +32,7 @@ def train_probe(
     templates: tuple[str, ...] = ("a photo of a {}.",),
     loss: LossName = "ce",
     class_prior: ClassPrior = "training",
-    sampler: Literal["uniform", "repeat_factor"] = "uniform",
+    sampler: SamplerName = "uniform",
     hidden: NonNegativeInt = 0,
     epochs: PositiveInt = 30,
     batch_size: PositiveInt = 256,
@@ -182,7 +182,7 @@ def finetune_encoder(
     model: ModelRef,
     pretrained: ModelRef | None = None,
     loss: LossName = "ce",
-    sampler: Literal["uniform", "repeat_factor"] = "uniform",
+    sampler: SamplerName = "uniform",
     epochs: PositiveInt = 5,
     batch_size: PositiveInt = 64,
     lr: PositiveFloat = 1e-3,
@@ -259,7 +259,7 @@ def train_cnn(
     original: LabeledDataset | None = None,
     *,
     loss: LossName = "ce",
-    sampler: Literal["uniform", "repeat_factor"] = "uniform",
+    sampler: SamplerName = "uniform",
     image_size: PositiveInt = 28,
     channels: Literal[1, 3] = 1,
     width: PositiveInt = 32,

@@ -18,13 +18,12 @@ Every loss is the mean over the batch; ``progress`` is the fraction of training 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-LossName = Literal["ce", "balanced_softmax", "logit_adjustment", "class_balanced", "focal", "ldam_drw"]
-BALANCED_LOSSES = ("balanced_softmax", "logit_adjustment", "class_balanced", "ldam_drw")
+from rebalance.train.choices import LossName
+
 Loss = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 

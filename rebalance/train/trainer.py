@@ -7,7 +7,6 @@ import io
 import pickle
 import warnings
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -17,9 +16,8 @@ from rebalance.core.fs import write_bytes_atomic
 from rebalance.errors import RebalanceError
 from rebalance.models.device import Device, resolve_device
 from rebalance.sampling import class_balanced_factors, epoch_indices
-from rebalance.train.losses import BALANCED_LOSSES, Loss, LossName, make_loss, tau_normalise
-
-SamplerName = Literal["uniform", "repeat_factor"]
+from rebalance.train.choices import BALANCED_LOSSES, LossName, SamplerName
+from rebalance.train.losses import Loss, make_loss, tau_normalise
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,8 @@ def install_plugin(
 ) -> Path:
     """Write ``distribution``'s metadata into ``site`` with an entry point per ``name: module``, and
     each ``module: source`` in ``sources`` as a module file; returns ``site`` (put it on the path)."""
-    dist_info = site / f"{distribution}-0.1.dist-info"
+    # As pip names it: the name's dashes escaped, or the folder would read as another distribution.
+    dist_info = site / f"{distribution.replace('-', '_')}-0.1.dist-info"
     dist_info.mkdir(parents=True, exist_ok=True)
     (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 0.1\n")
     (dist_info / "entry_points.txt").write_text(
