@@ -11,13 +11,17 @@ PACKAGE = REPO / "rebalance"
 
 
 def import_graph() -> dict[str, set[str]]:
-    """Module -> the rebalance modules it imports, lazy (in-function) imports included; importing a
-    module also runs its parent packages' ``__init__``, so those count as imports too."""
+    """Module -> the rebalance modules it imports, lazy (in-function) imports included.
+
+    Importing a module first runs its parent packages' ``__init__``, so that counts as an import
+    too, unless the ``__init__`` only gathers its own submodules (a re-export cannot close a loop
+    through code outside the package).
+    """
     modules = {
         ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): path
         for path in PACKAGE.rglob("*.py")
     }
-    graph: dict[str, set[str]] = {}
+    named_by: dict[str, set[str]] = {}
     for module, path in modules.items():
         package = module if path.name == "__init__.py" else module.rpartition(".")[0]
         named: set[str] = set()
@@ -27,13 +31,26 @@ def import_graph() -> dict[str, set[str]]:
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
-                    base = ".".join(
-                        [*package.split(".")[: len(package.split(".")) - node.level + 1], base]
-                    ).strip(".")
+                    parts = package.split(".")
+                    base = ".".join([*parts[: len(parts) - node.level + 1], base]).strip(".")
                 named.add(base)
                 named.update(f"{base}.{alias.name}" for alias in node.names)
+            elif (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
+                named.add(str(node.args[0].value))  # importlib.import_module("rebalance....")
+        named_by[module] = {name for name in named if name in modules and name != module}
+
+    def gathers_only_its_own(package: str) -> bool:
+        return all(name.startswith(f"{package}.") for name in named_by[package])
+
+    graph: dict[str, set[str]] = {}
+    for module, imports in named_by.items():
         parents = {module.rsplit(".", depth)[0] for depth in range(1, module.count(".") + 1)}
-        graph[module] = {name for name in named | parents if name in modules and name != module}
+        graph[module] = imports | {p for p in parents if not gathers_only_its_own(p)}
     return graph
 
 

@@ -163,16 +163,14 @@ def concept_frequency(
         )
     if counts is None:
         counts = _count(synonyms, iter_captions(captions, column, batch_rows), per_caption)
-    if counts.captions == 0:
+    if counts.summary["captions"] == 0:
         raise DataError(f"{captions or 'the counted corpus'}: the caption corpus is empty")
     by_synonym = [json.loads(value) for value in counts.table["synonym_counts"].to_pylist()]
     table = counts.table.select(["category_id", "concept", "count"]).append_column(
         "top_synonym", pa.array([max(c, key=c.get) if c else None for c in by_synonym], pa.string())
     )
     table = table.append_column("synonym_counts", counts.table["synonym_counts"])
-    return with_tail(
-        table, "count", {"captions": counts.captions, **counts.summary}, tail_quantile, head_quantile
-    )
+    return with_tail(table, "count", counts.summary, tail_quantile, head_quantile)
 
 
 def _count(synonyms: Synonyms, captions, per_caption: bool) -> ConceptCounts:
@@ -194,7 +192,7 @@ def _count(synonyms: Synonyms, captions, per_caption: bool) -> ConceptCounts:
         "classes_without_synonyms": counted.attrs["empty"],
         "per_caption": per_caption,
     }
-    return ConceptCounts(table, int(counted.attrs["captions"]), summary)
+    return ConceptCounts(table, {"captions": int(counted.attrs["captions"]), **summary})
 
 
 def with_tail(

@@ -1,0 +1,316 @@
+"""``LabeledDataset``: images, annotations, categories and the ledger of removed rows."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rebalance.core.artifacts.base import read_parquet, write_parquet
+from rebalance.errors import DataError
+
+IMAGES_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.int64()),
+        ("file_name", pa.string()),
+        ("split", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("source", pa.string()),
+    ]
+)
+ANNOTATIONS_SCHEMA = pa.schema(
+    [
+        ("annotation_id", pa.int64()),
+        ("image_id", pa.int64()),
+        ("category_id", pa.int64()),
+        ("bbox", pa.list_(pa.float64())),
+        ("area", pa.float64()),
+    ]
+)
+CATEGORIES_SCHEMA = pa.schema(
+    [
+        ("category_id", pa.int64()),
+        ("name", pa.string()),
+        ("synonyms", pa.list_(pa.string())),
+        ("definition", pa.string()),
+        ("synset", pa.string()),
+        ("frequency", pa.string()),
+        ("image_count", pa.int64()),
+        ("instance_count", pa.int64()),
+    ]
+)
+REMOVED_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.int64()),
+        ("file_name", pa.string()),
+        ("source", pa.string()),
+        ("category_ids", pa.list_(pa.int64())),
+        ("step", pa.string()),
+        ("reason", pa.string()),
+    ]
+)
+
+
+def _images_table(file_names: list[str], split: str, source: str) -> pa.Table:
+    count = len(file_names)
+    columns = {"image_id": range(count), "file_name": file_names, "split": [split] * count}
+    columns |= {"width": [None] * count, "height": [None] * count, "source": [source] * count}
+    return pa.table(columns, schema=IMAGES_SCHEMA)
+
+
+def _next_id(ids: pa.ChunkedArray) -> int:
+    return (pc.max(ids).as_py() + 1) if len(ids) else 0
+
+
+def _split_of(dataset: LabeledDataset) -> str:
+    return dataset.images["split"][0].as_py() if dataset.num_rows else "train"
+
+
+def _rows_like(schema: pa.Schema, columns: dict[str, pa.Array], count: int) -> pa.Table:
+    """New rows for a table of ``schema``: the given columns, nulls for the others."""
+    arrays = [
+        columns[field.name].cast(field.type) if field.name in columns else pa.nulls(count, field.type)
+        for field in schema
+    ]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+@dataclasses.dataclass(frozen=True)
+class LabeledDataset:
+    """A labelled image dataset: one internal form for image folders, COCO and LVIS.
+
+    Tables (pyarrow): ``images`` (IMAGES_SCHEMA, plus any extra columns an ingest keeps, e.g.
+    LVIS ``neg_category_ids``), ``annotations`` (one row per instance; one per image for
+    classification), ``categories`` and ``removed`` (every image a step dropped, with the step and
+    the reason, so no row disappears without a record).
+
+    Invariant: images are sorted by ``image_id`` and annotations by (``image_id``,
+    ``annotation_id``); shards are contiguous image ranges, so concatenating shards restores the
+    original order exactly. ``file_name`` is relative to ``image_root`` unless absolute.
+    """
+
+    images: pa.Table
+    annotations: pa.Table
+    categories: pa.Table
+    removed: pa.Table
+    image_root: str | None
+    # Images made by a step (e.g. diffusion), stored inside the artifact: name -> PNG bytes. Their
+    # rows name them in `artifact_file`; once written and read back, `file_name` is their path.
+    files: dict[str, bytes] = dataclasses.field(default_factory=dict, repr=False)
+
+    @classmethod
+    def classification(
+        cls,
+        file_names: list[str],
+        labels: list[int],
+        class_names: list[str],
+        *,
+        split: str = "train",
+        image_root: str | None = None,
+    ) -> Self:
+        """One image per file with one label each; image and category ids are positions."""
+        count = len(file_names)
+        images = _images_table(file_names, split, "original")
+        annotations = pa.table(
+            {
+                "annotation_id": range(count),
+                "image_id": range(count),
+                "category_id": labels,
+                "bbox": [None] * count,
+                "area": [None] * count,
+            },
+            schema=ANNOTATIONS_SCHEMA,
+        )
+        categories = pa.table(
+            {
+                "category_id": range(len(class_names)),
+                "name": class_names,
+                **{name: [None] * len(class_names) for name in CATEGORIES_SCHEMA.names[2:]},
+            },
+            schema=CATEGORIES_SCHEMA,
+        )
+        return cls(images, annotations, categories, REMOVED_SCHEMA.empty_table(), image_root)
+
+    @classmethod
+    def unlabeled(cls, file_names: list[str], *, split: str, source: str, image_root: str | None) -> Self:
+        """Images without annotations or classes, e.g. a retrieval pool; image ids are positions."""
+        return cls(
+            _images_table(file_names, split, source),
+            ANNOTATIONS_SCHEMA.empty_table(),
+            CATEGORIES_SCHEMA.empty_table(),
+            REMOVED_SCHEMA.empty_table(),
+            image_root,
+        )
+
+    @property
+    def num_rows(self) -> int:
+        return self.images.num_rows
+
+    def image_path(self, file_name: str) -> Path:
+        path = Path(file_name)
+        return path if path.is_absolute() or self.image_root is None else Path(self.image_root) / path
+
+    def write(self, directory: Path) -> None:
+        for name in ("images", "annotations", "categories", "removed"):
+            write_parquet(getattr(self, name), directory / f"{name}.parquet")
+        if self.files:
+            (directory / "files").mkdir()
+            for name, data in sorted(self.files.items()):
+                (directory / "files" / name).write_bytes(data)
+        (directory / "meta.json").write_text(
+            json.dumps({"image_root": self.image_root, "files": bool(self.files)})
+        )
+
+    @classmethod
+    def read(cls, directory: Path) -> Self:
+        meta = json.loads((directory / "meta.json").read_text())
+        tables = {
+            name: read_parquet(directory / f"{name}.parquet")
+            for name in ("images", "annotations", "categories", "removed")
+        }
+        images = tables["images"]
+        if meta.get("files"):
+            # Rows whose image lives in this artifact get its absolute path as their file_name.
+            stored = images["artifact_file"].to_pylist()
+            names = [
+                str(directory / "files" / f) if f else n
+                for f, n in zip(stored, images["file_name"].to_pylist(), strict=True)
+            ]
+            images = images.set_column(
+                images.schema.get_field_index("file_name"), "file_name", pa.array(names, pa.string())
+            )
+            tables["images"] = images.drop_columns(["artifact_file"])
+        return cls(**tables, image_root=meta["image_root"])
+
+    def shard(self, index: int, num_shards: int) -> Self:
+        size = math.ceil(self.num_rows / num_shards)
+        images = self.images.slice(index * size, size)
+        mask = pc.is_in(self.annotations["image_id"], value_set=images["image_id"])
+        return dataclasses.replace(
+            self,
+            images=images,
+            annotations=self.annotations.filter(mask),
+            # Earlier removals travel with shard 0 only, so they are kept exactly once.
+            removed=self.removed if index == 0 else self.removed.slice(0, 0),
+        )
+
+    @classmethod
+    def concat(cls, parts: list[Self]) -> Self:
+        first = parts[0]
+        return dataclasses.replace(
+            first,
+            images=pa.concat_tables([part.images for part in parts]),
+            annotations=pa.concat_tables([part.annotations for part in parts]),
+            removed=pa.concat_tables([part.removed for part in parts]),
+            files={name: data for part in parts for name, data in part.files.items()},
+        )
+
+    def drop(self, drop: np.ndarray, step_name: str, reasons: list[str]) -> Self:
+        """Remove the images where ``drop`` is True with their annotations, recording each in ``removed``.
+
+        A removed row keeps the image's ``source`` and class ids, so a report can say what each
+        step took from each class, including rows that an earlier step added.
+        """
+        drop = np.asarray(drop, dtype=bool)
+        mask = pa.array(drop)
+        dropped_ids = self.images["image_id"].filter(mask)
+        category_ids = self.categories["category_id"].to_numpy()
+        lists = self.category_lists().filter(mask)
+        classes = pa.ListArray.from_arrays(
+            lists.offsets, pa.array(category_ids[lists.values.to_numpy()], pa.int64())
+        )
+        removed = pa.table(
+            {
+                "image_id": dropped_ids,
+                "file_name": self.images["file_name"].filter(mask),
+                "source": self.images["source"].filter(mask),
+                "category_ids": classes,
+                "step": [step_name] * len(dropped_ids),
+                "reason": reasons,
+            },
+            schema=REMOVED_SCHEMA,
+        )
+        keep_annotation = pc.invert(pc.is_in(self.annotations["image_id"], value_set=dropped_ids))
+        return dataclasses.replace(
+            self,
+            images=self.images.filter(pa.array(~drop)),
+            annotations=self.annotations.filter(keep_annotation),
+            removed=pa.concat_tables([self.removed, removed]),
+        )
+
+    def add_images(self, columns: dict[str, pa.Array], category_ids: np.ndarray) -> Self:
+        """Append images, one label each, after the existing ones (new image and annotation ids).
+
+        ``columns`` gives image columns for the new rows (``file_name``, ``source``, provenance);
+        a column the dataset lacks is added, null for existing rows; a column the new rows lack is
+        null for them. Ids continue after the largest existing id, so the sort invariant holds.
+        """
+        count = len(category_ids)
+        images = self.images
+        for name, values in columns.items():
+            if name not in images.column_names:
+                images = images.append_column(name, pa.nulls(images.num_rows, values.type))
+        # Past every id ever used, removed rows included, so an id names one image for good.
+        first_id = max(_next_id(self.images["image_id"]), _next_id(self.removed["image_id"]))
+        new_ids = pa.array(np.arange(count, dtype=np.int64) + first_id)
+        new_images = {"split": pa.array([_split_of(self)] * count), **columns, "image_id": new_ids}
+        new_annotations = {
+            "annotation_id": pa.array(
+                np.arange(count, dtype=np.int64) + _next_id(self.annotations["annotation_id"])
+            ),
+            "image_id": new_ids,
+            "category_id": pa.array(np.asarray(category_ids, dtype=np.int64)),
+        }
+        return dataclasses.replace(
+            self,
+            images=pa.concat_tables([images, _rows_like(images.schema, new_images, count)]),
+            annotations=pa.concat_tables(
+                [self.annotations, _rows_like(self.annotations.schema, new_annotations, count)]
+            ),
+        )
+
+    def class_names(self) -> list[str]:
+        return self.categories["name"].to_pylist()
+
+    def single_labels(self, needed_for: str) -> np.ndarray:
+        """The class position (0..C-1) of every image; a DataError unless each has exactly one label."""
+        lists = self.category_lists()
+        lengths = np.diff(lists.offsets.to_numpy())
+        if self.num_rows and not np.all(lengths == 1):
+            raise DataError(
+                f"{needed_for} needs exactly one label per image; {int(np.sum(lengths != 1))} image(s) "
+                "have none or several"
+            )
+        return lists.flatten().to_numpy()
+
+    def label_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every (image row, class position) pair, once each: single- and multi-label data alike."""
+        lists = self.category_lists()
+        rows = pc.list_parent_indices(lists).to_numpy().astype(np.int64)
+        classes = pc.list_flatten(lists).to_numpy().astype(np.int64)
+        unique = np.unique(rows * max(self.categories.num_rows, 1) + classes)
+        return unique // max(self.categories.num_rows, 1), unique % max(self.categories.num_rows, 1)
+
+    def category_lists(self) -> pa.ListArray:
+        """For each image (in row order), the category positions (0..C-1) of its annotations."""
+        positions = pc.index_in(self.annotations["category_id"], value_set=self.categories["category_id"])
+        annotated = self.annotations["image_id"].to_numpy()
+        image_ids = self.images["image_id"].to_numpy()
+        # Both tables are sorted by image_id (the invariant above), so each image's annotations
+        # form one contiguous run that searchsorted finds without a loop.
+        starts = np.searchsorted(annotated, image_ids, side="left")
+        ends = np.searchsorted(annotated, image_ids, side="right")
+        if not np.array_equal(starts[1:], ends[:-1]) or (
+            len(starts) and (starts[0], ends[-1]) != (0, len(annotated))
+        ):
+            raise DataError("annotations reference images that are not in the dataset")
+        offsets = np.append(starts, len(annotated)) if len(starts) else np.zeros(1, dtype=np.int64)
+        values = positions.combine_chunks() if isinstance(positions, pa.ChunkedArray) else positions
+        return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values.cast(pa.int64()))

@@ -1,0 +1,118 @@
+"""The table artifacts: class statistics, synonyms, caption corpora and counts, concept frequency,
+epoch order."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rebalance.core.artifacts.base import TableArtifact, read_parquet, write_parquet
+
+
+class ClassStats(TableArtifact):
+    """Per-class statistics (``table``) and dataset-level figures (``summary``)."""
+
+    stem = "class_stats"
+    markdown_without = ()
+
+
+class Synonyms(TableArtifact):
+    """Per class: ``category_id``, ``concept`` (class name) and its ``synonyms`` (list of phrases)."""
+
+    stem = "synonyms"
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptionCorpus:
+    """A caption corpus as independently countable pieces: ``pieces`` has ``file``, ``row_group``
+    (−1: the whole file) and ``rows``; ``column`` names the caption column.
+
+    Rows are captions, so the runner shards a corpus by caption count; a shard is a contiguous run
+    of pieces (a piece is never split), which keeps memory bounded whatever the corpus size.
+    """
+
+    pieces: pa.Table
+    column: str
+
+    @property
+    def num_rows(self) -> int:
+        return int(pc.sum(self.pieces["rows"]).as_py() or 0)
+
+    def write(self, directory: Path) -> None:
+        write_parquet(self.pieces, directory / "pieces.parquet")
+        (directory / "meta.json").write_text(json.dumps({"column": self.column}))
+
+    @classmethod
+    def read(cls, directory: Path) -> Self:
+        return cls(
+            read_parquet(directory / "pieces.parquet"),
+            json.loads((directory / "meta.json").read_text())["column"],
+        )
+
+    def shard(self, index: int, num_shards: int) -> Self:
+        rows = self.pieces["rows"].to_numpy()
+        starts = np.cumsum(rows) - rows
+        owner = (starts * num_shards) // max(int(rows.sum()), 1)
+        return dataclasses.replace(self, pieces=self.pieces.filter(pa.array(owner == index)))
+
+    @classmethod
+    def concat(cls, parts: list[Self]) -> Self:
+        return cls(pa.concat_tables([part.pieces for part in parts]), parts[0].column)
+
+
+class ConceptCounts(TableArtifact):
+    """Raw caption counts per class (``table``: ``category_id``, ``concept``, ``count``,
+    ``synonym_counts`` as JSON); ``summary["captions"]`` captions were counted. Shards of a corpus
+    add up exactly."""
+
+    stem = "concept_counts"
+
+    @classmethod
+    def concat(cls, parts: list[Self]) -> Self:
+        first = parts[0]
+        totals = np.sum([part.table["count"].to_numpy() for part in parts], axis=0)
+        by_synonym = [json.loads(value) for value in first.table["synonym_counts"].to_pylist()]
+        for part in parts[1:]:
+            for merged, extra in zip(by_synonym, part.table["synonym_counts"].to_pylist(), strict=True):
+                for synonym, count in json.loads(extra).items():
+                    merged[synonym] += count
+        table = first.table.set_column(
+            first.table.schema.get_field_index("count"), "count", pa.array(totals, pa.int64())
+        )
+        table = table.set_column(
+            table.schema.get_field_index("synonym_counts"),
+            "synonym_counts",
+            pa.array([json.dumps(c) for c in by_synonym]),
+        )
+        return cls(table, {**first.summary, "captions": sum(part.summary["captions"] for part in parts)})
+
+
+@dataclasses.dataclass(frozen=True)
+class ConceptFrequency(TableArtifact):
+    """Caption counts per class (``table``), corpus figures (``summary``) and a rank plot (PNG)."""
+
+    plot: bytes = b""
+    stem = "concept_frequency"
+    markdown_without = ("synonym_counts",)
+
+    def write(self, directory: Path) -> None:
+        super().write(directory)
+        (directory / "concept_frequency.png").write_bytes(self.plot)
+
+    @classmethod
+    def read(cls, directory: Path) -> Self:
+        return dataclasses.replace(
+            super().read(directory), plot=(directory / "concept_frequency.png").read_bytes()
+        )
+
+
+class EpochIndex(TableArtifact):
+    """Image ids in training order, one row per draw: ``epoch``, ``position``, ``image_id``."""
+
+    stem = "epoch_index"

@@ -1,0 +1,109 @@
+"""Vectors: ``Embeddings`` keyed by image id, and the FAISS ``VectorIndex`` over them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+
+from rebalance.core.artifacts.base import positions_of
+from rebalance.errors import DataError
+
+
+@dataclasses.dataclass(frozen=True)
+class Embeddings:
+    """One float32 vector per image: ``ids`` (image ids, int64) aligned with ``vectors`` (n × d).
+
+    ``encoder`` names what produced them (e.g. ``pixels_pca``), so every figure downstream can say
+    which representation it was computed on.
+    """
+
+    ids: np.ndarray
+    vectors: np.ndarray
+    encoder: str
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.ids)
+
+    def write(self, directory: Path) -> None:
+        np.save(directory / "ids.npy", self.ids)
+        np.save(directory / "vectors.npy", self.vectors)
+        (directory / "meta.json").write_text(
+            json.dumps({"encoder": self.encoder, "dim": int(self.vectors.shape[1])})
+        )
+
+    @classmethod
+    def read(cls, directory: Path) -> Self:
+        meta = json.loads((directory / "meta.json").read_text())
+        return cls(
+            np.load(directory / "ids.npy"), np.load(directory / "vectors.npy", mmap_mode="r"), meta["encoder"]
+        )
+
+    def shard(self, index: int, num_shards: int) -> Self:
+        size = math.ceil(self.num_rows / num_shards)
+        rows = slice(index * size, (index + 1) * size)
+        return dataclasses.replace(self, ids=self.ids[rows], vectors=np.asarray(self.vectors[rows]))
+
+    @classmethod
+    def concat(cls, parts: list[Self]) -> Self:
+        # An empty shard's vectors may lack the dim (its encoder never ran): skip it.
+        filled = [p for p in parts if p.num_rows] or parts[:1]
+        return cls(
+            np.concatenate([p.ids for p in filled]),
+            np.concatenate([p.vectors for p in filled]),
+            parts[0].encoder,
+        )
+
+    def aligned_to(self, image_ids: np.ndarray) -> np.ndarray:
+        """Vectors in the order of ``image_ids``; every id must have a vector."""
+        rows, missing = positions_of(self.ids, image_ids)
+        if len(missing):
+            raise DataError(
+                f"{len(missing)} image(s) have no embedding (first ids: {missing[:5].tolist()}); embed the same dataset"
+            )
+        return np.asarray(self.vectors[rows])
+
+
+@dataclasses.dataclass(frozen=True)
+class VectorIndex:
+    """A FAISS index over ``ids`` (image ids of the pool, in index-row order) with its settings.
+
+    ``meta`` records the factory string, the encoder of the vectors, their count and dim, and the
+    default ``nprobe``. On disk: ``index.faiss`` (``faiss.write_index``; read back memory-mapped
+    when the index type allows it), ``ids.npy`` and ``meta.json``.
+    """
+
+    index: Any  # a CPU faiss.Index; faiss is imported lazily
+    ids: np.ndarray
+    meta: dict[str, Any]
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.ids)
+
+    @property
+    def encoder(self) -> str:
+        return self.meta["encoder"]
+
+    def write(self, directory: Path) -> None:
+        import faiss
+
+        faiss.write_index(self.index, str(directory / "index.faiss"))
+        np.save(directory / "ids.npy", self.ids)
+        (directory / "meta.json").write_text(json.dumps(self.meta, indent=2, sort_keys=True))
+
+    @classmethod
+    def read(cls, directory: Path) -> Self:
+        import faiss
+
+        path = str(directory / "index.faiss")
+        try:
+            index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        except RuntimeError:  # index types without mmap support load into memory
+            index = faiss.read_index(path)
+        return cls(index, np.load(directory / "ids.npy"), json.loads((directory / "meta.json").read_text()))
