@@ -31,7 +31,7 @@ from rebalance.errors import DataError
 Task = Literal["auto", "classification", "detection"]
 
 
-@step("export_hf", version=5, role="exports")
+@step("export_hf", version=6, role="exports")
 def export_hf(
     dataset: LabeledDataset,
     original: LabeledDataset | None = None,
