@@ -98,8 +98,10 @@ def steps() -> None:
     """List every registered step with its inputs, parameters and summary."""
     for name, spec in api.steps().items():
         flags = " [dim](sharded)[/dim]" if spec.shardable else ""
+        bypass = f", bypassed by {spec.bypass}" if spec.bypass else ""
         out.print(
-            f"[bold]{name}[/bold] v{spec.version}{flags} -> {spec.output_type.__name__}: {spec.summary}"
+            f"[bold]{name}[/bold] v{spec.version}{flags} [dim]({spec.role}{bypass})[/dim] "
+            f"-> {spec.output_type.__name__}: {spec.summary}"
         )
         for spec_input in spec.inputs:
             optional = " (optional)" if spec_input.optional else ""

@@ -48,6 +48,7 @@ def test_validate_and_steps_listing() -> None:
     for name in ("ingest_image_folder", "ingest_coco", "verify_images", "class_stats", "export_hf"):
         assert name in listing
     assert "extensions: tuple[str, ...]" in listing and "on_error: 'drop' | 'fail' = 'drop'" in listing
+    assert "retrieve v1 (adds_rows, bypassed by dataset)" in " ".join(listing.split())
 
 
 def test_train_on_an_exported_run(tmp_path: Path) -> None:

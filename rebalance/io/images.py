@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from rebalance.io.references import ImageRef, open_image
 
-def probe_image(path: Path) -> tuple[int, int]:
+
+def probe_image(ref: ImageRef) -> tuple[int, int]:
     """Fully decode an image and return ``(width, height)``.
 
     Raises:
@@ -16,18 +16,18 @@ def probe_image(path: Path) -> tuple[int, int]:
         ``load()`` is needed: Pillow's ``verify()`` accepts truncated files.
     """
     try:
-        with Image.open(path) as image:
+        with open_image(ref) as image:
             image.load()
             return image.size
     except UnidentifiedImageError as error:
         raise ValueError(f"not a decodable image: {error}") from None
 
 
-def load_pixels(paths: list[Path], size: int) -> np.ndarray:
+def load_pixels(refs: list[ImageRef], size: int) -> np.ndarray:
     """Decode images to grey, resize to ``size × size`` and return uint8 rows (n × size²)."""
-    rows = np.empty((len(paths), size * size), dtype=np.uint8)
-    for row, path in enumerate(paths):
-        with Image.open(path) as image:
+    rows = np.empty((len(refs), size * size), dtype=np.uint8)
+    for row, ref in enumerate(refs):
+        with open_image(ref) as image:
             grey = image.convert("L")
             if grey.size != (size, size):
                 grey = grey.resize((size, size), Image.Resampling.BILINEAR)

@@ -15,8 +15,10 @@ def read_side_table(path: Path, required: tuple[str, ...]) -> pa.Table:
     import pyarrow.json
     import pyarrow.parquet
 
+    # Keys such as "00042" are text: a CSV reader would otherwise make them the integer 42.
+    as_text = pyarrow.csv.ConvertOptions(column_types={name: pa.string() for name in required})
     readers = {
-        ".csv": pyarrow.csv.read_csv,
+        ".csv": lambda source: pyarrow.csv.read_csv(source, convert_options=as_text),
         ".jsonl": pyarrow.json.read_json,
         ".json": pyarrow.json.read_json,
         ".parquet": pyarrow.parquet.read_table,

@@ -21,6 +21,7 @@ import numpy as np
 
 from rebalance.errors import DataError, RebalanceError
 from rebalance.index import unit_rows
+from rebalance.io.references import ImageSource, open_image
 from rebalance.models.device import resolve_device
 
 EncoderKind = Literal["open_clip", "transformers", "sentence"]
@@ -58,7 +59,7 @@ class ImageTower:
 class Encoder(Protocol):
     spec: EncoderSpec
 
-    def encode_images(self, paths: Sequence[Path]) -> np.ndarray: ...
+    def encode_images(self, paths: Sequence[ImageSource]) -> np.ndarray: ...
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
 
@@ -138,7 +139,7 @@ class OpenClipEncoder(_TorchEncoder):
         model, preprocess, _ = self._loaded
         return ImageTower(model, preprocess, model.encode_image)
 
-    def encode_images(self, paths: Sequence[Path]) -> np.ndarray:
+    def encode_images(self, paths: Sequence[ImageSource]) -> np.ndarray:
         import torch
 
         model, preprocess, _ = self._loaded
@@ -181,7 +182,7 @@ class TransformersClipEncoder(_TorchEncoder):
             model, preprocess, lambda pixels: _features(model.get_image_features(pixel_values=pixels))
         )
 
-    def encode_images(self, paths: Sequence[Path]) -> np.ndarray:
+    def encode_images(self, paths: Sequence[ImageSource]) -> np.ndarray:
         model, processor = self._loaded
 
         def batch(chunk):
@@ -225,7 +226,7 @@ class SentenceEncoder(_TorchEncoder):
         _check_vocabulary(tokenizer, self.spec)
         return model.to(self.device).eval(), tokenizer
 
-    def encode_images(self, paths: Sequence[Path]) -> np.ndarray:
+    def encode_images(self, paths: Sequence[ImageSource]) -> np.ndarray:
         raise RebalanceError(
             f"{str(self.spec)!r} is a text-only encoder; embed images with open_clip or transformers"
         )
@@ -273,14 +274,13 @@ def _check_vocabulary(tokenizer, spec: EncoderSpec) -> None:
         )
 
 
-def open_rgb(path: Path):
-    from PIL import Image
-
+def open_rgb(ref: ImageSource):
+    """An image as RGB, from its reference (a file or a tar member) or its bytes in memory."""
     try:
-        with Image.open(path) as image:
+        with open_image(ref) as image:
             return image.convert("RGB")
     except (OSError, ValueError) as error:
-        raise DataError(f"cannot decode image {path}: {error}; run verify_images before embedding") from None
+        raise DataError(f"cannot decode image {ref}: {error}; run verify_images before embedding") from None
 
 
 def text_queries(names: list[str], templates: tuple[str, ...], encoder: str, device: str) -> np.ndarray:

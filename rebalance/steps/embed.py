@@ -39,7 +39,7 @@ def embed_images(
     stored size (normalised vectors lose ~3 decimal digits); consumers compute in float32.
     """
     spec = EncoderSpec(encoder, model, pretrained)
-    vectors = load_encoder(spec, device=device, batch_size=batch_size).encode_images(_paths(dataset))
+    vectors = load_encoder(spec, device=device, batch_size=batch_size).encode_images(_refs(dataset))
     return _checked(dataset, vectors, str(spec), dtype)
 
 
@@ -89,8 +89,8 @@ def embed_pixels_pca(
     training split's axes), else on ``dataset``. pixels_pca is an offline baseline, not a semantic
     encoder (see rebalance.models.pixels); it embeds no text, so retrieval over it queries by image.
     """
-    pixels = load_pixels(_paths(dataset), image_size)
-    reference = pixels if fit is None else load_pixels(_paths(fit), image_size)
+    pixels = load_pixels(_refs(dataset), image_size)
+    reference = pixels if fit is None else load_pixels(_refs(fit), image_size)
     return _checked(dataset, pca_project(pixels, dim, fit_on=reference), "pixels_pca")
 
 
@@ -147,5 +147,5 @@ def _checked(
     return Embeddings(ids, vectors.astype(dtype, copy=False), encoder)
 
 
-def _paths(dataset: LabeledDataset) -> list:
-    return [dataset.image_path(name) for name in dataset.images["file_name"].to_pylist()]
+def _refs(dataset: LabeledDataset) -> list:
+    return [dataset.image_ref(name) for name in dataset.images["file_name"].to_pylist()]

@@ -118,14 +118,16 @@ def _to_hf(
     images = data.images.drop_columns(
         ["split", *(["feature"] if embeddings is not None and "feature" in data.images.column_names else [])]
     )
-    paths = [None if name is None else data.image_path(name) for name in images["file_name"].to_pylist()]
+    # Every image's bytes are read through its reference (a file or a tar shard member), so the
+    # export holds them whatever the pool's layout; without embedding, the reference is the path.
+    refs = [None if name is None else data.image_ref(name) for name in images["file_name"].to_pylist()]
     image_column = [
         None
-        if path is None
-        else {"bytes": path.read_bytes(), "path": path.name}
+        if ref is None
+        else {"bytes": ref.read_bytes(), "path": ref.name}
         if embed_images
-        else {"bytes": None, "path": str(path)}
-        for path in paths
+        else {"bytes": None, "path": str(ref)}
+        for ref in refs
     ]
     label_of = {cid: i for i, cid in enumerate(data.categories["category_id"].to_pylist())}
     features: dict[str, Any] = {"image": datasets.Image()}

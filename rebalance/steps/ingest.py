@@ -17,6 +17,7 @@ from rebalance.errors import DataError
 from rebalance.io.coco import read_coco
 from rebalance.io.image_folder import IMAGE_EXTENSIONS, scan_image_folder, scan_pool_folder
 from rebalance.io.tables import read_side_table
+from rebalance.io.webdataset import IMAGE_SUFFIXES, scan_webdataset
 
 
 @step("ingest_image_folder", version=2, role="reads")
@@ -94,12 +95,39 @@ def ingest_pool(
     return dataclasses.replace(dataset, images=images)
 
 
-def _by_file(path, column: str, files: list[str]) -> pa.Array:
-    table = read_side_table(path, ("file_name", column))
+@step("ingest_webdataset", role="reads")
+def ingest_webdataset(
+    *,
+    root: InputPath,
+    reference_labels: InputPath | None = None,
+    image_suffixes: tuple[str, ...] = IMAGE_SUFFIXES,
+) -> LabeledDataset:
+    """Read an unlabelled retrieval pool of WebDataset tar shards (img2dataset's output), streamed.
+
+    One row a sample with an image: ``file_name`` references the member's bytes inside its shard
+    (nothing is unpacked), ``key``, and ``caption`` / ``url`` from ``<key>.txt``, ``<key>.json`` or
+    the ``<shard>.parquet`` beside it. ``reference_labels`` (``key``, ``label``) attaches the
+    pool's true class as ``reference_label``, for measuring retrieval precision only.
+    """
+    samples = scan_webdataset(root, image_suffixes)
+    dataset = LabeledDataset.unlabeled(
+        samples["file_name"].to_pylist(), split="pool", source="pool", image_root=str(root)
+    )
+    images = dataset.images
+    for name in ("key", "caption", "url"):
+        images = images.append_column(name, samples[name])
+    if reference_labels is not None:
+        keys = samples["key"].to_pylist()
+        images = images.append_column("reference_label", _by_file(reference_labels, "label", keys, by="key"))
+    return dataclasses.replace(dataset, images=images)
+
+
+def _by_file(path, column: str, files: list[str], by: str = "file_name") -> pa.Array:
+    table = read_side_table(path, (by, column))
     values = dict(
-        zip(table["file_name"].to_pylist(), table[column].cast(pa.string()).to_pylist(), strict=True)
+        zip(table[by].cast(pa.string()).to_pylist(), table[column].cast(pa.string()).to_pylist(), strict=True)
     )
     unknown = sorted(set(values) - set(files))
     if unknown:
-        raise DataError(f"{path}: {len(unknown)} file name(s) are not in the pool (first: {unknown[:3]})")
+        raise DataError(f"{path}: {len(unknown)} {by} value(s) are not in the pool (first: {unknown[:3]})")
     return pa.array([values.get(name) for name in files], pa.string())

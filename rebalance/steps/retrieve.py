@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -257,7 +255,7 @@ def _excluded_rows(
 
     # Synthetic feature rows have no file (file_name null).
     own_files = {
-        os.path.realpath(dataset.image_path(name)) for name in dataset.images["file_name"].to_pylist() if name
+        dataset.image_ref(name).identity() for name in dataset.images["file_name"].to_pylist() if name
     }
     pool_files = pool.images["file_name"].to_pylist()
     nearest = None
@@ -268,7 +266,7 @@ def _excluded_rows(
 
     def excluded(rows: np.ndarray) -> np.ndarray:
         same_file = np.array(
-            [os.path.realpath(pool.image_path(pool_files[pool_positions[row]])) in own_files for row in rows],
+            [pool.image_ref(pool_files[pool_positions[row]]).identity() in own_files for row in rows],
             dtype=bool,
         )
         if nearest is None:
@@ -303,7 +301,9 @@ def _with_retrieved(
     taken = pool.images.take(pa.array(pool_positions[found.rows], pa.int64()))
     columns = {
         "file_name": pa.array(
-            [_relative_to(dataset, pool.image_path(n)) for n in taken["file_name"].to_pylist()], pa.string()
+            # Relative to the dataset's image root when it has one, so the cache and exports stay movable.
+            [pool.image_ref(n).text(dataset.image_root) for n in taken["file_name"].to_pylist()],
+            pa.string(),
         ),
         "width": taken["width"],
         "height": taken["height"],
@@ -316,10 +316,3 @@ def _with_retrieved(
     columns |= {name: taken[name] for name in ("caption", "reference_label") if name in taken.column_names}
     category_ids = dataset.categories["category_id"].to_numpy()[found.classes]
     return dataset.add_images(columns, category_ids)
-
-
-def _relative_to(dataset: LabeledDataset, path: Path) -> str:
-    # Relative to the dataset's image root when it has one, so the cache and exports stay movable.
-    if dataset.image_root is None:
-        return str(path.resolve())
-    return os.path.relpath(path.resolve(), Path(dataset.image_root).resolve())

@@ -16,6 +16,7 @@ from rebalance.core.registry import ModelRef, step
 from rebalance.domain.classes import balance_quotas, class_buckets, freeze_buckets
 from rebalance.errors import DataError
 from rebalance.index import unit_rows
+from rebalance.io.references import open_image
 from rebalance.models.device import Device
 from rebalance.retrieval import Target
 from rebalance.synthesis.features import calibrated_gaussian, smote
@@ -242,25 +243,23 @@ def _with_parents(
     dataset: LabeledDataset, candidates: list[dict], members: np.ndarray
 ) -> tuple[list[dict], list[dict]]:
     """Attach a real parent image (round-robin over the class) to each candidate; unreadable parents are skipped."""
-    from PIL import Image
-
     file_names = dataset.images["file_name"].to_pylist()
     image_ids = dataset.images["image_id"].to_numpy()
     usable, unreadable = [], []
     for candidate in candidates:
         row = members[candidate["index"] % len(members)]
-        path = dataset.image_path(file_names[row]) if file_names[row] else None
+        ref = dataset.image_ref(file_names[row]) if file_names[row] else None
         candidate["parent"] = int(image_ids[row])
         try:
-            if path is None:
+            if ref is None:
                 raise OSError("it has no image file (a synthetic feature row)")
-            with Image.open(path) as image:
+            with open_image(ref) as image:
                 candidate["image"] = image.convert("RGB")
         except (OSError, ValueError) as error:
             unreadable.append(
                 {
                     **candidate,
-                    "reason": f"parent image {path or int(image_ids[row])} unreadable: {error}; skipped",
+                    "reason": f"parent image {ref or int(image_ids[row])} unreadable: {error}; skipped",
                 }
             )
             continue

@@ -207,7 +207,7 @@ def finetune_encoder(
     if test.class_names() != dataset.class_names():
         raise DataError("train and test splits have different classes")
     rows, labels = _rows_with_images(dataset, "fine-tuning a classifier")
-    paths = [dataset.image_path(name) for name in rows["file_name"].to_pylist()]
+    paths = [dataset.image_ref(name) for name in rows["file_name"].to_pylist()]
     factors = rows["repeat_factor"].to_numpy() if "repeat_factor" in rows.column_names else None
     config = HeadConfig(
         loss=loss,
@@ -229,7 +229,7 @@ def finetune_encoder(
         encoder_lr=encoder_lr,
         repeat_factors=factors,
     )
-    test_paths = [test.image_path(name) for name in test.images["file_name"].to_pylist()]
+    test_paths = [test.image_ref(name) for name in test.images["file_name"].to_pylist()]
     predictions = tuned.predict(test_paths, batch_size, resolve_device(device))
     metrics = _classification_scores(
         predictions, test, original if original is not None else dataset, rare_max_images, common_max_images
@@ -309,7 +309,7 @@ def train_cnn(
         seed=seed,
     )
     architecture = CNNConfig(image_size=image_size, channels=channels, width=width, augment=augment)
-    paths = [dataset.image_path(name) for name in rows["file_name"].to_pylist()]
+    paths = [dataset.image_ref(name) for name in rows["file_name"].to_pylist()]
     trained = fit_cnn(
         load_pixels(paths, image_size, channels),
         labels,
@@ -318,7 +318,7 @@ def train_cnn(
         architecture,
         repeat_factors=factors,
     )
-    test_paths = [test.image_path(name) for name in test.images["file_name"].to_pylist()]
+    test_paths = [test.image_ref(name) for name in test.images["file_name"].to_pylist()]
     predictions = trained.predict(load_pixels(test_paths, image_size, channels))
     metrics = _classification_scores(
         predictions, test, original if original is not None else dataset, rare_max_images, common_max_images

@@ -24,7 +24,7 @@ def verify_images(dataset: LabeledDataset, *, on_error: Literal["drop", "fail"] 
     widths, heights, bad = [], [], []
     for file_name in dataset.images["file_name"].to_pylist():
         try:
-            width, height = probe_image(dataset.image_path(file_name))
+            width, height = probe_image(dataset.image_ref(file_name))
         except (OSError, ValueError) as error:
             bad.append((file_name, f"{type(error).__name__}: {error}"))
             width = height = None

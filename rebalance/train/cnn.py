@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from rebalance.errors import DataError
+from rebalance.io.references import ImageRef, open_image
 from rebalance.models.device import resolve_device
 from rebalance.sampling import class_balanced_factors
 from rebalance.train.losses import make_loss
@@ -49,18 +49,18 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(pixels))
 
 
-def load_pixels(paths: Sequence[Path], image_size: int, channels: int) -> torch.Tensor:
+def load_pixels(refs: Sequence[ImageRef], image_size: int, channels: int) -> torch.Tensor:
     """Images as a uint8 tensor (N × channels × size × size), resized with PIL's bilinear filter."""
     from PIL import Image
 
     mode = "L" if channels == 1 else "RGB"
-    pixels = np.empty((len(paths), image_size, image_size, channels), dtype=np.uint8)
-    for row, path in enumerate(paths):
+    pixels = np.empty((len(refs), image_size, image_size, channels), dtype=np.uint8)
+    for row, ref in enumerate(refs):
         try:
-            with Image.open(path) as image:
+            with open_image(ref) as image:
                 converted = image.convert(mode).resize((image_size, image_size), Image.Resampling.BILINEAR)
         except (OSError, ValueError) as error:
-            raise DataError(f"cannot decode image {path}: {error}; run verify_images first") from None
+            raise DataError(f"cannot decode image {ref}: {error}; run verify_images first") from None
         pixels[row] = np.asarray(converted).reshape(image_size, image_size, channels)
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
 

@@ -240,7 +240,7 @@ def test_finetune_encoder_trains_the_tower_and_reports_per_bucket(tiny_models) -
         EncoderSpec("open_clip", options["model"], options["pretrained"]), device="cpu"
     ).image_tower()
     before = [p.detach().clone() for p in tower.module.parameters()]
-    paths = [train.image_path(n) for n in train.images["file_name"].to_pylist()]
+    paths = [train.image_ref(n) for n in train.images["file_name"].to_pylist()]
     finetune(
         tower,
         paths,

@@ -14,7 +14,7 @@ def test_lvis_json_keeps_category_metadata_and_derives_file_names(tmp_path: Path
     annotations, image_root = build_lvis(tmp_path)
     dataset = ingest_coco(annotations=annotations, image_root=image_root)
     assert dataset.images["file_name"].to_pylist()[0] == "train2017/000000000001.png"
-    assert dataset.image_path("train2017/000000000001.png").is_file()
+    assert dataset.image_ref("train2017/000000000001.png").path.is_file()
     assert dataset.images["neg_category_ids"].to_pylist()[0] == [3]
     categories = dataset.categories.to_pylist()
     assert categories[0]["synonyms"] == ["aerosol_can", "spray_can"]

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from rebalance.errors import DataError, RebalanceError
+from rebalance.io.references import ImageRef
 from rebalance.train.cnn import CNNConfig, SmallCNN, load_pixels, train_cnn
 from rebalance.train.trainer import HeadConfig
 
@@ -75,11 +76,11 @@ def test_repeat_factor_sampler_needs_factors_and_draws_by_them() -> None:
 def test_load_pixels_resizes_converts_and_rejects_corrupt_files(tmp_path: Path) -> None:
     Image.new("RGB", (40, 20), (255, 0, 0)).save(tmp_path / "red.png")
     Image.new("L", (28, 28), 128).save(tmp_path / "grey.png")
-    grey = load_pixels([tmp_path / "red.png", tmp_path / "grey.png"], 28, 1)
+    grey = load_pixels([ImageRef(tmp_path / "red.png"), ImageRef(tmp_path / "grey.png")], 28, 1)
     assert grey.shape == (2, 1, 28, 28) and grey.dtype == torch.uint8
     assert int(grey[0, 0, 5, 5]) == 76 and int(grey[1, 0, 0, 0]) == 128  # ITU-R 601 luma of pure red
-    rgb = load_pixels([tmp_path / "red.png"], 32, 3)
+    rgb = load_pixels([ImageRef(tmp_path / "red.png")], 32, 3)
     assert rgb.shape == (1, 3, 32, 32) and rgb[0, :, 3, 3].tolist() == [255, 0, 0]
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(DataError, match="broken.png"):
-        load_pixels([tmp_path / "broken.png"], 28, 1)
+        load_pixels([ImageRef(tmp_path / "broken.png")], 28, 1)

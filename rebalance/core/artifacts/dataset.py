@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 
 from rebalance.core.artifacts.base import read_parquet, write_parquet
 from rebalance.errors import DataError
+from rebalance.io.references import ImageRef, image_ref
 
 IMAGES_SCHEMA = pa.schema(
     [
@@ -153,9 +154,9 @@ class LabeledDataset:
     def num_rows(self) -> int:
         return self.images.num_rows
 
-    def image_path(self, file_name: str) -> Path:
-        path = Path(file_name)
-        return path if path.is_absolute() or self.image_root is None else Path(self.image_root) / path
+    def image_ref(self, file_name: str) -> ImageRef:
+        """Where the bytes of the image ``file_name`` are (a file, or a member of a tar shard)."""
+        return image_ref(file_name, self.image_root)
 
     def write(self, directory: Path) -> None:
         for name in ("images", "annotations", "categories", "removed"):
