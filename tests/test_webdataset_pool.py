@@ -120,3 +120,91 @@ def test_a_member_that_is_not_an_image_is_dropped_by_verify_with_its_reason(tmp_
     assert len(removed) == 1 and removed[0]["file_name"].startswith("00001.tar#")
     assert removed[0]["file_name"].endswith(":broken.jpg") and "decod" in removed[0]["reason"]
     json.dumps(removed[0], default=str)
+
+
+def write_laion_embeddings(folder: Path, pool: Path, encoder: str, dim: int | None = None) -> None:
+    """The clip-retrieval layout for ``pool``'s samples, embedded once by ``encoder`` (as LAION
+    publishes them): two shards, rows in another order than the tar shards, float16."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rebalance.models.encoders import EncoderSpec, load_encoder
+
+    samples = scan_webdataset(pool)
+    refs = [image_ref(name, pool) for name in samples["file_name"].to_pylist()]
+    vectors = load_encoder(EncoderSpec.parse(encoder), device="cpu").encode_images(refs)
+    if dim is not None:
+        vectors = vectors[:, :dim]
+    order = np.random.default_rng(0).permutation(len(refs))
+    (folder / "img_emb").mkdir(parents=True)
+    (folder / "metadata").mkdir()
+    for shard, rows in enumerate(np.array_split(order, 2)):
+        np.save(folder / "img_emb" / f"img_emb_{shard}.npy", vectors[rows].astype(np.float16))
+        keys = [samples["key"][int(row)].as_py() for row in rows]
+        pq.write_table(
+            pa.table({"key": keys, "caption": [f"sample {key}" for key in keys]}),
+            folder / "metadata" / f"metadata_{shard}.parquet",
+        )
+
+
+def laion_pipeline(tmp_path: Path, encoder: str) -> Path:
+    pipeline = tmp_path / "laion.yaml"
+    pipeline.write_text(
+        "executor: {kind: local}\n"
+        "steps:\n"
+        f"  train: {{step: ingest_image_folder, root: {DEMO / 'train'}, max_images_per_class: 2}}\n"
+        f"  pool: {{step: ingest_webdataset, root: {tmp_path / 'pool'}}}\n"
+        f"  pool_embedded: {{step: precomputed_embeddings, inputs: {{pool: pool}}, root: {tmp_path / 'laion'}, encoder: '{encoder}'}}\n"
+        "  pool_index: {step: build_index, inputs: {embeddings: pool_embedded}}\n"
+        "  retrieved: {step: retrieve, inputs: {dataset: train, pool: pool, index: pool_index},"
+        " query: text, target: 4, device: cpu}\n"
+    )
+    return pipeline
+
+
+def test_laion_layout_embeddings_drive_retrieval_without_an_embedding_step(tmp_path: Path) -> None:
+    from rebalance.domain.classes import class_counts
+    from rebalance.models.tiny import save_tiny_open_clip
+
+    config, checkpoint = save_tiny_open_clip(tmp_path / "models")
+    encoder = f"open_clip:{config}@{checkpoint}"
+    write_shards(tmp_path / "pool", count=40, per_shard=15)
+    write_laion_embeddings(tmp_path / "laion", tmp_path / "pool", encoder)
+    dirs = [f"cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'out'}"]
+    run = api.run(laion_pipeline(tmp_path, encoder), dirs)
+    assert run.executed == ["train", "pool", "pool_embedded", "pool_index", "retrieved"]
+    assert not (tmp_path / "cache" / "embed_images").exists()  # no pool image was embedded again
+    retrieved = LabeledDataset.read(tmp_path / "out" / "retrieved")
+    assert class_counts(retrieved)[0].tolist() == [4] * 10
+    assert all(
+        name.startswith("text: a photo of a")
+        for name in retrieved.images["retrieval_query"].drop_null().to_pylist()
+    )
+
+
+def test_precomputed_embeddings_that_disagree_are_named(tmp_path: Path) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rebalance.models.tiny import save_tiny_open_clip
+
+    config, checkpoint = save_tiny_open_clip(tmp_path / "models")
+    encoder = f"open_clip:{config}@{checkpoint}"
+    write_shards(tmp_path / "pool", count=20, per_shard=10)
+    # A dimension the query encoder does not have.
+    write_laion_embeddings(tmp_path / "laion", tmp_path / "pool", encoder, dim=7)
+    dirs = [f"cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'out'}"]
+    with pytest.raises(DataError, match="the queries have .* dimensions but the pool index has 7"):
+        api.run(laion_pipeline(tmp_path, encoder), dirs)
+    # Vectors and metadata with different row counts.
+    metadata = tmp_path / "laion" / "metadata" / "metadata_1.parquet"
+    table = pq.read_table(metadata)
+    pq.write_table(table.slice(1), metadata)
+    with pytest.raises(DataError, match=r"img_emb_1\.npy has 10 rows but .*metadata_1\.parquet has 9"):
+        api.run(laion_pipeline(tmp_path, encoder), dirs)
+    np.save(tmp_path / "laion" / "img_emb" / "img_emb_1.npy", np.zeros((9, 7), np.float16))
+    pq.write_table(pa.table({"key": ["nowhere"] * 9}), metadata)
+    with pytest.raises(DataError, match="pool image\\(s\\) have no precomputed embedding"):
+        api.run(laion_pipeline(tmp_path, encoder), dirs)

@@ -9,7 +9,7 @@ import pyarrow as pa
 from pydantic import PositiveInt
 
 from rebalance.core.artifacts import Embeddings, LabeledDataset
-from rebalance.core.registry import ModelRef, step
+from rebalance.core.registry import InputPath, ModelRef, step
 from rebalance.errors import DataError
 from rebalance.io.images import load_pixels
 from rebalance.models.device import Device
@@ -149,3 +149,51 @@ def _checked(
 
 def _refs(dataset: LabeledDataset) -> list:
     return [dataset.image_ref(name) for name in dataset.images["file_name"].to_pylist()]
+
+
+@step("precomputed_embeddings", role="embeds")
+def precomputed_embeddings(
+    pool: LabeledDataset,
+    *,
+    root: InputPath,
+    encoder: str,
+    kind: Literal["img", "text"] = "img",
+    dtype: StoredDtype = "float16",
+) -> Embeddings:
+    """The pool's precomputed vectors, as LAION and clip-retrieval publish them: nothing is embedded.
+
+    ``root`` holds ``img_emb/img_emb_<i>.npy`` (``kind: text``: ``text_emb/...``) and
+    ``metadata/metadata_<i>.parquet`` with the same rows; each vector joins the pool image whose
+    ``key`` (from ``ingest_webdataset``) its metadata row names, and rows for samples that are not
+    in the pool are skipped. ``encoder`` names the model that made them (``open_clip:ViT-B-32@
+    laion2b_s34b_b79k``): text queries are embedded by it, and their dimension is checked against
+    these vectors. Shards are memory-mapped and read one at a time.
+    """
+    from rebalance.io.embedding_folders import iter_embedding_shards
+
+    if "key" not in pool.images.column_names:
+        raise DataError(
+            "precomputed embeddings join the pool by `key`: ingest the pool with ingest_webdataset"
+        )
+    keys = pool.images["key"].to_pylist()
+    position = {key: row for row, key in enumerate(keys)}
+    vectors: np.ndarray | None = None
+    filled = np.zeros(len(keys), dtype=bool)
+    for shard_vectors, shard_keys in iter_embedding_shards(root, kind):
+        if vectors is None:
+            vectors = np.zeros((len(keys), shard_vectors.shape[1]), dtype=dtype)
+        elif shard_vectors.shape[1] != vectors.shape[1]:
+            raise DataError(
+                f"{root}: embedding shards disagree on the dimension ({shard_vectors.shape[1]} vs {vectors.shape[1]})"
+            )
+        rows = np.array([position.get(key, -1) for key in shard_keys], dtype=np.int64)
+        wanted = rows >= 0
+        vectors[rows[wanted]] = shard_vectors[np.nonzero(wanted)[0]]
+        filled[rows[wanted]] = True
+    if not filled.all():
+        missing = [keys[row] for row in np.nonzero(~filled)[0][:3]]
+        raise DataError(
+            f"{root}: {int((~filled).sum()):,} pool image(s) have no precomputed embedding (first keys: "
+            f"{missing}); the embeddings must cover the pool's shards"
+        )
+    return _checked(pool, vectors, encoder, dtype)

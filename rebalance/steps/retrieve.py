@@ -133,6 +133,11 @@ def retrieve(
         index.encoder,
         device,
     )
+    if queries.shape[1] != index.index.d:
+        raise DataError(
+            f"the queries have {queries.shape[1]} dimensions but the pool index has {index.index.d} "
+            f"(embedded by {index.encoder!r}); precomputed pool embeddings must name the encoder that made them"
+        )
     pool_positions = _pool_positions(pool, index)
     excluded = _excluded_rows(
         dataset, pool, pool_positions, index.index, dataset_vectors, duplicate_threshold
