@@ -59,7 +59,18 @@ class Cache:
         return self.root / step / f"{key}.shards-{num_shards}" / f"{index:05d}"
 
     def has(self, step: str, key: str) -> bool:
-        return (self.entry_dir(step, key) / MARKER).is_file()
+        return (self.entry_dir(step, key) / MARKER).is_file() and not self.cleared_sources(step, key)
+
+    def cleared_sources(self, step: str, key: str) -> list[str]:
+        """The other entries whose files this entry's rows point to (listed as ``cache_entries`` in
+        its ``meta.json``) that are gone: the entry must be recomputed, not served."""
+        meta = self.entry_dir(step, key) / "meta.json"
+        try:
+            sources = json.loads(meta.read_text()).get("cache_entries", [])
+        except (OSError, ValueError):
+            return []
+        folder = self.entry_dir(step, key)
+        return [source for source in sources if not (folder / source / MARKER).is_file()]
 
     def drop_shards(self, step: str, key: str) -> None:
         for folder in (self.root / step).glob(f"{key}.shards-*"):

@@ -84,7 +84,15 @@ def plan_pipeline(config: PipelineConfig, previous_manifest: dict[str, Any] | No
             key = stable_hash(components)[:20]
             keys[step.id] = key
             cached = cache.has(step.spec.name, key)
-            reason = "cached" if cached else _why_changed(components, previous.get(step.id), config)
+            cleared = cache.cleared_sources(step.spec.name, key)
+            reason = (
+                "cached"
+                if cached
+                else "reads images of a cleared cache entry: "
+                + ", ".join("/".join(Path(c).parts[-2:]) for c in cleared)
+                if cleared
+                else _why_changed(components, previous.get(step.id), config)
+            )
             plans.append(StepPlan(step, key, components, cached, reason))
     return plans
 

@@ -224,3 +224,42 @@ def test_filters_and_image_to_image_with_an_unreadable_parent(tiny_generation_mo
     assert all(
         r.startswith(("parent image", "near copy: cosine")) for r in banded.removed["reason"].to_pylist()
     )
+
+
+def test_a_moved_cache_still_hits_and_clearing_the_image_step_reruns_what_reads_its_images(
+    tiny_generation_models, tmp_path: Path
+) -> None:
+    import shutil
+
+    from rebalance import api
+
+    pipeline = generation_pipeline(
+        tmp_path,
+        tiny_generation_models,
+        "    min_clip_score: null\n    real_similarity: null\n    target: max",
+    )
+    # A consumer whose rows point at the generated images inside the synthesis step's entry.
+    pipeline.write_text(
+        pipeline.read_text()
+        + "  sampled: {step: repeat_factors, inputs: {dataset: generated}, method: sqrt}\n"
+    )
+    api.run(pipeline)
+    moved = tmp_path / "elsewhere" / "cache"
+    shutil.move(tmp_path / "cache", moved)
+    again = api.run(pipeline, [f"cache_dir={moved}"])
+    assert again.executed == []
+    entries = {step["id"]: moved / step["step"] / step["key"] for step in again.manifest["steps"]}
+    sampled = LabeledDataset.read(entries["sampled"])
+    synthetic = sampled.images.filter(pc.equal(sampled.images["source"], "synthetic")).to_pylist()
+    assert len(synthetic) == 2
+    for row in synthetic:
+        ref = sampled.image_ref(row["file_name"])
+        assert ref.path.is_relative_to(moved / "synthesize_images") and ref.read_bytes()[:4] == b"\x89PNG"
+
+    api.cache_clear(moved, "synthesize_images")
+    reasons = {plan.step.id: plan.reason for plan in api.plan(pipeline, [f"cache_dir={moved}"])}
+    assert reasons["generated"] == "not in cache"
+    assert reasons["sampled"].startswith("reads images of a cleared cache entry: synthesize_images/")
+    assert reasons["train"] == reasons["embedded"] == "cached"
+    rerun = api.run(pipeline, [f"cache_dir={moved}"])
+    assert {"generated", "sampled"} <= set(rerun.executed)

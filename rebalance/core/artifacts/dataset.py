@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 import pyarrow as pa
@@ -64,6 +65,25 @@ def _images_table(file_names: list[str], split: str, source: str) -> pa.Table:
     columns = {"image_id": range(count), "file_name": file_names, "split": [split] * count}
     columns |= {"width": [None] * count, "height": [None] * count, "source": [source] * count}
     return pa.table(columns, schema=IMAGES_SCHEMA)
+
+
+def _with_cache_files(images: pa.Table, directory: Path) -> tuple[pa.Table, list[str]]:
+    """``images`` with a ``cache_file`` column for rows whose file lives in another entry of the
+    cache that ``directory`` is an entry of (``<cache>/<step>/<key>``): that file's path relative to
+    ``directory``; and those entries, relative to ``directory`` too (the cache checks they exist)."""
+    cache_root = directory.parent.parent.resolve()
+    relative, entries = [], set()
+    for name in images["file_name"].to_pylist():
+        path = Path(name).resolve() if name and Path(name).is_absolute() else None
+        if path is None or not path.is_relative_to(cache_root) or len(path.relative_to(cache_root).parts) < 3:
+            relative.append(None)
+            continue
+        step, key = path.relative_to(cache_root).parts[:2]
+        relative.append(os.path.relpath(path, directory.resolve()))
+        entries.add(os.path.relpath(cache_root / step / key, directory.resolve()))
+    if not entries:
+        return images, []
+    return images.append_column("cache_file", pa.array(relative, pa.string())), sorted(entries)
 
 
 def _next_id(ids: pa.ChunkedArray) -> int:
@@ -159,15 +179,18 @@ class LabeledDataset:
         return image_ref(file_name, self.image_root)
 
     def write(self, directory: Path) -> None:
-        for name in ("images", "annotations", "categories", "removed"):
+        images, cache_entries = _with_cache_files(self.images, directory)
+        write_parquet(images, directory / "images.parquet")
+        for name in ("annotations", "categories", "removed"):
             write_parquet(getattr(self, name), directory / f"{name}.parquet")
         if self.files:
             (directory / "files").mkdir()
             for name, data in sorted(self.files.items()):
                 (directory / "files" / name).write_bytes(data)
-        (directory / "meta.json").write_text(
-            json.dumps({"image_root": self.image_root, "files": bool(self.files)})
-        )
+        meta: dict[str, Any] = {"image_root": self.image_root, "files": bool(self.files)}
+        if cache_entries:
+            meta["cache_entries"] = cache_entries
+        (directory / "meta.json").write_text(json.dumps(meta))
 
     @classmethod
     def read(cls, directory: Path) -> Self:
@@ -187,7 +210,22 @@ class LabeledDataset:
             images = images.set_column(
                 images.schema.get_field_index("file_name"), "file_name", pa.array(names, pa.string())
             )
-            tables["images"] = images.drop_columns(["artifact_file"])
+            images = images.drop_columns(["artifact_file"])
+        if "cache_file" in images.column_names:
+            # Files of another cache entry, stored relative to this one: found wherever the cache
+            # folder now is. A published copy (outside the cache) keeps the absolute file_name.
+            names = [
+                str(candidate)
+                if relative and (candidate := (directory / relative).resolve()).exists()
+                else name
+                for relative, name in zip(
+                    images["cache_file"].to_pylist(), images["file_name"].to_pylist(), strict=True
+                )
+            ]
+            images = images.set_column(
+                images.schema.get_field_index("file_name"), "file_name", pa.array(names, pa.string())
+            ).drop_columns(["cache_file"])
+        tables["images"] = images
         return cls(**tables, image_root=meta["image_root"])
 
     def shard(self, index: int, num_shards: int) -> Self:
