@@ -101,6 +101,8 @@ def retrieve_with_quotas(
     if len(queries) == 0 or pool_size == 0:
         return empty
     k = min(pool_size, max(1, int(np.ceil(quotas.max() * oversample))))
+    # A wider round sees the earlier rounds' rows again: each row is checked once.
+    excluded = _asked_once(excluded) if excluded is not None else None
     while True:
         scores, rows = search(queries, k)
         result = _assign(scores, rows, query_classes, query_ids, quotas, excluded, agrees)
@@ -108,6 +110,23 @@ def retrieve_with_quotas(
         if not short.any() or k >= pool_size:
             return result
         k = min(pool_size, k * 2)
+
+
+def _asked_once(flag: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """``flag(rows)`` for unique ``rows``, asking ``flag`` only about rows it was not asked before."""
+    known_rows, known = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
+
+    def remembered(rows: np.ndarray) -> np.ndarray:
+        nonlocal known_rows, known
+        new = np.setdiff1d(rows, known_rows)
+        if len(new):
+            known_rows = np.concatenate([known_rows, new])
+            known = np.concatenate([known, np.asarray(flag(new), dtype=bool)])
+            order = np.argsort(known_rows, kind="stable")
+            known_rows, known = known_rows[order], known[order]
+        return known[np.searchsorted(known_rows, rows)]
+
+    return remembered
 
 
 def _assign(
@@ -205,10 +224,21 @@ def knn_vote_filter(
     nearest = faiss.IndexFlatIP(labelled.shape[1])
     nearest.add(np.ascontiguousarray(labelled, dtype=np.float32))
     k = min(k, len(labelled))
+    # Each pool row is voted on once: a wider retrieval round reuses the earlier rounds' winners,
+    # kept as sorted row · C + class keys (a row's tied winners are all kept).
+    voted = np.zeros(0, dtype=np.int64)
+    winners = np.zeros(0, dtype=np.int64)
 
     def agrees(pool_rows: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-        unique, inverse = np.unique(pool_rows, return_inverse=True)
-        wins = np.zeros(len(pool_rows), dtype=bool)
+        nonlocal voted, winners
+        fresh = np.setdiff1d(pool_rows, voted)
+        if len(fresh):
+            winners = np.union1d(winners, _winning_keys(fresh))
+            voted = np.union1d(voted, fresh)
+        return np.isin(np.asarray(pool_rows, dtype=np.int64) * num_classes + wanted, winners)
+
+    def _winning_keys(unique: np.ndarray) -> np.ndarray:
+        keys = []
         for start in range(0, len(unique), VOTE_CHUNK):
             chunk = unique[start : start + VOTE_CHUNK]
             _, neighbours = nearest.search(np.ascontiguousarray(vectors_of(chunk), dtype=np.float32), k)
@@ -221,9 +251,8 @@ def knn_vote_filter(
                 shape=(len(chunk), len(labelled)),
             )
             votes = (voters @ membership).toarray()
-            mine = (inverse >= start) & (inverse < start + len(chunk))
-            local = inverse[mine] - start
-            wins[mine] = votes[local, wanted[mine]] == votes.max(axis=1)[local]
-        return wins
+            items, classes = np.nonzero(votes == votes.max(axis=1, keepdims=True))
+            keys.append(chunk[items].astype(np.int64) * num_classes + classes)
+        return np.concatenate(keys)
 
     return agrees

@@ -115,3 +115,48 @@ def test_the_vote_keeps_an_item_out_of_a_class_whose_query_it_is_near() -> None:
     voted = run(labelled[:1], np.array([0]), [2], pool, agrees=agrees)
     assert sorted(plain.rows.tolist()) == [0, 1]
     assert sorted(voted.rows.tolist()) == [1, 2]
+
+
+def test_a_wider_round_reuses_the_earlier_rounds_checks_and_votes() -> None:
+    rng = np.random.default_rng(3)
+    pool = rng.normal(size=(600, 8)).astype(np.float32)
+    pool /= np.linalg.norm(pool, axis=1, keepdims=True)
+    labelled = pool[:40] + rng.normal(scale=0.01, size=(40, 8)).astype(np.float32)
+    labelled /= np.linalg.norm(labelled, axis=1, keepdims=True)
+    pairs = (np.arange(40), np.arange(40) % 2)
+    asked, voted = [], []
+
+    def excluded(rows: np.ndarray) -> np.ndarray:
+        asked.append(rows.copy())
+        return rows % 10 < 6  # most of the pool is off limits: the search has to widen
+
+    def vectors_of(rows: np.ndarray) -> np.ndarray:
+        voted.append(rows.copy())
+        return pool[rows]
+
+    queries, classes, quotas = labelled[:2], np.array([0, 1]), [60, 60]
+    widened = run(
+        queries,
+        classes,
+        quotas,
+        pool,
+        excluded=excluded,
+        agrees=knn_vote_filter(labelled, pairs, 2, 3, vectors_of),
+    )
+    assert len(asked) > 1 and len(voted) > 1  # several rounds
+    for calls in (asked, voted):
+        every = np.concatenate(calls)
+        assert len(every) == len(np.unique(every))  # each row checked and voted on once
+    # The same assignment as one round over the whole pool, where nothing can be reused.
+    single = run(
+        queries,
+        classes,
+        quotas,
+        pool,
+        excluded=lambda rows: rows % 10 < 6,
+        agrees=knn_vote_filter(labelled, pairs, 2, 3, lambda rows: pool[rows]),
+        oversample=1000,
+    )
+    assert (
+        widened.rows.tolist() == single.rows.tolist() and widened.classes.tolist() == single.classes.tolist()
+    )
