@@ -53,13 +53,41 @@ def training_sample_size(factory: str, num_vectors: int) -> int:
     return min(num_vectors, wanted)
 
 
-def build_index(vectors: np.ndarray, factory: str, *, seed: int = 0):
-    """Train (on a seeded sample) and fill a CPU FAISS index with ``vectors`` (float32, n × d)."""
+ADD_CHUNK_ROWS = 1 << 18
+"""Vectors converted and added at a time: memory holds the index and one chunk, not the pool."""
+
+
+def build_index(
+    vectors: np.ndarray,
+    factory: str,
+    *,
+    seed: int = 0,
+    normalise: bool = False,
+    row_names: np.ndarray | None = None,
+    chunk_rows: int = ADD_CHUNK_ROWS,
+):
+    """Train (on a seeded sample) and fill a CPU FAISS index with ``vectors`` (n × d, any float
+    dtype; a memory map stays on disk), ``chunk_rows`` at a time.
+
+    ``normalise`` scales each row to unit length as it is read (a row that is zero, NaN or
+    infinite is an error naming it by ``row_names``, else its position). Memory is the index plus
+    one float32 chunk, so a float16 pool on disk is never copied whole.
+    """
     import faiss
 
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    if not np.isfinite(vectors).all():
-        raise DataError("the vectors to index contain NaN or infinite values; re-embed them")
+    def prepared(rows: np.ndarray | slice) -> np.ndarray:
+        block = np.asarray(vectors[rows], dtype=np.float32)
+        norms = np.linalg.norm(block, axis=1)
+        bad = ~np.isfinite(norms) | ((norms == 0) if normalise else False)
+        if bad.any():
+            positions = np.arange(len(vectors))[rows][bad]
+            label, named = ("ids", row_names[positions]) if row_names is not None else ("rows", positions)
+            raise DataError(
+                f"{int(bad.sum())} vector(s) to index are NaN, infinite{' or zero' if normalise else ''} "
+                f"(first {label}: {named[:5].tolist()}); re-embed them"
+            )
+        return np.ascontiguousarray(block / norms[:, None] if normalise else block)
+
     try:
         index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as error:
@@ -73,8 +101,9 @@ def build_index(vectors: np.ndarray, factory: str, *, seed: int = 0):
             )
         rows = np.sort(np.random.default_rng(seed).choice(len(vectors), size=sample, replace=False))
         _seed_clustering(index, seed)
-        index.train(vectors[rows])
-    index.add(vectors)
+        index.train(prepared(rows))
+    for start in range(0, len(vectors), chunk_rows):
+        index.add(prepared(slice(start, start + chunk_rows)))
     return index
 
 

@@ -64,3 +64,23 @@ def test_k_larger_than_the_pool_returns_the_whole_pool() -> None:
     scores, rows = search(index, unit_rows(2, 8, seed=4), 50)
     assert rows.shape == (2, 5) and sorted(rows[0]) == [0, 1, 2, 3, 4]
     assert np.all(np.diff(scores, axis=1) <= 0)
+
+
+def test_a_float16_memory_map_is_indexed_chunk_by_chunk_as_if_whole(tmp_path) -> None:
+    import faiss
+
+    raw = (unit_rows(3_000, 16, seed=5) * 3).astype(np.float16)  # not unit length: normalised as read
+    np.save(tmp_path / "pool.npy", raw)
+    mapped = np.load(tmp_path / "pool.npy", mmap_mode="r")
+    whole = raw.astype(np.float32)
+    whole /= np.linalg.norm(whole, axis=1, keepdims=True)
+    for factory in ("Flat", "IVF16,PQ4"):
+        chunked = build_index(mapped, factory, seed=2, normalise=True, chunk_rows=700)
+        at_once = build_index(whole, factory, seed=2, chunk_rows=len(whole))
+        assert np.array_equal(faiss.serialize_index(chunked), faiss.serialize_index(at_once))
+    mapped_copy = np.array(mapped)
+    mapped_copy[1234] = 0
+    with pytest.raises(
+        DataError, match=r"1 vector\(s\) to index are NaN, infinite or zero \(first rows: \[1234\]\)"
+    ):
+        build_index(mapped_copy, "Flat", normalise=True, chunk_rows=700)

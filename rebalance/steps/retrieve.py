@@ -45,11 +45,11 @@ def build_index(
     when the raw vectors exceed ``max_memory_gb``). Trained on a seeded sample, built on the CPU
     (the same index file whether or not a GPU is present), searched on a GPU when one is usable.
     """
-    vectors = _normalised(np.asarray(embeddings.vectors, dtype=np.float32), embeddings.ids)
+    vectors = embeddings.vectors  # memory-mapped: build_index reads it a chunk at a time
     factory = factory or vector_index.auto_factory(
         len(vectors), vectors.shape[1], max_memory_bytes=int(max_memory_gb * 2**30)
     )
-    index = vector_index.build_index(vectors, factory, seed=seed)
+    index = vector_index.build_index(vectors, factory, seed=seed, normalise=True, row_names=embeddings.ids)
     meta = {
         "factory": factory,
         "encoder": embeddings.encoder,
