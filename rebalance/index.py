@@ -9,6 +9,7 @@ hand without changing results for exact indexes.
 from __future__ import annotations
 
 import math
+import mmap
 from typing import Literal
 
 import numpy as np
@@ -53,7 +54,7 @@ def training_sample_size(factory: str, num_vectors: int) -> int:
     return min(num_vectors, wanted)
 
 
-ADD_CHUNK_ROWS = 1 << 18
+ADD_CHUNK_ROWS = 1 << 16
 """Vectors converted and added at a time: memory holds the index and one chunk, not the pool."""
 
 
@@ -101,10 +102,26 @@ def build_index(
             )
         rows = np.sort(np.random.default_rng(seed).choice(len(vectors), size=sample, replace=False))
         _seed_clustering(index, seed)
-        index.train(prepared(rows))
+        parts = []
+        for start in range(0, len(rows), chunk_rows):
+            parts.append(prepared(rows[start : start + chunk_rows]))
+            _release_mapped_pages(vectors)
+        index.train(np.concatenate(parts))
     for start in range(0, len(vectors), chunk_rows):
         index.add(prepared(slice(start, start + chunk_rows)))
+        _release_mapped_pages(vectors)
     return index
+
+
+def _release_mapped_pages(vectors: np.ndarray) -> None:
+    # Pages of a memory-mapped file that were read stay in the process's resident set until
+    # unmapped; dropping them after each chunk keeps a pool larger than RAM from filling it (they
+    # stay in the page cache, so nothing is read twice unless memory is short).
+    mapped = getattr(vectors, "base", None)
+    while mapped is not None and not isinstance(mapped, mmap.mmap):
+        mapped = getattr(mapped, "base", None)
+    if mapped is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mapped.madvise(mmap.MADV_DONTNEED)
 
 
 def search(
