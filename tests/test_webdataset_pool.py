@@ -73,6 +73,7 @@ def test_a_webdataset_pool_is_retrieved_from_and_exported_with_its_bytes(tmp_pat
         "  retrieved: {step: retrieve, inputs: {dataset: train, pool: checked, index: index, embeddings: embedded},"
         " query: image, image_query: examples, target: max, max_per_class: 5}\n"
         "  export: {step: export_hf, inputs: {dataset: retrieved, original: train}}\n"
+        "  references: {step: export_hf, inputs: {dataset: retrieved}, embed_images: false}\n"
     )
     dirs = [f"cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'out'}"]
     api.run(pipeline, dirs)
@@ -87,6 +88,13 @@ def test_a_webdataset_pool_is_retrieved_from_and_exported_with_its_bytes(tmp_pat
     assert raw["bytes"] == (DEMO / "pool" / f"{key}.png").read_bytes()
     card = (tmp_path / "out" / "export" / "README.md").read_text()
     assert "retrieved" in card and "carry the class they were retrieved for" in card
+    assert "## Image references" not in card
+    # Without the bytes, the card explains the tar-member references the image paths hold.
+    by_reference = datasets.load_from_disk(str(tmp_path / "out" / "references"))["train"]
+    member = next(r for r in by_reference["image_reference"] if ".tar#" in r)
+    assert member.rpartition(":")[2].endswith(".png")
+    assert image_ref(member, None).read_bytes()[:4] == b"\x89PNG"
+    assert "## Image references" in (tmp_path / "out" / "references" / "README.md").read_text()
 
 
 def test_a_truncated_shard_is_named(tmp_path: Path) -> None:

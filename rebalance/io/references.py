@@ -64,6 +64,11 @@ def tar_member(shard: str, offset: int, size: int, member: str) -> str:
     return f"{shard}#{offset}+{size}:{member}"
 
 
+def is_tar_member(file_name: str) -> bool:
+    """Whether ``file_name`` references a member of a tar shard rather than a file."""
+    return _TAR_MEMBER.match(file_name) is not None
+
+
 def image_ref(file_name: str, root: str | Path | None) -> ImageRef:
     """The reference a dataset's ``file_name`` makes, relative paths resolved against ``root``."""
     found = _TAR_MEMBER.match(file_name)

@@ -27,11 +27,12 @@ from rebalance.domain.classes import (
 )
 from rebalance.domain.ledger import retrieval_summary, stage_changes
 from rebalance.errors import DataError
+from rebalance.io.references import is_tar_member
 
 Task = Literal["auto", "classification", "detection"]
 
 
-@step("export_hf", version=6, role="exports")
+@step("export_hf", version=7, role="exports")
 def export_hf(
     dataset: LabeledDataset,
     original: LabeledDataset | None = None,
@@ -89,6 +90,7 @@ def export_hf(
         lineage,
         buckets,
         (rare_max_images, common_max_images),
+        embed_images,
     )
     return HFDatasetExport(exported, card, num_shards, plots, dict(zip(class_names, buckets, strict=True)))
 
@@ -119,11 +121,13 @@ def _to_hf(
         ["split", *(["feature"] if embeddings is not None and "feature" in data.images.column_names else [])]
     )
     # Every image's bytes are read through its reference (a file or a tar shard member), so the
-    # export holds them whatever the pool's layout; without embedding, the reference is the path.
+    # export holds them whatever the pool's layout. Without embedding, a file stays a path in
+    # `image`; a tar member is no file a reader could open, so `image` is empty and
+    # `image_reference` holds where its bytes are (the card explains the form).
     refs = [None if name is None else data.image_ref(name) for name in images["file_name"].to_pylist()]
     image_column = [
         None
-        if ref is None
+        if ref is None or (not embed_images and ref.member is not None)
         else {"bytes": ref.read_bytes(), "path": ref.name}
         if embed_images
         else {"bytes": None, "path": str(ref)}
@@ -132,6 +136,9 @@ def _to_hf(
     label_of = {cid: i for i, cid in enumerate(data.categories["category_id"].to_pylist())}
     features: dict[str, Any] = {"image": datasets.Image()}
     columns: dict[str, Any] = {"image": image_column}
+    if not embed_images:
+        features["image_reference"] = datasets.Value("string")
+        columns["image_reference"] = [None if ref is None else str(ref) for ref in refs]
     if task == "classification":
         by_image = dict(
             zip(
@@ -203,6 +210,7 @@ def _card(
     lineage: dict[str, Any] | None,
     buckets: list[str],
     thresholds: tuple[int, int],
+    embed_images: bool = True,
 ) -> tuple[str, dict[str, bytes]]:
     """The dataset card (README.md) and its plots; ``buckets`` per class, from the original counts."""
     from rebalance.plots import class_distribution
@@ -272,6 +280,16 @@ def _card(
     if "per epoch" in counts:
         sections.append("`per epoch`: expected draws per epoch, Σ `repeat_factor` over the class's images.\n")
     sections += ["## Removed images\n", "\n".join(removal_lines) + "\n"]
+    if not embed_images and any(
+        is_tar_member(name) for name in dataset.images["file_name"].to_pylist() if name
+    ):
+        sections.append(
+            "## Image references\n\nThe images are not in this dataset: `image_reference` says where each one "
+            "is. A plain path is a file (also in `image.path`); `<shard>#<offset>+<size>:<member>` is the "
+            "member `<member>` of the tar "
+            "shard `<shard>`, whose bytes are the `<size>` bytes at byte `<offset>` of the shard "
+            "(read them with `rebalance.io.references.image_ref(path, root).read_bytes()`, or seek and read).\n"
+        )
     sections.append("The columns `source` and `file_name` record where each row comes from.\n")
     retrieval = retrieval_summary(dataset)
     if retrieval["retrieved"]:
