@@ -216,3 +216,43 @@ def test_precomputed_embeddings_that_disagree_are_named(tmp_path: Path) -> None:
     pq.write_table(pa.table({"key": ["nowhere"] * 9}), metadata)
     with pytest.raises(DataError, match="pool image\\(s\\) have no precomputed embedding"):
         api.run(laion_pipeline(tmp_path, encoder), dirs)
+
+
+def test_a_parquet_pool_with_image_bytes_is_retrieved_from_and_exported(tmp_path: Path) -> None:
+    # A Hugging Face `datasets` export: the Image feature stores {"bytes", "path"} structs in parquet.
+    with open(DEMO / "pool_labels.csv") as handle:
+        labels = {row["file_name"]: row["label"] for row in csv.DictReader(handle)}
+    chosen = sorted(labels)[:200]
+    (tmp_path / "pool").mkdir()
+    hf = datasets.Dataset.from_dict(
+        {
+            "image": [{"bytes": (DEMO / "pool" / name).read_bytes(), "path": name} for name in chosen],
+            "id": [Path(name).stem for name in chosen],
+        },
+        features=datasets.Features({"image": datasets.Image(), "id": datasets.Value("string")}),
+    )
+    hf.to_parquet(str(tmp_path / "pool" / "train-00000.parquet"), batch_size=64)
+    pipeline = tmp_path / "pool.yaml"
+    pipeline.write_text(
+        "executor: {kind: local}\n"
+        "steps:\n"
+        f"  train: {{step: ingest_image_folder, root: {DEMO / 'train'}, max_images_per_class: 20}}\n"
+        f"  pool: {{step: ingest_parquet_pool, root: {tmp_path / 'pool'}, key_column: id}}\n"
+        "  checked: {step: verify_images, inputs: {dataset: pool}}\n"
+        "  embedded: {step: embed_pixels_pca, inputs: {dataset: train}}\n"
+        "  pool_embedded: {step: embed_pixels_pca, inputs: {dataset: checked, fit: train}}\n"
+        "  index: {step: build_index, inputs: {embeddings: pool_embedded}}\n"
+        "  retrieved: {step: retrieve, inputs: {dataset: train, pool: checked, index: index, embeddings: embedded},"
+        " query: image, image_query: examples, target: max, max_per_class: 5}\n"
+        "  export: {step: export_hf, inputs: {dataset: retrieved, original: train}}\n"
+    )
+    api.run(pipeline, [f"cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'out'}"])
+    pool = LabeledDataset.read(next((tmp_path / "cache" / "verify_images").glob("*/meta.json")).parent)
+    assert pool.num_rows == 200 and pool.removed.num_rows == 0
+    assert pool.images["file_name"][0].as_py() == "train-00000.parquet#0/0:image"
+    exported = datasets.load_from_disk(str(tmp_path / "out" / "export"))["train"]
+    retrieved = exported.filter(lambda row: row["source"] == "retrieved")
+    assert retrieved.num_rows > 0
+    row = retrieved.cast_column("image", datasets.Image(decode=False))[0]
+    key = next(r["key"] for r in pool.images.to_pylist() if r["file_name"] == row["pool_file_name"])
+    assert row["image"]["bytes"] == (DEMO / "pool" / f"{key}.png").read_bytes()

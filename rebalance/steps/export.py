@@ -27,7 +27,7 @@ from rebalance.domain.classes import (
 )
 from rebalance.domain.ledger import retrieval_summary, stage_changes
 from rebalance.errors import DataError
-from rebalance.io.references import is_tar_member
+from rebalance.io.references import in_container
 
 Task = Literal["auto", "classification", "detection"]
 
@@ -122,12 +122,12 @@ def _to_hf(
     )
     # Every image's bytes are read through its reference (a file or a tar shard member), so the
     # export holds them whatever the pool's layout. Without embedding, a file stays a path in
-    # `image`; a tar member is no file a reader could open, so `image` is empty and
+    # `image`; a tar member or parquet cell is no file a reader could open, so `image` is empty and
     # `image_reference` holds where its bytes are (the card explains the form).
     refs = [None if name is None else data.image_ref(name) for name in images["file_name"].to_pylist()]
     image_column = [
         None
-        if ref is None or (not embed_images and ref.member is not None)
+        if ref is None or (not embed_images and ref.contained)
         else {"bytes": ref.read_bytes(), "path": ref.name}
         if embed_images
         else {"bytes": None, "path": str(ref)}
@@ -281,14 +281,15 @@ def _card(
         sections.append("`per epoch`: expected draws per epoch, Σ `repeat_factor` over the class's images.\n")
     sections += ["## Removed images\n", "\n".join(removal_lines) + "\n"]
     if not embed_images and any(
-        is_tar_member(name) for name in dataset.images["file_name"].to_pylist() if name
+        in_container(name) for name in dataset.images["file_name"].to_pylist() if name
     ):
         sections.append(
             "## Image references\n\nThe images are not in this dataset: `image_reference` says where each one "
             "is. A plain path is a file (also in `image.path`); `<shard>#<offset>+<size>:<member>` is the "
-            "member `<member>` of the tar "
-            "shard `<shard>`, whose bytes are the `<size>` bytes at byte `<offset>` of the shard "
-            "(read them with `rebalance.io.references.image_ref(path, root).read_bytes()`, or seek and read).\n"
+            "member `<member>` of the tar shard `<shard>`, whose bytes are the `<size>` bytes at byte "
+            "`<offset>` of the shard; `<file>#<row group>/<row>:<column>` is a cell of a parquet file holding "
+            "the image's bytes. `rebalance.io.references.image_ref(reference, None).read_bytes()` reads "
+            "either.\n"
         )
     sections.append("The columns `source` and `file_name` record where each row comes from.\n")
     retrieval = retrieval_summary(dataset)

@@ -16,6 +16,7 @@ from rebalance.core.registry import InputPath, step
 from rebalance.errors import DataError
 from rebalance.io.coco import read_coco
 from rebalance.io.image_folder import IMAGE_EXTENSIONS, scan_image_folder, scan_pool_folder
+from rebalance.io.parquet_images import scan_parquet_images
 from rebalance.io.tables import read_side_table
 from rebalance.io.webdataset import IMAGE_SUFFIXES, scan_webdataset
 
@@ -115,6 +116,38 @@ def ingest_webdataset(
     )
     images = dataset.images
     for name in ("key", "caption", "url"):
+        images = images.append_column(name, samples[name])
+    if reference_labels is not None:
+        keys = samples["key"].to_pylist()
+        images = images.append_column("reference_label", _by_file(reference_labels, "label", keys, by="key"))
+    return dataclasses.replace(dataset, images=images)
+
+
+@step("ingest_parquet_pool", role="reads")
+def ingest_parquet_pool(
+    *,
+    root: InputPath,
+    image_column: str = "image",
+    caption_column: str | None = None,
+    key_column: str | None = None,
+    reference_labels: InputPath | None = None,
+) -> LabeledDataset:
+    """Read an unlabelled retrieval pool of parquet files whose ``image_column`` holds the image bytes
+    (a binary column, or a Hugging Face ``Image`` struct), e.g. a ``datasets`` export.
+
+    One row per parquet row; ``file_name`` references the cell (``<file>#<row group>/<row>:<column>``)
+    and only the files' metadata and the caption / key columns are read here: pixel readers fetch a
+    row group's images when they need them. ``reference_labels`` (``key``, ``label``) scores retrieval.
+    """
+    samples = scan_parquet_images(root, image_column, caption_column, key_column)
+    dataset = LabeledDataset.unlabeled(
+        samples["file_name"].to_pylist(),
+        split="pool",
+        source="pool",
+        image_root=str(root.parent if root.is_file() else root),
+    )
+    images = dataset.images
+    for name in ("key", "caption"):
         images = images.append_column(name, samples[name])
     if reference_labels is not None:
         keys = samples["key"].to_pylist()
