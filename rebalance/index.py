@@ -74,20 +74,25 @@ def build_index(
     infinite is an error naming it by ``row_names``, else its position). Memory is the index plus
     one float32 chunk, so a float16 pool on disk is never copied whole.
     """
-    import faiss
+    index = train_index(
+        vectors, factory, seed=seed, normalise=normalise, row_names=row_names, chunk_rows=chunk_rows
+    )
+    add_vectors(index, vectors, normalise=normalise, row_names=row_names, chunk_rows=chunk_rows)
+    return index
 
-    def prepared(rows: np.ndarray | slice) -> np.ndarray:
-        block = np.asarray(vectors[rows], dtype=np.float32)
-        norms = np.linalg.norm(block, axis=1)
-        bad = ~np.isfinite(norms) | ((norms == 0) if normalise else False)
-        if bad.any():
-            positions = np.arange(len(vectors))[rows][bad]
-            label, named = ("ids", row_names[positions]) if row_names is not None else ("rows", positions)
-            raise DataError(
-                f"{int(bad.sum())} vector(s) to index are NaN, infinite{' or zero' if normalise else ''} "
-                f"(first {label}: {named[:5].tolist()}); re-embed them"
-            )
-        return np.ascontiguousarray(block / norms[:, None] if normalise else block)
+
+def train_index(
+    vectors: np.ndarray,
+    factory: str,
+    *,
+    seed: int = 0,
+    normalise: bool = False,
+    row_names: np.ndarray | None = None,
+    chunk_rows: int = ADD_CHUNK_ROWS,
+):
+    """An empty CPU FAISS index ``factory``, trained on a seeded sample of ``vectors`` when it needs
+    training (IVF lists, PQ codebooks); ``add_vectors`` fills it, in one process or per shard."""
+    import faiss
 
     try:
         index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
@@ -104,13 +109,59 @@ def build_index(
         _seed_clustering(index, seed)
         parts = []
         for start in range(0, len(rows), chunk_rows):
-            parts.append(prepared(rows[start : start + chunk_rows]))
+            parts.append(_prepared(vectors, rows[start : start + chunk_rows], normalise, row_names))
             _release_mapped_pages(vectors)
         index.train(np.concatenate(parts))
-    for start in range(0, len(vectors), chunk_rows):
-        index.add(prepared(slice(start, start + chunk_rows)))
-        _release_mapped_pages(vectors)
     return index
+
+
+def add_vectors(
+    index,
+    vectors: np.ndarray,
+    *,
+    normalise: bool = False,
+    row_names: np.ndarray | None = None,
+    chunk_rows: int = ADD_CHUNK_ROWS,
+) -> None:
+    """Add ``vectors`` to the trained ``index`` a chunk at a time (rows get the next positions)."""
+    for start in range(0, len(vectors), chunk_rows):
+        index.add(_prepared(vectors, slice(start, start + chunk_rows), normalise, row_names))
+        _release_mapped_pages(vectors)
+
+
+def merge_indexes(parts: list):
+    """One index holding every part's vectors in order: the parts share one trained index (IVF
+    lists, PQ codebooks), so this is the index ``add_vectors`` would have built from all of them."""
+    import faiss
+
+    try:
+        merged = faiss.clone_index(parts[0])
+        for part in parts[1:]:
+            other = faiss.clone_index(part)  # merge_from empties its argument; the part stays intact
+            # IVF ids are positions: the next part's start where they are explicit, none for flat codes.
+            merged.merge_from(other, merged.ntotal if _ivf_lists_of(merged) else 0)
+    except RuntimeError as error:
+        raise RebalanceError(
+            f"this index cannot be built in shards ({_first_line(error)}); use build_index, or "
+            "smaller shards (executor.shard_rows) when a part is too large to load"
+        ) from None
+    return merged
+
+
+def _prepared(
+    vectors: np.ndarray, rows: np.ndarray | slice, normalise: bool, row_names: np.ndarray | None
+) -> np.ndarray:
+    block = np.asarray(vectors[rows], dtype=np.float32)
+    norms = np.linalg.norm(block, axis=1)
+    bad = ~np.isfinite(norms) | ((norms == 0) if normalise else False)
+    if bad.any():
+        positions = np.arange(len(vectors))[rows][bad]
+        label, named = ("ids", row_names[positions]) if row_names is not None else ("rows", positions)
+        raise DataError(
+            f"{int(bad.sum())} vector(s) to index are NaN, infinite{' or zero' if normalise else ''} "
+            f"(first {label}: {named[:5].tolist()}); re-embed them"
+        )
+    return np.ascontiguousarray(block / norms[:, None] if normalise else block)
 
 
 def _release_mapped_pages(vectors: np.ndarray) -> None:

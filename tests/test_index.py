@@ -84,3 +84,67 @@ def test_a_float16_memory_map_is_indexed_chunk_by_chunk_as_if_whole(tmp_path) ->
         DataError, match=r"1 vector\(s\) to index are NaN, infinite or zero \(first rows: \[1234\]\)"
     ):
         build_index(mapped_copy, "Flat", normalise=True, chunk_rows=700)
+
+
+def test_an_index_filled_in_parts_and_merged_is_the_index_built_at_once() -> None:
+    import faiss
+
+    from rebalance.index import add_vectors, merge_indexes, train_index
+
+    database = unit_rows(4_000, 16, seed=6)
+    for factory in ("Flat", "IVF32,Flat", "IVF32,PQ4"):
+        trained = train_index(database, factory, seed=1)
+        parts = []
+        for rows in np.array_split(np.arange(len(database)), 3):
+            part = faiss.clone_index(trained)
+            add_vectors(part, database[rows])
+            parts.append(part)
+        merged = merge_indexes(parts)
+        at_once = build_index(database, factory, seed=1)
+        assert merged.ntotal == len(database)
+        assert np.array_equal(faiss.serialize_index(merged), faiss.serialize_index(at_once)), factory
+    with pytest.raises(RebalanceError, match="cannot be built in shards"):
+        merge_indexes([build_index(database[:100], "HNSW8"), build_index(database[100:200], "HNSW8")])
+
+
+def test_the_index_trained_once_and_filled_on_a_local_cluster_searches_like_one_built_at_once(
+    tmp_path,
+) -> None:
+    import faiss
+
+    from rebalance import api
+    from rebalance.core.artifacts import VectorIndex
+    from tests.conftest import REPO
+
+    pool = REPO / "data" / "fashion_mnist_lt" / "pool"
+    pipeline = tmp_path / "index.yaml"
+    pipeline.write_text(
+        "steps:\n"
+        f"  pool: {{step: ingest_pool, root: {pool}}}\n"
+        "  vectors: {step: embed_pixels_pca, inputs: {dataset: pool}}\n"
+        "  trained: {step: train_index, inputs: {embeddings: vectors}, factory: 'IVF16,PQ8'}\n"
+        "  sharded: {step: fill_index, inputs: {embeddings: vectors, trained: trained}}\n"
+        "  whole: {step: build_index, inputs: {embeddings: vectors}, factory: 'IVF16,PQ8'}\n"
+    )
+    run = api.run(
+        pipeline,
+        [
+            f"cache_dir={tmp_path / 'cache'}",
+            f"output_dir={tmp_path / 'out'}",
+            "executor.kind=dask",
+            "executor.n_workers=2",
+            "executor.shard_rows=300",
+        ],
+    )
+    assert (
+        run.manifest["executor"].startswith("dask")
+        and next(s for s in run.manifest["steps"] if s["id"] == "sharded")["shards"]["total"] == 7
+    )
+    sharded, whole = (
+        VectorIndex.read(tmp_path / "out" / "sharded"),
+        VectorIndex.read(tmp_path / "out" / "whole"),
+    )
+    assert np.array_equal(sharded.ids, whole.ids) and sharded.index.ntotal == 2_000
+    assert np.array_equal(faiss.serialize_index(sharded.index), faiss.serialize_index(whole.index))
+    queries = unit_rows(20, whole.index.d, seed=9)
+    assert np.array_equal(search(sharded.index, queries, 10)[1], search(whole.index, queries, 10)[1])

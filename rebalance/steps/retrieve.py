@@ -1,4 +1,4 @@
-"""Retrieval steps: index a pool's embeddings, then fill under-represented classes from the pool."""
+"""The retrieval step: fill under-represented classes from a pool through its index."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import NonNegativeInt, PositiveFloat, PositiveInt, confloat
+from pydantic import PositiveInt, confloat
 
 from rebalance import index as vector_index
 from rebalance.core.artifacts import ConceptFrequency, Embeddings, LabeledDataset, VectorIndex, positions_of
@@ -27,36 +27,6 @@ DEFAULT_TEMPLATES = (
     "a close-up photo of a {}.",
     "a photo of one {}.",
 )
-
-
-@step("build_index", role="embeds")
-def build_index(
-    embeddings: Embeddings,
-    *,
-    factory: str | None = None,
-    nprobe: PositiveInt = 16,
-    max_memory_gb: PositiveFloat = 8.0,
-    seed: NonNegativeInt = 0,
-) -> VectorIndex:
-    """Index a pool's embeddings with FAISS (inner product = cosine on normalised vectors).
-
-    ``factory`` is any ``faiss.index_factory`` string; when omitted it is chosen by size
-    (``rebalance.index.auto_factory``: exact ``Flat`` up to 50k vectors, then IVF, with PQ codes
-    when the raw vectors exceed ``max_memory_gb``). Trained on a seeded sample, built on the CPU
-    (the same index file whether or not a GPU is present), searched on a GPU when one is usable.
-    """
-    vectors = embeddings.vectors  # memory-mapped: build_index reads it a chunk at a time
-    factory = factory or vector_index.auto_factory(
-        len(vectors), vectors.shape[1], max_memory_bytes=int(max_memory_gb * 2**30)
-    )
-    index = vector_index.build_index(vectors, factory, seed=seed, normalise=True, row_names=embeddings.ids)
-    meta = {
-        "factory": factory,
-        "encoder": embeddings.encoder,
-        "vectors": len(vectors),
-        "dim": int(vectors.shape[1]),
-    }
-    return VectorIndex(index, np.asarray(embeddings.ids, dtype=np.int64), {**meta, "nprobe": nprobe})
 
 
 @step("retrieve", role="adds_rows", bypass="dataset")

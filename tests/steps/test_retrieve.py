@@ -14,8 +14,9 @@ from rebalance.core.artifacts import ConceptFrequency, Embeddings, LabeledDatase
 from rebalance.domain.classes import class_counts, compute_class_stats
 from rebalance.errors import DataError, RebalanceError
 from rebalance.steps.embed import embed_texts, gather_embeddings
+from rebalance.steps.index import build_index
 from rebalance.steps.ingest import ingest_pool
-from rebalance.steps.retrieve import build_index, retrieve
+from rebalance.steps.retrieve import retrieve
 from tests.conftest import REPO
 
 CLASSES = ["plane", "ship", "truck"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -69,13 +70,18 @@ class Embeddings:
         return np.asarray(self.vectors[rows])
 
 
+MMAP_INDEX_BYTES = 1 << 30
+"""Index files larger than this are memory-mapped read-only (searching needs only the lists it
+probes); smaller ones load into memory, where they can also be cloned and merged."""
+
+
 @dataclasses.dataclass(frozen=True)
 class VectorIndex:
     """A FAISS index over ``ids`` (image ids of the pool, in index-row order) with its settings.
 
     ``meta`` records the factory string, the encoder of the vectors, their count and dim, and the
     default ``nprobe``. On disk: ``index.faiss`` (``faiss.write_index``; read back memory-mapped
-    when the index type allows it), ``ids.npy`` and ``meta.json``.
+    when it is large and the index type allows it), ``ids.npy`` and ``meta.json``.
     """
 
     index: Any  # a CPU faiss.Index; faiss is imported lazily
@@ -102,8 +108,21 @@ class VectorIndex:
         import faiss
 
         path = str(directory / "index.faiss")
-        try:
-            index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-        except RuntimeError:  # index types without mmap support load into memory
-            index = faiss.read_index(path)
+        index = None
+        if (directory / "index.faiss").stat().st_size > MMAP_INDEX_BYTES:
+            # Index types without mmap support load into memory.
+            with contextlib.suppress(RuntimeError):
+                index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        index = index if index is not None else faiss.read_index(path)
         return cls(index, np.load(directory / "ids.npy"), json.loads((directory / "meta.json").read_text()))
+
+    @classmethod
+    def concat(cls, parts: list[Self]) -> Self:
+        """The parts (filled from one trained index) merged in order."""
+        from rebalance.index import merge_indexes
+
+        filled = [part for part in parts if part.num_rows] or parts[:1]
+        ids = np.concatenate([part.ids for part in filled])
+        return cls(
+            merge_indexes([part.index for part in filled]), ids, {**filled[0].meta, "vectors": len(ids)}
+        )
