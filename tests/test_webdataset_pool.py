@@ -44,6 +44,25 @@ def write_shards(folder: Path, count: int = 300, per_shard: int = 100) -> dict[s
     return {Path(name).stem: labels[name] for name in chosen}
 
 
+def retrieval_pipeline(tmp_path: Path, pool_step: str, extra_steps: str = "") -> Path:
+    """Demo images, the ``pool_step`` pool, verify, pixel PCA, an index, kNN retrieval and an export."""
+    pipeline = tmp_path / "pool.yaml"
+    pipeline.write_text(
+        "executor: {kind: local}\n"
+        "steps:\n"
+        f"  train: {{step: ingest_image_folder, root: {DEMO / 'train'}, max_images_per_class: 20}}\n"
+        f"  pool: {pool_step}\n"
+        "  checked: {step: verify_images, inputs: {dataset: pool}}\n"
+        "  embedded: {step: embed_pixels_pca, inputs: {dataset: train}}\n"
+        "  pool_embedded: {step: embed_pixels_pca, inputs: {dataset: checked, fit: train}}\n"
+        "  index: {step: build_index, inputs: {embeddings: pool_embedded}}\n"
+        "  retrieved: {step: retrieve, inputs: {dataset: train, pool: checked, index: index, embeddings: embedded},"
+        " query: image, image_query: examples, target: max, max_per_class: 5}\n"
+        "  export: {step: export_hf, inputs: {dataset: retrieved, original: train}}\n" + extra_steps
+    )
+    return pipeline
+
+
 def test_a_shard_is_scanned_as_a_stream_into_references_to_its_members(tmp_path: Path) -> None:
     labels = write_shards(tmp_path / "pool", count=30, per_shard=10)
     samples = scan_webdataset(tmp_path / "pool")
@@ -60,20 +79,10 @@ def test_a_webdataset_pool_is_retrieved_from_and_exported_with_its_bytes(tmp_pat
     labels = write_shards(tmp_path / "pool")
     with open(tmp_path / "labels.csv", "w", newline="") as handle:
         csv.writer(handle).writerows([("key", "label"), *labels.items()])
-    pipeline = tmp_path / "pool.yaml"
-    pipeline.write_text(
-        "executor: {kind: local}\n"
-        "steps:\n"
-        f"  train: {{step: ingest_image_folder, root: {DEMO / 'train'}, max_images_per_class: 20}}\n"
-        f"  pool: {{step: ingest_webdataset, root: {tmp_path / 'pool'}, reference_labels: {tmp_path / 'labels.csv'}}}\n"
-        "  checked: {step: verify_images, inputs: {dataset: pool}}\n"
-        "  embedded: {step: embed_pixels_pca, inputs: {dataset: train}}\n"
-        "  pool_embedded: {step: embed_pixels_pca, inputs: {dataset: checked, fit: train}}\n"
-        "  index: {step: build_index, inputs: {embeddings: pool_embedded}}\n"
-        "  retrieved: {step: retrieve, inputs: {dataset: train, pool: checked, index: index, embeddings: embedded},"
-        " query: image, image_query: examples, target: max, max_per_class: 5}\n"
-        "  export: {step: export_hf, inputs: {dataset: retrieved, original: train}}\n"
-        "  references: {step: export_hf, inputs: {dataset: retrieved}, embed_images: false}\n"
+    pipeline = retrieval_pipeline(
+        tmp_path,
+        f"{{step: ingest_webdataset, root: {tmp_path / 'pool'}, reference_labels: {tmp_path / 'labels.csv'}}}",
+        "  references: {step: export_hf, inputs: {dataset: retrieved}, embed_images: false}\n",
     )
     dirs = [f"cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'out'}"]
     api.run(pipeline, dirs)
@@ -232,19 +241,8 @@ def test_a_parquet_pool_with_image_bytes_is_retrieved_from_and_exported(tmp_path
         features=datasets.Features({"image": datasets.Image(), "id": datasets.Value("string")}),
     )
     hf.to_parquet(str(tmp_path / "pool" / "train-00000.parquet"), batch_size=64)
-    pipeline = tmp_path / "pool.yaml"
-    pipeline.write_text(
-        "executor: {kind: local}\n"
-        "steps:\n"
-        f"  train: {{step: ingest_image_folder, root: {DEMO / 'train'}, max_images_per_class: 20}}\n"
-        f"  pool: {{step: ingest_parquet_pool, root: {tmp_path / 'pool'}, key_column: id}}\n"
-        "  checked: {step: verify_images, inputs: {dataset: pool}}\n"
-        "  embedded: {step: embed_pixels_pca, inputs: {dataset: train}}\n"
-        "  pool_embedded: {step: embed_pixels_pca, inputs: {dataset: checked, fit: train}}\n"
-        "  index: {step: build_index, inputs: {embeddings: pool_embedded}}\n"
-        "  retrieved: {step: retrieve, inputs: {dataset: train, pool: checked, index: index, embeddings: embedded},"
-        " query: image, image_query: examples, target: max, max_per_class: 5}\n"
-        "  export: {step: export_hf, inputs: {dataset: retrieved, original: train}}\n"
+    pipeline = retrieval_pipeline(
+        tmp_path, f"{{step: ingest_parquet_pool, root: {tmp_path / 'pool'}, key_column: id}}"
     )
     api.run(pipeline, [f"cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'out'}"])
     pool = LabeledDataset.read(next((tmp_path / "cache" / "verify_images").glob("*/meta.json")).parent)

@@ -59,7 +59,8 @@ class Cache:
         return self.root / step / f"{key}.shards-{num_shards}" / f"{index:05d}"
 
     def has(self, step: str, key: str) -> bool:
-        return (self.entry_dir(step, key) / MARKER).is_file() and not self.cleared_sources(step, key)
+        """Whether the entry is complete (``cleared_sources`` says whether it can still be served)."""
+        return (self.entry_dir(step, key) / MARKER).is_file()
 
     def cleared_sources(self, step: str, key: str) -> list[str]:
         """The other entries whose files this entry's rows point to (listed as ``cache_entries`` in

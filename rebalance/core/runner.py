@@ -83,8 +83,10 @@ def plan_pipeline(config: PipelineConfig, previous_manifest: dict[str, Any] | No
             }
             key = stable_hash(components)[:20]
             keys[step.id] = key
-            cached = cache.has(step.spec.name, key)
-            cleared = cache.cleared_sources(step.spec.name, key)
+            complete = cache.has(step.spec.name, key)
+            # A complete entry whose rows point at images in a cleared entry is recomputed, not served.
+            cleared = cache.cleared_sources(step.spec.name, key) if complete else []
+            cached = complete and not cleared
             reason = (
                 "cached"
                 if cached

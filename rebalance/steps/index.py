@@ -28,18 +28,13 @@ def build_index(
     when the raw vectors exceed ``max_memory_gb``). Trained on a seeded sample, built on the CPU
     (the same index file whether or not a GPU is present), searched on a GPU when one is usable.
     """
-    vectors = embeddings.vectors  # memory-mapped: build_index reads it a chunk at a time
-    factory = factory or vector_index.auto_factory(
-        len(vectors), vectors.shape[1], max_memory_bytes=int(max_memory_gb * 2**30)
+    factory = _factory(embeddings, factory, max_memory_gb)
+    # The embeddings stay memory-mapped: the index reads them a chunk at a time.
+    index = vector_index.build_index(
+        embeddings.vectors, factory, seed=seed, normalise=True, row_names=embeddings.ids
     )
-    index = vector_index.build_index(vectors, factory, seed=seed, normalise=True, row_names=embeddings.ids)
-    meta = {
-        "factory": factory,
-        "encoder": embeddings.encoder,
-        "vectors": len(vectors),
-        "dim": int(vectors.shape[1]),
-    }
-    return VectorIndex(index, np.asarray(embeddings.ids, dtype=np.int64), {**meta, "nprobe": nprobe})
+    ids = np.asarray(embeddings.ids, dtype=np.int64)
+    return VectorIndex(index, ids, _meta(embeddings, factory, len(ids), nprobe))
 
 
 @step("train_index", role="embeds")
@@ -53,13 +48,11 @@ def train_index(
 ) -> VectorIndex:
     """An empty index, trained on a seeded sample of the pool (``build_index``'s choice of factory
     and sample): what ``fill_index`` fills shard by shard."""
-    vectors = embeddings.vectors
-    factory = factory or vector_index.auto_factory(
-        len(vectors), vectors.shape[1], max_memory_bytes=int(max_memory_gb * 2**30)
+    factory = _factory(embeddings, factory, max_memory_gb)
+    index = vector_index.train_index(
+        embeddings.vectors, factory, seed=seed, normalise=True, row_names=embeddings.ids
     )
-    index = vector_index.train_index(vectors, factory, seed=seed, normalise=True, row_names=embeddings.ids)
-    meta = {"factory": factory, "encoder": embeddings.encoder, "vectors": 0, "dim": int(vectors.shape[1])}
-    return VectorIndex(index, np.zeros(0, dtype=np.int64), {**meta, "nprobe": nprobe})
+    return VectorIndex(index, np.zeros(0, dtype=np.int64), _meta(embeddings, factory, 0, nprobe))
 
 
 @step("fill_index", shardable=True, role="embeds")
@@ -77,3 +70,20 @@ def fill_index(embeddings: Embeddings, trained: VectorIndex) -> VectorIndex:
     vector_index.add_vectors(index, embeddings.vectors, normalise=True, row_names=embeddings.ids)
     ids = np.asarray(embeddings.ids, dtype=np.int64)
     return VectorIndex(index, ids, {**trained.meta, "vectors": len(ids)})
+
+
+def _factory(embeddings: Embeddings, factory: str | None, max_memory_gb: float) -> str:
+    vectors = embeddings.vectors
+    return factory or vector_index.auto_factory(
+        len(vectors), vectors.shape[1], max_memory_bytes=int(max_memory_gb * 2**30)
+    )
+
+
+def _meta(embeddings: Embeddings, factory: str, count: int, nprobe: int) -> dict:
+    return {
+        "factory": factory,
+        "encoder": embeddings.encoder,
+        "vectors": count,
+        "dim": int(embeddings.vectors.shape[1]),
+        "nprobe": nprobe,
+    }

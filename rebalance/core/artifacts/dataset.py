@@ -71,16 +71,19 @@ def _with_cache_files(images: pa.Table, directory: Path) -> tuple[pa.Table, list
     """``images`` with a ``cache_file`` column for rows whose file lives in another entry of the
     cache that ``directory`` is an entry of (``<cache>/<step>/<key>``): that file's path relative to
     ``directory``; and those entries, relative to ``directory`` too (the cache checks they exist)."""
-    cache_root = directory.parent.parent.resolve()
-    relative, entries = [], set()
-    for name in images["file_name"].to_pylist():
-        path = Path(name).resolve() if name and Path(name).is_absolute() else None
-        if path is None or not path.is_relative_to(cache_root) or len(path.relative_to(cache_root).parts) < 3:
-            relative.append(None)
-            continue
-        step, key = path.relative_to(cache_root).parts[:2]
-        relative.append(os.path.relpath(path, directory.resolve()))
-        entries.add(os.path.relpath(cache_root / step / key, directory.resolve()))
+    cache_root, here = directory.parent.parent.resolve(), directory.resolve()
+    names = images["file_name"]
+    # Only absolute names can point into the cache; a pool's relative names are skipped in Arrow.
+    absolute = pc.fill_null(pc.starts_with(names, os.sep), False).to_numpy(zero_copy_only=False)
+    relative: list[str | None] = [None] * len(names)
+    entries = set()
+    rows = absolute.nonzero()[0]
+    for row, name in zip(rows, names.filter(pa.array(absolute)).to_pylist(), strict=True):
+        path = Path(name).resolve()
+        inside = path.relative_to(cache_root).parts if path.is_relative_to(cache_root) else ()
+        if len(inside) >= 3:
+            relative[row] = os.path.relpath(path, here)
+            entries.add(os.path.relpath(cache_root / inside[0] / inside[1], here))
     if not entries:
         return images, []
     return images.append_column("cache_file", pa.array(relative, pa.string())), sorted(entries)
