@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import mmap
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -146,6 +147,66 @@ def merge_indexes(parts: list):
             "smaller shards (executor.shard_rows) when a part is too large to load"
         ) from None
     return merged
+
+
+def merge_on_disk(trained, part_paths: list[Path], lists_path: Path):
+    """``trained`` (an empty IVF index) holding every part's vectors in order, its inverted lists in
+    the file ``lists_path`` instead of memory (``faiss.OnDiskInvertedLists``): the parts are read
+    memory-mapped and copied list by list, so neither they nor the merged codes are ever loaded
+    whole. The same search results as ``merge_indexes``; searching maps only the probed lists.
+
+    The index records the lists file by its name only: read it back with
+    ``faiss.IO_FLAG_ONDISK_SAME_DIR`` from the folder holding both.
+    """
+    import faiss
+
+    merged = faiss.clone_index(trained)
+    if merged.ntotal:
+        raise ValueError("merge_on_disk fills an empty trained index")
+    ivf = faiss.extract_index_ivf(merged)
+    # Kept referenced until the merge is done: each part owns the lists being copied.
+    parts = [faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY) for path in part_paths]
+    sources = faiss.InvertedListsPtrVector()
+    for part in parts:
+        sources.push_back(faiss.extract_index_ivf(part).invlists)
+    lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(lists_path))
+    total = lists.merge_from_multiple(sources.data(), sources.size(), False)
+    _shift_part_ids(lists, [faiss.extract_index_ivf(part).invlists for part in parts])
+    merged.ntotal = ivf.ntotal = total
+    ivf.replace_invlists(lists, True)
+    lists.this.disown()  # the index owns the lists now
+    # A bare name, not the temporary path it was written under: the index file's bytes depend on
+    # its contents alone, and the folder can be moved.
+    lists.filename = lists_path.name
+    return merged
+
+
+def _shift_part_ids(merged_lists, part_lists: list) -> None:
+    # Each part numbered its rows from 0; in the merged index they follow the previous parts' rows.
+    # FAISS's own ``shift_ids`` gets the offsets wrong for parts of unequal sizes (faiss 1.15), so
+    # the ids are shifted here, in place in the mapped file: within a list, each part's entries
+    # follow the previous part's.
+    import faiss
+
+    starts = np.cumsum([0] + [lists.compute_ntotal() for lists in part_lists[:-1]], dtype=np.int64)
+    for number in range(merged_lists.nlist):
+        size = merged_lists.list_size(number)
+        if size:
+            ids = faiss.rev_swig_ptr(merged_lists.get_ids(number), size)
+            ids += np.repeat(starts, [lists.list_size(number) for lists in part_lists])
+
+
+def bytes_per_vector(index) -> int:
+    """Bytes one stored vector takes in ``index``: its code, plus an 8-byte id in IVF lists."""
+    import faiss
+
+    if _ivf_lists_of(index):
+        return faiss.extract_index_ivf(index).code_size + 8
+    return getattr(faiss.downcast_index(index), "code_size", 4 * index.d)
+
+
+def is_ivf(index) -> bool:
+    return bool(_ivf_lists_of(index))
 
 
 def _prepared(

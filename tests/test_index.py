@@ -148,3 +148,98 @@ def test_the_index_trained_once_and_filled_on_a_local_cluster_searches_like_one_
     assert np.array_equal(faiss.serialize_index(sharded.index), faiss.serialize_index(whole.index))
     queries = unit_rows(20, whole.index.d, seed=9)
     assert np.array_equal(search(sharded.index, queries, 10)[1], search(whole.index, queries, 10)[1])
+
+
+def _index_pipeline(tmp_path, max_memory_gb: float):
+    from tests.conftest import REPO
+
+    pool = REPO / "data" / "fashion_mnist_lt" / "pool"
+    pipeline = tmp_path / "index.yaml"
+    pipeline.write_text(
+        "executor: {kind: local, shard_rows: 300}\n"
+        "steps:\n"
+        f"  pool: {{step: ingest_pool, root: {pool}}}\n"
+        "  vectors: {step: embed_pixels_pca, inputs: {dataset: pool}}\n"
+        f"  trained: {{step: train_index, inputs: {{embeddings: vectors}}, factory: 'IVF16,Flat', max_memory_gb: {max_memory_gb}}}\n"
+        "  sharded: {step: fill_index, inputs: {embeddings: vectors, trained: trained}}\n"
+        "  whole: {step: build_index, inputs: {embeddings: vectors}, factory: 'IVF16,Flat'}\n"
+    )
+    return pipeline
+
+
+def test_lists_larger_than_the_cap_are_merged_on_disk_and_search_like_the_index_built_at_once(
+    tmp_path,
+) -> None:
+    import shutil
+
+    from rebalance import api
+    from rebalance.core.artifacts import VectorIndex
+
+    # 2,000 vectors × (64 dims × 4 bytes + an 8-byte id) = 528 kB of lists, over a 0.1 MiB cap.
+    pipeline = _index_pipeline(tmp_path, max_memory_gb=0.0001)
+    dirs = lambda name: [f"cache_dir={tmp_path / name / 'cache'}", f"output_dir={tmp_path / name / 'out'}"]  # noqa: E731
+    api.run(pipeline, dirs("first"))
+    sharded = VectorIndex.read(tmp_path / "first" / "out" / "sharded")
+    whole = VectorIndex.read(tmp_path / "first" / "out" / "whole")
+    lists = faiss.extract_index_ivf(sharded.index).invlists
+    assert isinstance(faiss.downcast_InvertedLists(lists), faiss.OnDiskInvertedLists)
+    assert (
+        sharded.meta["lists_on_disk"] and (tmp_path / "first" / "out" / "sharded" / "index.ivfdata").is_file()
+    )
+    assert not (tmp_path / "first" / "out" / "whole" / "index.ivfdata").exists()
+    assert np.array_equal(sharded.ids, whole.ids) and sharded.index.ntotal == whole.index.ntotal == 2_000
+    queries = unit_rows(30, whole.index.d, seed=9)
+    for nprobe in (1, 4, 16):
+        on_disk, in_memory = (
+            search(sharded.index, queries, 10, nprobe=nprobe),
+            search(whole.index, queries, 10, nprobe=nprobe),
+        )
+        assert np.array_equal(on_disk[1], in_memory[1]) and np.allclose(on_disk[0], in_memory[0])
+
+    # The same config gives the same bytes, and a moved cache still serves the index from its new place.
+    api.run(pipeline, dirs("second"))
+    for name in ("index.faiss", "index.ivfdata", "ids.npy"):
+        first_bytes = (tmp_path / "first" / "out" / "sharded" / name).read_bytes()
+        assert first_bytes == (tmp_path / "second" / "out" / "sharded" / name).read_bytes(), name
+    shutil.move(tmp_path / "first", tmp_path / "moved")
+    moved = api.run(pipeline, dirs("moved"))
+    assert moved.executed == []
+    again = VectorIndex.read(tmp_path / "moved" / "out" / "sharded")
+    assert np.array_equal(search(again.index, queries, 10)[1], search(whole.index, queries, 10)[1])
+
+
+def test_an_index_build_killed_with_kill_9_resumes_with_its_finished_shards(tmp_path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from rebalance import api
+    from rebalance.core.artifacts import VectorIndex
+    from tests.conftest import REPO
+
+    pipeline = _index_pipeline(tmp_path, max_memory_gb=8)
+    dirs = [f"cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'out'}"]
+    # The child kills itself with SIGKILL as it starts filling the fourth of seven shards: a
+    # deterministic point in the middle of the build, with three shards finished.
+    script = (
+        "import os, signal, sys\n"
+        "from rebalance import index\n"
+        "real, calls = index.add_vectors, []\n"
+        "def add_then_die(*args, **kwargs):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 4: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return real(*args, **kwargs)\n"
+        "index.add_vectors = add_then_die\n"
+        "from rebalance import api\n"
+        "api.run(sys.argv[1], sys.argv[2:])\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", script, str(pipeline), *dirs], cwd=REPO, check=False)
+    assert killed.returncode == -signal.SIGKILL
+    assert not any((tmp_path / "cache" / "fill_index").glob("*/_COMPLETE.json"))
+
+    resumed = api.run(pipeline, dirs)
+    step = next(s for s in resumed.manifest["steps"] if s["id"] == "sharded")
+    assert step["cache"] == "miss" and step["shards"] == {"total": 7, "reused": 3}
+    sharded = VectorIndex.read(tmp_path / "out" / "sharded")
+    whole = VectorIndex.read(tmp_path / "out" / "whole")
+    assert np.array_equal(faiss.serialize_index(sharded.index), faiss.serialize_index(whole.index))

@@ -43,6 +43,23 @@ def write_entry(folder: Path, artifact: Artifact, info: dict[str, Any]) -> None:
         (temp / MARKER).write_text(json.dumps({**info, "rows": artifact.num_rows}, sort_keys=True))
 
 
+def write_concatenated(
+    folder: Path, artifact_type: type, part_dirs: list[Path], info: dict[str, Any]
+) -> None:
+    """Write the concatenation of the artifacts in ``part_dirs`` into ``folder``, atomically: by
+    the type's own ``write_concatenated`` where it has one (one that would not fit in memory
+    whole, like an index whose lists go to disk), else read, ``concat`` and ``write``."""
+    remove_stale_temps(folder.parent, folder.name)
+    with atomic_dir(folder) as temp:
+        if hasattr(artifact_type, "write_concatenated"):
+            rows = artifact_type.write_concatenated(part_dirs, temp)
+        else:
+            merged = artifact_type.concat([artifact_type.read(part) for part in part_dirs])
+            merged.write(temp)
+            rows = merged.num_rows
+        (temp / MARKER).write_text(json.dumps({**info, "rows": rows}, sort_keys=True))
+
+
 def read_marker(folder: Path) -> dict[str, Any] | None:
     path = folder / MARKER
     return json.loads(path.read_text()) if path.is_file() else None

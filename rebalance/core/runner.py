@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rebalance.core.artifacts import Artifact
-from rebalance.core.cache import MARKER, Cache, read_marker, write_entry
+from rebalance.core.cache import MARKER, Cache, read_marker, write_concatenated, write_entry
 from rebalance.core.config import LINEAGE_PARAM, PipelineConfig, StepConfig
 from rebalance.core.executors import Executor, make_executor
 from rebalance.core.fs import atomic_dir, remove_stale_temps, write_json_atomic
@@ -323,10 +323,10 @@ def _run_sharded(
     ]
     for _ in executor.map_unordered(run_shard, tasks):
         reporter.shard_finished()
-    result = spec.output_type.concat([spec.output_type.read(d) for d in shard_dirs])
-    write_entry(
+    write_concatenated(
         cache.entry_dir(spec.name, plan.key),
-        result,
+        spec.output_type,
+        shard_dirs,
         {"step": spec.name, "key": plan.key, "shards": num_shards},
     )
     cache.drop_shards(spec.name, plan.key)

@@ -34,7 +34,7 @@ def build_index(
         embeddings.vectors, factory, seed=seed, normalise=True, row_names=embeddings.ids
     )
     ids = np.asarray(embeddings.ids, dtype=np.int64)
-    return VectorIndex(index, ids, _meta(embeddings, factory, len(ids), nprobe))
+    return VectorIndex(index, ids, _meta(embeddings, factory, len(ids), nprobe, max_memory_gb))
 
 
 @step("train_index", role="embeds")
@@ -47,19 +47,24 @@ def train_index(
     seed: NonNegativeInt = 0,
 ) -> VectorIndex:
     """An empty index, trained on a seeded sample of the pool (``build_index``'s choice of factory
-    and sample): what ``fill_index`` fills shard by shard."""
+    and sample): what ``fill_index`` fills shard by shard. ``max_memory_gb`` also caps the filled
+    index: IVF lists that would exceed it are merged into a file beside it instead of memory."""
     factory = _factory(embeddings, factory, max_memory_gb)
     index = vector_index.train_index(
         embeddings.vectors, factory, seed=seed, normalise=True, row_names=embeddings.ids
     )
-    return VectorIndex(index, np.zeros(0, dtype=np.int64), _meta(embeddings, factory, 0, nprobe))
+    return VectorIndex(
+        index, np.zeros(0, dtype=np.int64), _meta(embeddings, factory, 0, nprobe, max_memory_gb)
+    )
 
 
 @step("fill_index", shardable=True, role="embeds")
 def fill_index(embeddings: Embeddings, trained: VectorIndex) -> VectorIndex:
     """Add the pool's vectors to the ``trained`` index: sharded over the embeddings, each shard on
     its own worker with the same trained quantizer, the shards merged in order into the index that
-    one process would have built (a killed build keeps its finished shards)."""
+    one process would have built (a killed build keeps its finished shards). When the merged lists
+    exceed the trained index's ``max_memory_gb`` they are merged on disk (``index.ivfdata``,
+    memory-mapped when searched), never loaded whole."""
     import faiss
 
     if embeddings.encoder != trained.encoder:
@@ -79,8 +84,9 @@ def _factory(embeddings: Embeddings, factory: str | None, max_memory_gb: float) 
     )
 
 
-def _meta(embeddings: Embeddings, factory: str, count: int, nprobe: int) -> dict:
+def _meta(embeddings: Embeddings, factory: str, count: int, nprobe: int, max_memory_gb: float) -> dict:
     return {
+        "max_memory_gb": max_memory_gb,
         "factory": factory,
         "encoder": embeddings.encoder,
         "vectors": count,

@@ -70,6 +70,8 @@ class Embeddings:
         return np.asarray(self.vectors[rows])
 
 
+ON_DISK_LISTS = "index.ivfdata"
+
 MMAP_INDEX_BYTES = 1 << 30
 """Index files larger than this are memory-mapped read-only (searching needs only the lists it
 probes); smaller ones load into memory, where they can also be cloned and merged."""
@@ -79,9 +81,11 @@ probes); smaller ones load into memory, where they can also be cloned and merged
 class VectorIndex:
     """A FAISS index over ``ids`` (image ids of the pool, in index-row order) with its settings.
 
-    ``meta`` records the factory string, the encoder of the vectors, their count and dim, and the
-    default ``nprobe``. On disk: ``index.faiss`` (``faiss.write_index``; read back memory-mapped
-    when it is large and the index type allows it), ``ids.npy`` and ``meta.json``.
+    ``meta`` records the factory string, the encoder of the vectors, their count and dim, the
+    default ``nprobe`` and the build's memory cap (``max_memory_gb``). On disk: ``index.faiss``
+    (``faiss.write_index``; read back memory-mapped when it is large and the index type allows it),
+    ``ids.npy`` and ``meta.json``, plus ``index.ivfdata`` when the inverted lists were merged on
+    disk because they exceed the cap (``write_concatenated``).
     """
 
     index: Any  # a CPU faiss.Index; faiss is imported lazily
@@ -109,12 +113,40 @@ class VectorIndex:
 
         path = str(directory / "index.faiss")
         index = None
-        if (directory / "index.faiss").stat().st_size > MMAP_INDEX_BYTES:
+        if (directory / ON_DISK_LISTS).exists():
+            # The lists stay in their file, found beside the index wherever the folder now is.
+            index = faiss.read_index(path, faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
+        elif (directory / "index.faiss").stat().st_size > MMAP_INDEX_BYTES:
             # Index types without mmap support load into memory.
             with contextlib.suppress(RuntimeError):
                 index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
         index = index if index is not None else faiss.read_index(path)
         return cls(index, np.load(directory / "ids.npy"), json.loads((directory / "meta.json").read_text()))
+
+    @classmethod
+    def write_concatenated(cls, part_dirs: list[Path], directory: Path) -> int:
+        """Write the parts' concatenation into ``directory`` and return its rows: merged in memory
+        while the merged vectors fit the build's cap (``max_memory_gb``), else merged list by list
+        into ``index.ivfdata``, which is memory-mapped when searched and never loaded whole."""
+        import faiss
+
+        from rebalance import index as vector_index
+
+        first = cls.read(part_dirs[0])  # one shard: its size is bounded by executor.shard_rows
+        counts = [len(np.load(part / "ids.npy", mmap_mode="r")) for part in part_dirs]
+        merged_bytes = sum(counts) * vector_index.bytes_per_vector(first.index)
+        cap_bytes = first.meta.get("max_memory_gb", math.inf) * 2**30
+        if not vector_index.is_ivf(first.index) or merged_bytes <= cap_bytes:
+            merged = cls.concat([first, *(cls.read(part) for part in part_dirs[1:])])
+            merged.write(directory)
+            return merged.num_rows
+        trained = faiss.clone_index(first.index)
+        trained.reset()
+        filled = [part / "index.faiss" for part, count in zip(part_dirs, counts, strict=True) if count]
+        index = vector_index.merge_on_disk(trained, filled, directory / ON_DISK_LISTS)
+        ids = np.concatenate([np.load(part / "ids.npy") for part in part_dirs])
+        cls(index, ids, {**first.meta, "vectors": len(ids), "lists_on_disk": True}).write(directory)
+        return len(ids)
 
     @classmethod
     def concat(cls, parts: list[Self]) -> Self:
