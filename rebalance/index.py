@@ -9,13 +9,13 @@ hand without changing results for exact indexes.
 from __future__ import annotations
 
 import math
-import mmap
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from rebalance.errors import DataError, RebalanceError
+from rebalance.io.memmaps import release_mapped_pages
 
 Backend = Literal["auto", "faiss", "torch"]
 
@@ -111,7 +111,7 @@ def train_index(
         parts = []
         for start in range(0, len(rows), chunk_rows):
             parts.append(_prepared(vectors, rows[start : start + chunk_rows], normalise, row_names))
-            _release_mapped_pages(vectors)
+            release_mapped_pages(vectors)
         index.train(np.concatenate(parts))
     return index
 
@@ -127,7 +127,7 @@ def add_vectors(
     """Add ``vectors`` to the trained ``index`` a chunk at a time (rows get the next positions)."""
     for start in range(0, len(vectors), chunk_rows):
         index.add(_prepared(vectors, slice(start, start + chunk_rows), normalise, row_names))
-        _release_mapped_pages(vectors)
+        release_mapped_pages(vectors)
 
 
 def merge_indexes(parts: list):
@@ -223,17 +223,6 @@ def _prepared(
             f"(first {label}: {named[:5].tolist()}); re-embed them"
         )
     return np.ascontiguousarray(block / norms[:, None] if normalise else block)
-
-
-def _release_mapped_pages(vectors: np.ndarray) -> None:
-    # Pages of a memory-mapped file that were read stay in the process's resident set until
-    # unmapped; dropping them after each chunk keeps a pool larger than RAM from filling it (they
-    # stay in the page cache, so nothing is read twice unless memory is short).
-    mapped = getattr(vectors, "base", None)
-    while mapped is not None and not isinstance(mapped, mmap.mmap):
-        mapped = getattr(mapped, "base", None)
-    if mapped is not None and hasattr(mmap, "MADV_DONTNEED"):
-        mapped.madvise(mmap.MADV_DONTNEED)
 
 
 def search(

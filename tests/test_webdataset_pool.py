@@ -254,3 +254,46 @@ def test_a_parquet_pool_with_image_bytes_is_retrieved_from_and_exported(tmp_path
     row = retrieved.cast_column("image", datasets.Image(decode=False))[0]
     key = next(r["key"] for r in pool.images.to_pylist() if r["file_name"] == row["pool_file_name"])
     assert row["image"]["bytes"] == (DEMO / "pool" / f"{key}.png").read_bytes()
+
+
+def test_precomputed_vectors_are_gathered_into_pool_order_a_chunk_at_a_time(tmp_path: Path) -> None:
+    import dataclasses
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rebalance.core.artifacts import Embeddings
+    from rebalance.io.memmaps import save_rows
+    from rebalance.steps.embed import precomputed_embeddings
+
+    keys = [f"{number:05d}" for number in range(50)]
+    pool = LabeledDataset.unlabeled(
+        [f"{key}.jpg" for key in keys], split="pool", source="pool", image_root=None
+    )
+    pool = dataclasses.replace(pool, images=pool.images.append_column("key", pa.array(keys)))
+    vectors = np.random.default_rng(0).normal(size=(50, 6)).astype(np.float16)
+    # Three shards in another order than the pool, one holding a sample the pool does not have.
+    order = np.random.default_rng(1).permutation(50)
+    (tmp_path / "img_emb").mkdir()
+    (tmp_path / "metadata").mkdir()
+    for shard, rows in enumerate(np.array_split(order, 3)):
+        shard_keys = [keys[row] for row in rows] + ([f"elsewhere-{shard}"] if shard == 1 else [])
+        shard_vectors = np.concatenate([vectors[rows], np.ones((len(shard_keys) - len(rows), 6), np.float16)])
+        np.save(tmp_path / "img_emb" / f"img_emb_{shard}.npy", shard_vectors)
+        pq.write_table(pa.table({"key": shard_keys}), tmp_path / "metadata" / f"metadata_{shard}.parquet")
+
+    gathered = precomputed_embeddings(pool, root=tmp_path, encoder="published")
+    assert gathered.vectors.shape == (50, 6) and np.array_equal(gathered.vectors[7:19], vectors[7:19])
+    (tmp_path / "entry").mkdir()
+    gathered.write(tmp_path / "entry")
+    stored = Embeddings.read(tmp_path / "entry")
+    assert np.array_equal(stored.vectors, vectors) and stored.vectors.dtype == np.float16
+    save_rows(tmp_path / "small-chunks.npy", gathered.vectors, chunk_rows=7)
+    assert (tmp_path / "small-chunks.npy").read_bytes() == (tmp_path / "entry" / "vectors.npy").read_bytes()
+
+    broken = np.load(tmp_path / "img_emb" / "img_emb_2.npy")
+    broken[3] = np.nan
+    np.save(tmp_path / "img_emb" / "img_emb_2.npy", broken)
+    with pytest.raises(DataError, match=r"img_emb_2\.npy: 1 row\(s\) are NaN or infinite"):
+        precomputed_embeddings(pool, root=tmp_path, encoder="published")

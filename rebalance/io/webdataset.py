@@ -37,8 +37,10 @@ def scan_webdataset(root: Path, image_suffixes: tuple[str, ...] = IMAGE_SUFFIXES
             "(00000.tar, 00001.tar, ...)"
         )
     wanted = {suffix.lower().lstrip(".") for suffix in image_suffixes}
-    rows: dict[str, list] = {name: [] for name in COLUMNS}
+    tables = []
     for shard in shards:
+        # Python rows for one shard at a time: the pool as a whole is only ever Arrow columns.
+        rows: dict[str, list] = {name: [] for name in COLUMNS}
         side = _side_metadata(shard)
         for key, sample in _samples(shard, root, wanted):
             meta = {**side.get(key, {}), **sample.get("json", {})}
@@ -46,9 +48,11 @@ def scan_webdataset(root: Path, image_suffixes: tuple[str, ...] = IMAGE_SUFFIXES
             rows["key"].append(key)
             rows["caption"].append(sample.get("txt") or _text(meta.get("caption")))
             rows["url"].append(_text(meta.get("url")))
-    if not rows["file_name"]:
+        tables.append(pa.table({name: pa.array(values, pa.string()) for name, values in rows.items()}))
+    samples = pa.concat_tables(tables)
+    if not samples.num_rows:
         raise DataError(f"{root}: the shards hold no image members with suffixes {sorted(wanted)}")
-    return pa.table({name: pa.array(values, pa.string()) for name, values in rows.items()})
+    return samples
 
 
 def _samples(shard: Path, root: Path, wanted: set[str]) -> Iterator[tuple[str, dict]]:

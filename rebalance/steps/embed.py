@@ -6,12 +6,14 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import PositiveInt
 
 from rebalance.core.artifacts import Embeddings, LabeledDataset
 from rebalance.core.registry import InputPath, ModelRef, step
 from rebalance.errors import DataError
 from rebalance.io.images import load_pixels
+from rebalance.io.memmaps import CHUNK_ROWS, release_mapped_pages
 from rebalance.models.device import Device
 from rebalance.models.encoders import MINILM, EncoderSpec, load_encoder
 from rebalance.models.pixels import pca_project
@@ -167,33 +169,51 @@ def precomputed_embeddings(
     ``key`` (from ``ingest_webdataset``) its metadata row names, and rows for samples that are not
     in the pool are skipped. ``encoder`` names the model that made them (``open_clip:ViT-B-32@
     laion2b_s34b_b79k``): text queries are embedded by it, and their dimension is checked against
-    these vectors. Shards are memory-mapped and read one at a time.
+    these vectors. Shards are memory-mapped: the vectors are copied into the cache a chunk at a
+    time, never held in memory whole.
     """
-    from rebalance.io.embedding_folders import iter_embedding_shards
+    from rebalance.io.embedding_folders import GatheredRows, iter_embedding_shards
 
     if "key" not in pool.images.column_names:
         raise DataError(
             "precomputed embeddings join the pool by `key`: ingest the pool with ingest_webdataset"
         )
-    keys = pool.images["key"].to_pylist()
-    position = {key: row for row, key in enumerate(keys)}
-    vectors: np.ndarray | None = None
-    filled = np.zeros(len(keys), dtype=bool)
-    for shard_vectors, shard_keys in iter_embedding_shards(root, kind):
-        if vectors is None:
-            vectors = np.zeros((len(keys), shard_vectors.shape[1]), dtype=dtype)
-        elif shard_vectors.shape[1] != vectors.shape[1]:
+    keys = pool.images["key"].cast(pa.string())
+    # Per pool row: which shard holds its vector, and where. Arrow joins the keys (a hash table over
+    # one shard's keys at a time); no Python object is made per row.
+    shard_of_row = np.full(len(keys), -1, dtype=np.int32)
+    row_in_shard = np.zeros(len(keys), dtype=np.int64)
+    shards: list[np.ndarray] = []
+    for path, shard_vectors, shard_keys in iter_embedding_shards(root, kind):
+        if shards and shard_vectors.shape[1] != shards[0].shape[1]:
             raise DataError(
-                f"{root}: embedding shards disagree on the dimension ({shard_vectors.shape[1]} vs {vectors.shape[1]})"
+                f"{path}: {shard_vectors.shape[1]} dimensions, but the shards before it have "
+                f"{shards[0].shape[1]}; every shard must come from the same model"
             )
-        rows = np.array([position.get(key, -1) for key in shard_keys], dtype=np.int64)
-        wanted = rows >= 0
-        vectors[rows[wanted]] = shard_vectors[np.nonzero(wanted)[0]]
-        filled[rows[wanted]] = True
-    if not filled.all():
-        missing = [keys[row] for row in np.nonzero(~filled)[0][:3]]
+        found = pc.index_in(keys, value_set=shard_keys)
+        in_shard = found.is_valid().to_numpy(zero_copy_only=False)
+        shard_of_row[in_shard] = len(shards)
+        row_in_shard[in_shard] = found.drop_null().to_numpy()
+        _check_finite(shard_vectors, np.sort(row_in_shard[in_shard]), path)
+        shards.append(shard_vectors)
+    missing = np.nonzero(shard_of_row < 0)[0]
+    if len(missing):
         raise DataError(
-            f"{root}: {int((~filled).sum()):,} pool image(s) have no precomputed embedding (first keys: "
-            f"{missing}); the embeddings must cover the pool's shards"
+            f"{root}: {len(missing):,} pool image(s) have no precomputed embedding (first keys: "
+            f"{keys.take(missing[:3]).to_pylist()}); the embeddings must cover the pool's shards"
         )
-    return _checked(pool, vectors, encoder, dtype)
+    ids = pool.images["image_id"].to_numpy()
+    return Embeddings(ids, GatheredRows(shards, shard_of_row, row_in_shard, dtype), encoder)
+
+
+def _check_finite(vectors: np.ndarray, rows: np.ndarray, path) -> None:
+    """NaN or infinite rows among ``rows`` of a memory-mapped shard are an error naming them."""
+    for start in range(0, len(rows), CHUNK_ROWS):
+        chunk = rows[start : start + CHUNK_ROWS]
+        bad = ~np.isfinite(vectors[chunk]).all(axis=1)
+        release_mapped_pages(vectors)
+        if bad.any():
+            raise DataError(
+                f"{path}: {int(bad.sum())} row(s) are NaN or infinite (first rows: {chunk[bad][:5].tolist()}); "
+                "re-export the embeddings"
+            )

@@ -112,7 +112,7 @@ def ingest_webdataset(
     """
     samples = scan_webdataset(root, image_suffixes)
     dataset = LabeledDataset.unlabeled(
-        samples["file_name"].to_pylist(), split="pool", source="pool", image_root=str(root)
+        samples["file_name"], split="pool", source="pool", image_root=str(root)
     )
     images = dataset.images
     for name in ("key", "caption", "url"):

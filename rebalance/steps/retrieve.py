@@ -232,7 +232,7 @@ def _excluded_rows(
     own_files = {
         dataset.image_ref(name).identity() for name in dataset.images["file_name"].to_pylist() if name
     }
-    pool_files = pool.images["file_name"].to_pylist()
+    pool_files = pool.images["file_name"]  # indexed per candidate: the pool may hold millions of rows
     nearest = None
     if dataset_vectors is not None and len(dataset_vectors) and duplicate_threshold is not None:
         nearest = faiss.IndexFlatIP(dataset_vectors.shape[1])
@@ -241,7 +241,10 @@ def _excluded_rows(
 
     def excluded(rows: np.ndarray) -> np.ndarray:
         same_file = np.array(
-            [pool.image_ref(pool_files[pool_positions[row]]).identity() in own_files for row in rows],
+            [
+                pool.image_ref(pool_files[int(pool_positions[row])].as_py()).identity() in own_files
+                for row in rows
+            ],
             dtype=bool,
         )
         if nearest is None:

@@ -60,11 +60,23 @@ REMOVED_SCHEMA = pa.schema(
 )
 
 
-def _images_table(file_names: list[str], split: str, source: str) -> pa.Table:
+def _images_table(file_names: list[str] | pa.Array | pa.ChunkedArray, split: str, source: str) -> pa.Table:
+    # Built column by column in Arrow: a pool of millions of rows makes no Python object per row.
     count = len(file_names)
-    columns = {"image_id": range(count), "file_name": file_names, "split": [split] * count}
-    columns |= {"width": [None] * count, "height": [None] * count, "source": [source] * count}
-    return pa.table(columns, schema=IMAGES_SCHEMA)
+    names = (
+        file_names
+        if isinstance(file_names, pa.Array | pa.ChunkedArray)
+        else pa.array(file_names, pa.string())
+    )
+    columns = {
+        "image_id": pa.array(np.arange(count, dtype=np.int64)),
+        "file_name": names,
+        "split": pa.repeat(pa.scalar(split), count),
+        "width": pa.nulls(count, IMAGES_SCHEMA.field("width").type),
+        "height": pa.nulls(count, IMAGES_SCHEMA.field("height").type),
+        "source": pa.repeat(pa.scalar(source), count),
+    }
+    return pa.Table.from_pydict(columns).cast(IMAGES_SCHEMA)
 
 
 def _with_cache_files(images: pa.Table, directory: Path) -> tuple[pa.Table, list[str]]:
@@ -163,7 +175,14 @@ class LabeledDataset:
         return cls(images, annotations, categories, REMOVED_SCHEMA.empty_table(), image_root)
 
     @classmethod
-    def unlabeled(cls, file_names: list[str], *, split: str, source: str, image_root: str | None) -> Self:
+    def unlabeled(
+        cls,
+        file_names: list[str] | pa.Array | pa.ChunkedArray,
+        *,
+        split: str,
+        source: str,
+        image_root: str | None,
+    ) -> Self:
         """Images without annotations or classes, e.g. a retrieval pool; image ids are positions."""
         return cls(
             _images_table(file_names, split, source),

@@ -13,11 +13,13 @@ import numpy as np
 
 from rebalance.core.artifacts.base import positions_of
 from rebalance.errors import DataError
+from rebalance.io.memmaps import save_rows
 
 
 @dataclasses.dataclass(frozen=True)
 class Embeddings:
-    """One float32 vector per image: ``ids`` (image ids, int64) aligned with ``vectors`` (n × d).
+    """One vector per image: ``ids`` (image ids, int64) aligned with ``vectors`` (n × d; an array,
+    a memory map, or rows gathered lazily from precomputed shards).
 
     ``encoder`` names what produced them (e.g. ``pixels_pca``), so every figure downstream can say
     which representation it was computed on.
@@ -33,7 +35,7 @@ class Embeddings:
 
     def write(self, directory: Path) -> None:
         np.save(directory / "ids.npy", self.ids)
-        np.save(directory / "vectors.npy", self.vectors)
+        save_rows(directory / "vectors.npy", self.vectors)  # a memory map or gathered view: by chunks
         (directory / "meta.json").write_text(
             json.dumps({"encoder": self.encoder, "dim": int(self.vectors.shape[1])})
         )
