@@ -1,0 +1,259 @@
+"""A LAION-layout pool at scale: ingest its precomputed embeddings, build the sharded index, retrieve
+with quotas; beside autofaiss on the same folder with the same memory budget, in one run.
+
+Writes an N × 512 float16 pool in the clip-retrieval layout (``img_emb/img_emb_<i>.npy`` beside
+``metadata/metadata_<i>.parquet``, 1M rows a shard). The vectors are synthetic but not uniform
+noise, on which no approximate index is meaningful: 1,000 concepts with Zipf frequencies, each
+vector its concept's direction plus anisotropic noise (a decaying spectrum in a random basis).
+
+Then, in a fresh process whose peak RSS is its own:
+  - rebalance: ``precomputed_embeddings`` (joined by key to a pool table that stands in for
+    ``ingest_webdataset``'s output), written to and read back from disk as the runner does;
+    ``train_index`` on a seeded sample; ``fill_index`` shard by shard; the shards merged by
+    ``VectorIndex.write_concatenated`` (on disk when the lists exceed ``--max-memory-gb``);
+    ``retrieve_with_quotas`` for 1,000 class queries with long-tailed quotas;
+  - autofaiss ``build_index`` on the same ``img_emb`` folder and memory budget, choosing its own
+    index (it refuses scalar quantisers with the inner product), in its own virtual environment
+    (it pins numpy<2):
+        python -m venv .autofaiss && .autofaiss/bin/pip install autofaiss "pyarrow<16"
+Recall@100 of both is measured against exact search (FAISS ``IndexFlatIP``) for the same queries.
+
+Usage: python benchmarks/bench_pool_scale.py [--rows 10000000] [--factory IVF4096,SQ8]
+       [--max-memory-gb 4] [--autofaiss-python .autofaiss/bin/python]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHARD_ROWS = 1_000_000
+CONCEPTS = 1_000
+
+OURS = r"""
+import json, resource, sys, time
+from pathlib import Path
+import numpy as np, pyarrow as pa, pyarrow.parquet as pq, dataclasses
+folder, factory, cap, shards = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+from rebalance.core.artifacts import Embeddings, LabeledDataset, VectorIndex
+from rebalance.steps.embed import precomputed_embeddings
+from rebalance.steps.index import fill_index, train_index
+from rebalance import index as vector_index
+from rebalance.retrieval import retrieve_with_quotas
+times = {}
+started = time.perf_counter()
+keys = pa.concat_arrays([pq.read_table(p, columns=["key"])["key"].combine_chunks()
+                         for p in sorted((folder / "metadata").glob("metadata_*.parquet"))])
+pool = LabeledDataset.unlabeled(pa.compute.binary_join_element_wise(keys, pa.scalar(".jpg"), ""), split="pool", source="pool", image_root=None)
+pool = dataclasses.replace(pool, images=pool.images.append_column("key", keys))
+work = folder / "rebalance"
+for name in ("embedded", "trained", "merged"):
+    (work / name).mkdir(parents=True, exist_ok=True)
+precomputed_embeddings(pool, root=folder, encoder="synthetic").write(work / "embedded")
+embeddings = Embeddings.read(work / "embedded")
+times["ingest_s"] = time.perf_counter() - started
+started = time.perf_counter()
+train_index(embeddings, factory=factory, max_memory_gb=cap).write(work / "trained")
+trained = VectorIndex.read(work / "trained")
+times["train_s"] = time.perf_counter() - started
+parts = []
+for number in range(shards):
+    part = work / f"part-{number}"
+    part.mkdir(exist_ok=True)
+    fill_index(embeddings.shard(number, shards), trained).write(part)
+    parts.append(part)
+VectorIndex.write_concatenated(parts, work / "merged")
+index = VectorIndex.read(work / "merged")
+times["build_s"] = time.perf_counter() - started
+queries = np.load(folder / "queries.npy")
+started = time.perf_counter()
+_, rows = vector_index.search(index.index, queries, 100, nprobe=64)
+times["search_100_s"] = time.perf_counter() - started
+np.save(folder / "rebalance-rows.npy", rows)
+quotas = np.maximum(1, (100 / np.arange(1, len(queries) + 1) ** 0.5).astype(int))
+started = time.perf_counter()
+found = retrieve_with_quotas(lambda q, k: vector_index.search(index.index, q, k, nprobe=64),
+                             queries, np.arange(len(queries)), quotas, index.num_rows)
+times["retrieve_s"] = time.perf_counter() - started
+times["retrieved"] = len(found)
+times["quota"] = int(quotas.sum())
+times["lists_on_disk"] = bool(index.meta.get("lists_on_disk"))
+times["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+print(json.dumps(times))
+"""
+
+AUTOFAISS = r"""
+import json, resource, sys, time
+import numpy as np, faiss
+from autofaiss import build_index
+folder, cap = sys.argv[1], sys.argv[2]
+started = time.perf_counter()
+index, _ = build_index(embeddings=folder + "/img_emb", index_path=folder + "/autofaiss.index",
+                       index_infos_path=folder + "/autofaiss.json",
+                       # autofaiss wants the index to leave 10% of the budget free
+                       max_index_memory_usage=f"{0.85 * float(cap) * 2**30:.0f}B", current_memory_available=f"{float(cap) * 2**30:.0f}B",
+                       metric_type="ip", verbose=40)
+build = time.perf_counter() - started
+try:
+    faiss.extract_index_ivf(index).nprobe = 64  # the same probes as ours
+except RuntimeError:
+    pass  # autofaiss chose an index without lists (small pools): searched as it is
+queries = np.load(folder + "/queries.npy")
+_, rows = index.search(queries, 100)
+np.save(folder + "/autofaiss-rows.npy", rows)
+index_key = json.load(open(folder + "/autofaiss.json"))["index_key"]
+print(json.dumps({"build_s": build, "index_key": index_key, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+"""
+
+
+def concept_model(dim: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((CONCEPTS, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    weights = 1.0 / np.arange(1, CONCEPTS + 1) ** 0.8
+    spectrum = (1.0 / np.sqrt(np.arange(1, dim + 1))).astype(np.float32)
+    spectrum *= np.sqrt(dim) / np.linalg.norm(spectrum)
+    basis = np.linalg.qr(rng.standard_normal((dim, dim)))[0].astype(np.float32)
+    return centres, weights / weights.sum(), spectrum, basis
+
+
+def sample(model, rng: np.random.Generator, count: int, noise: float = 0.9) -> np.ndarray:
+    centres, weights, spectrum, basis = model
+    concepts = rng.choice(len(centres), size=count, p=weights)
+    shaped = rng.standard_normal((count, len(spectrum)), dtype=np.float32) * spectrum
+    vectors = centres[concepts] + noise * (shaped @ basis) / np.sqrt(len(spectrum))
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def write_pool(folder: Path, rows: int, dim: int) -> np.ndarray:
+    """The LAION layout on disk; returns 1,000 queries."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    model = concept_model(dim)
+    (folder / "img_emb").mkdir()
+    (folder / "metadata").mkdir()
+    rng = np.random.default_rng(1)
+    for shard, start in enumerate(range(0, rows, SHARD_ROWS)):
+        count = min(SHARD_ROWS, rows - start)
+        vectors = np.lib.format.open_memmap(
+            folder / "img_emb" / f"img_emb_{shard}.npy", "w+", np.float16, (count, dim)
+        )
+        for offset in range(0, count, 1 << 17):
+            block = sample(model, rng, min(1 << 17, count - offset))
+            vectors[offset : offset + len(block)] = block
+        vectors.flush()
+        del vectors
+        keys = pa.array([f"{number:09d}" for number in range(start, start + count)])
+        pq.write_table(pa.table({"key": keys}), folder / "metadata" / f"metadata_{shard}.parquet")
+    # Held-out samples of the same distribution, as image queries are (a class's examples).
+    return sample(model, np.random.default_rng(2), CONCEPTS).astype(np.float32)
+
+
+def exact_top(folder: Path, queries: np.ndarray, k: int) -> np.ndarray:
+    import faiss
+
+    best_scores = np.full((len(queries), 0), -np.inf, np.float32)
+    best_rows = np.zeros((len(queries), 0), np.int64)
+    start = 0
+    for path in sorted((folder / "img_emb").glob("img_emb_*.npy"), key=lambda p: int(p.stem.split("_")[-1])):
+        shard = np.load(path, mmap_mode="r")
+        flat = faiss.IndexFlatIP(shard.shape[1])
+        flat.add(np.asarray(shard, dtype=np.float32))
+        scores, rows = flat.search(queries, k)
+        best_scores = np.concatenate([best_scores, scores], axis=1)
+        best_rows = np.concatenate([best_rows, rows + start], axis=1)
+        order = np.argsort(-best_scores, axis=1, kind="stable")[:, :k]
+        best_scores, best_rows = (
+            np.take_along_axis(best_scores, order, 1),
+            np.take_along_axis(best_rows, order, 1),
+        )
+        start += len(shard)
+    return best_rows
+
+
+def run_autofaiss(python: Path, folder: Path, budget_gb: float) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(python), "-c", AUTOFAISS, str(folder), f"{budget_gb:.3f}"],
+        capture_output=True,
+        text=True,
+    )
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, truth, strict=True)]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--factory", default="IVF4096,SQ8")
+    parser.add_argument("--max-memory-gb", type=float, default=4.0)
+    parser.add_argument("--autofaiss-python", default=".autofaiss/bin/python")
+    parser.add_argument("--folder", type=Path, default=None, help="work folder (default: a temporary one)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-pool-", dir=args.folder) as work:
+        folder = Path(work)
+        started = time.perf_counter()
+        queries = write_pool(folder, args.rows, args.dim)
+        np.save(folder / "queries.npy", queries)
+        print(
+            f"pool: {args.rows:,} × {args.dim} float16 in the LAION layout ({args.rows * args.dim * 2 / 2**30:.1f} GiB), "
+            f"written in {time.perf_counter() - started:.0f} s; {args.factory}, memory cap {args.max_memory_gb} GB"
+        )
+        truth = exact_top(folder, queries, 100)
+        shards = max(1, -(-args.rows // SHARD_ROWS))
+        ours = json.loads(
+            subprocess.run(
+                [sys.executable, "-c", OURS, str(folder), args.factory, str(args.max_memory_gb), str(shards)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        ours_recall = recall(np.load(folder / "rebalance-rows.npy"), truth)
+        print(
+            f"rebalance: ingest {ours['ingest_s']:.1f} s, train {ours['train_s']:.1f} s, build (train + {shards} shards + merge) "
+            f"{ours['build_s']:.1f} s, lists on disk: {ours['lists_on_disk']}; recall@100 {ours_recall:.3f} (nprobe 64); "
+            f"retrieval with quotas for {len(queries)} classes ({ours['retrieved']:,} of {ours['quota']:,} filled) {ours['retrieve_s']:.2f} s; peak RSS {ours['peak_rss_gb']:.2f} GB"
+        )
+        autofaiss = Path(args.autofaiss_python)
+        if not autofaiss.exists():
+            print(f"autofaiss: skipped, no {autofaiss} (see this script's docstring for the command)")
+            return
+        budget = args.max_memory_gb
+        done = run_autofaiss(autofaiss, folder, budget)
+        if done.returncode != 0 and "memory" in done.stderr:
+            # autofaiss keeps the whole index (and k-means) in memory: it refuses a budget below that.
+            reason = next(line for line in done.stderr.splitlines() if "[ERROR]" in line).split("[ERROR]: ")[
+                -1
+            ]
+            budget = max(8.0, 2 * args.rows * (args.dim + 8) / 2**30)
+            print(
+                f"autofaiss: refuses to build within {args.max_memory_gb:g} GB ({reason[:120]}...); "
+                f"rerun with {budget:.1f} GB"
+            )
+            done = run_autofaiss(autofaiss, folder, budget)
+        if done.returncode != 0:
+            sys.exit(f"autofaiss failed:\n{done.stderr[-2000:]}")
+        theirs = json.loads(done.stdout.strip().splitlines()[-1])
+        theirs_recall = recall(np.load(folder / "autofaiss-rows.npy"), truth)
+        print(
+            f"autofaiss build_index ({theirs['index_key']}): build {theirs['build_s']:.1f} s, recall@100 {theirs_recall:.3f} (nprobe 64); "
+            f"peak RSS {theirs['peak_rss_gb']:.2f} GB  (baseline)"
+        )
+        print(f"-> build time ratio (autofaiss / rebalance): {theirs['build_s'] / ours['build_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
