@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 
 from rebalance.errors import DataError, RebalanceError
-from rebalance.io.memmaps import release_mapped_pages
+from rebalance.io.memmaps import CHUNK_ROWS, release_mapped_pages
 
 Backend = Literal["auto", "faiss", "torch"]
 
@@ -55,7 +55,7 @@ def training_sample_size(factory: str, num_vectors: int) -> int:
     return min(num_vectors, wanted)
 
 
-ADD_CHUNK_ROWS = 1 << 16
+ADD_CHUNK_ROWS = CHUNK_ROWS
 """Vectors converted and added at a time: memory holds the index and one chunk, not the pool."""
 
 

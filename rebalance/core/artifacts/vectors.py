@@ -50,7 +50,8 @@ class Embeddings:
     def shard(self, index: int, num_shards: int) -> Self:
         size = math.ceil(self.num_rows / num_shards)
         rows = slice(index * size, (index + 1) * size)
-        return dataclasses.replace(self, ids=self.ids[rows], vectors=np.asarray(self.vectors[rows]))
+        # A view of the memory map, not a copy: a shard of a large pool is read a chunk at a time.
+        return dataclasses.replace(self, ids=self.ids[rows], vectors=self.vectors[rows])
 
     @classmethod
     def concat(cls, parts: list[Self]) -> Self:
