@@ -38,9 +38,25 @@ SHARD_ROWS = 1_000_000
 CONCEPTS = 1_000
 
 OURS = r"""
-import json, resource, sys, time
+import json, resource, sys, threading, time
 from pathlib import Path
 import numpy as np, pyarrow as pa, pyarrow.parquet as pq, dataclasses
+peak_anon_kb = 0
+def sample_anonymous_memory():
+    # ru_maxrss also counts pages of memory-mapped files (the shards, the lists file), which the
+    # kernel reclaims under pressure; the process's own heap is RssAnon.
+    global peak_anon_kb
+    while True:
+        with open("/proc/self/status") as status:
+            anon = next(int(line.split()[1]) for line in status if line.startswith("RssAnon:"))
+        peak_anon_kb = max(peak_anon_kb, anon)
+        time.sleep(0.02)
+threading.Thread(target=sample_anonymous_memory, daemon=True).start()
+anon_by_phase = {}
+def end_phase(name):
+    global peak_anon_kb
+    anon_by_phase[name] = round(peak_anon_kb / 2**20, 2)
+    peak_anon_kb = 0
 folder, factory, cap, shards = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
 from rebalance.core.artifacts import Embeddings, LabeledDataset, VectorIndex
 from rebalance.steps.embed import precomputed_embeddings
@@ -59,19 +75,23 @@ for name in ("embedded", "trained", "merged"):
 precomputed_embeddings(pool, root=folder, encoder="synthetic").write(work / "embedded")
 embeddings = Embeddings.read(work / "embedded")
 times["ingest_s"] = time.perf_counter() - started
+end_phase("ingest")
 started = time.perf_counter()
 train_index(embeddings, factory=factory, max_memory_gb=cap).write(work / "trained")
 trained = VectorIndex.read(work / "trained")
 times["train_s"] = time.perf_counter() - started
+end_phase("train")
 parts = []
 for number in range(shards):
     part = work / f"part-{number}"
     part.mkdir(exist_ok=True)
     fill_index(embeddings.shard(number, shards), trained).write(part)
     parts.append(part)
+end_phase("fill")
 VectorIndex.write_concatenated(parts, work / "merged")
 index = VectorIndex.read(work / "merged")
 times["build_s"] = time.perf_counter() - started
+end_phase("merge")
 queries = np.load(folder / "queries.npy")
 started = time.perf_counter()
 _, rows = vector_index.search(index.index, queries, 100, nprobe=64)
@@ -86,6 +106,9 @@ times["retrieved"] = len(found)
 times["quota"] = int(quotas.sum())
 times["lists_on_disk"] = bool(index.meta.get("lists_on_disk"))
 times["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+end_phase("search+retrieve")
+times["peak_anon_gb"] = max(anon_by_phase.values())
+times["anon_by_phase_gb"] = anon_by_phase
 print(json.dumps(times))
 """
 
@@ -179,11 +202,14 @@ def exact_top(folder: Path, queries: np.ndarray, k: int) -> np.ndarray:
     return best_rows
 
 
-def run_autofaiss(python: Path, folder: Path, budget_gb: float) -> subprocess.CompletedProcess:
+def run_autofaiss(
+    python: Path, folder: Path, budget_gb: float, timeout_s: float
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(python), "-c", AUTOFAISS, str(folder), f"{budget_gb:.3f}"],
         capture_output=True,
         text=True,
+        timeout=timeout_s,
     )
 
 
@@ -198,6 +224,9 @@ def main() -> None:
     parser.add_argument("--factory", default="IVF4096,SQ8")
     parser.add_argument("--max-memory-gb", type=float, default=4.0)
     parser.add_argument("--autofaiss-python", default=".autofaiss/bin/python")
+    parser.add_argument(
+        "--autofaiss-timeout", type=float, default=3600, help="seconds before autofaiss is stopped"
+    )
     parser.add_argument("--folder", type=Path, default=None, help="work folder (default: a temporary one)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-pool-", dir=args.folder) as work:
@@ -225,34 +254,52 @@ def main() -> None:
         print(
             f"rebalance: ingest {ours['ingest_s']:.1f} s, train {ours['train_s']:.1f} s, build (train + {shards} shards + merge) "
             f"{ours['build_s']:.1f} s, lists on disk: {ours['lists_on_disk']}; recall@100 {ours_recall:.3f} (nprobe 64); "
-            f"retrieval with quotas for {len(queries)} classes ({ours['retrieved']:,} of {ours['quota']:,} filled) {ours['retrieve_s']:.2f} s; peak RSS {ours['peak_rss_gb']:.2f} GB"
+            f"retrieval with quotas for {len(queries)} classes ({ours['retrieved']:,} of {ours['quota']:,} filled) {ours['retrieve_s']:.2f} s; peak RSS {ours['peak_rss_gb']:.2f} GB, of which anonymous "
+            f"(heap, not mapped files) {ours['peak_anon_gb']:.2f} GB "
+            f"(by phase: {ours['anon_by_phase_gb']})"
         )
         autofaiss = Path(args.autofaiss_python)
         if not autofaiss.exists():
             print(f"autofaiss: skipped, no {autofaiss} (see this script's docstring for the command)")
             return
-        budget = args.max_memory_gb
-        done = run_autofaiss(autofaiss, folder, budget)
-        if done.returncode != 0 and "memory" in done.stderr:
-            # autofaiss keeps the whole index (and k-means) in memory: it refuses a budget below that.
-            reason = next(line for line in done.stderr.splitlines() if "[ERROR]" in line).split("[ERROR]: ")[
-                -1
-            ]
-            budget = max(8.0, 2 * args.rows * (args.dim + 8) / 2**30)
+        try:
+            theirs, theirs_recall = compare_autofaiss(autofaiss, folder, args, truth)
+        except subprocess.TimeoutExpired:
             print(
-                f"autofaiss: refuses to build within {args.max_memory_gb:g} GB ({reason[:120]}...); "
-                f"rerun with {budget:.1f} GB"
+                f"autofaiss build_index: not finished after {args.autofaiss_timeout:.0f} s (stopped)  (baseline)\n"
+                f"-> build time ratio (autofaiss / rebalance): > {args.autofaiss_timeout / ours['build_s']:.1f}x"
             )
-            done = run_autofaiss(autofaiss, folder, budget)
-        if done.returncode != 0:
-            sys.exit(f"autofaiss failed:\n{done.stderr[-2000:]}")
-        theirs = json.loads(done.stdout.strip().splitlines()[-1])
-        theirs_recall = recall(np.load(folder / "autofaiss-rows.npy"), truth)
+            return
         print(
             f"autofaiss build_index ({theirs['index_key']}): build {theirs['build_s']:.1f} s, recall@100 {theirs_recall:.3f} (nprobe 64); "
             f"peak RSS {theirs['peak_rss_gb']:.2f} GB  (baseline)"
         )
         print(f"-> build time ratio (autofaiss / rebalance): {theirs['build_s'] / ours['build_s']:.2f}x")
+
+
+def compare_autofaiss(
+    autofaiss: Path, folder: Path, args: argparse.Namespace, truth: np.ndarray
+) -> tuple[dict, float]:
+    """autofaiss's build on the pool within the same budget (a larger one when it refuses), and its
+    recall; raises ``TimeoutExpired`` past ``--autofaiss-timeout`` in all."""
+    budget = args.max_memory_gb
+    started = time.perf_counter()
+    done = run_autofaiss(autofaiss, folder, budget, args.autofaiss_timeout)
+    if done.returncode != 0 and "memory" in done.stderr:
+        # autofaiss keeps the whole index (and k-means) in memory: it refuses a budget below that.
+        reason = next(line for line in done.stderr.splitlines() if "[ERROR]" in line).split("[ERROR]: ")[-1]
+        budget = max(8.0, 2 * args.rows * (args.dim + 8) / 2**30)
+        print(
+            f"autofaiss: refuses to build within {args.max_memory_gb:g} GB ({reason[:120]}...); "
+            f"rerun with {budget:.1f} GB"
+        )
+        done = run_autofaiss(
+            autofaiss, folder, budget, args.autofaiss_timeout - (time.perf_counter() - started)
+        )
+    if done.returncode != 0:
+        sys.exit(f"autofaiss failed:\n{done.stderr[-2000:]}")
+    theirs = json.loads(done.stdout.strip().splitlines()[-1])
+    return theirs, recall(np.load(folder / "autofaiss-rows.npy"), truth)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,16 @@
     >>> from rebalance.frequency import count_concepts
     >>> count_concepts(["two dogs and a cat", "a puppy"], {"dog": ["dog", "puppy"], "cat": ["cat"]})
 
-Matching is on normalised tokens (see ``rebalance.text.normalize``): case, Unicode form,
-punctuation and plural endings do not matter, and a synonym only matches whole words.
+Matching is on normalised tokens (see ``rebalance.text.normalize``): case, Unicode form and
+punctuation do not matter, a synonym only matches whole words, and captions are matched as
+written. A synonym matches its own written forms (``rebalance.text.inflection``): itself and the
+plurals of its head noun ("mouse": "mouse", "mice"), and a plural-only synonym ("shorts") only
+itself. Overlapping mentions all count: "a polar bear" mentions both "polar bear" and "bear".
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -18,8 +22,8 @@ import pandas as pd
 import pyarrow as pa
 
 from rebalance.errors import DataError
-from rebalance.text.counter import PhraseCounts, PhraseIndex, count_batch, match_pairs, phrase_groups
-from rebalance.text.normalize import normalize
+from rebalance.text.counter import PhraseCounts, PhraseIndex, count_batch, match_pairs
+from rebalance.text.inflection import surface_forms
 
 
 def _batches(
@@ -51,6 +55,49 @@ def _batches(
         yield pa.array(pending, pa.large_string())
 
 
+@dataclasses.dataclass(frozen=True)
+class CompiledSynonyms:
+    """Synonyms compiled for counting, in one pass, at three levels that each count a caption once:
+    written forms (the index's phrases), synonyms and classes.
+
+    The counter's groups are the classes (``0 .. C-1``) followed by the distinct synonyms (one
+    group per normalised synonym, ``C ..``): each form counts for every class that lists a
+    synonym it is a form of, and for each such synonym.
+    """
+
+    classes: list[str]
+    forms: dict[str, list[str]]  # synonym as listed -> its written forms (normalised)
+    synonym_group: dict[str, int]  # normalised synonym -> its group
+    index: PhraseIndex | None  # None when no synonym has a form
+    ambiguous: dict[str, list[str]]  # a form several classes count -> those classes
+
+    @classmethod
+    def build(cls, synonyms: Mapping[str, Sequence[str]]) -> CompiledSynonyms:
+        classes = list(synonyms)
+        forms = {s: surface_forms(s) for listed in synonyms.values() for s in listed}
+        own = list(dict.fromkeys(written[0] for written in forms.values() if written))
+        synonym_group = {synonym: len(classes) + n for n, synonym in enumerate(own)}
+        groups: dict[str, list[int]] = {}
+        for position, concept in enumerate(classes):
+            for synonym in synonyms[concept]:
+                for form in forms[synonym]:
+                    counted = groups.setdefault(form, [])
+                    for group in (position, synonym_group[forms[synonym][0]]):
+                        if group not in counted:
+                            counted.append(group)
+        ambiguous = {
+            form: [classes[g] for g in counted if g < len(classes)]
+            for form, counted in groups.items()
+            if sum(g < len(classes) for g in counted) > 1
+        }
+        index = PhraseIndex.build(groups) if groups else None
+        return cls(classes, forms, synonym_group, index, ambiguous)
+
+    @property
+    def groups(self) -> int:
+        return len(self.classes) + len(self.synonym_group)
+
+
 def count_concepts(
     captions: Iterable[str] | Iterable[pa.Array] | pa.Array | pa.ChunkedArray,
     synonyms: Mapping[str, Sequence[str]],
@@ -58,27 +105,29 @@ def count_concepts(
     per_caption: bool = True,
     batch_size: int = 1_000_000,
 ) -> pd.DataFrame:
-    """Count, per concept and per synonym, the captions that mention it.
+    """Count, per concept, per synonym and per written form, the captions that mention it.
 
     Args:
         captions: strings (any iterable, streamed in batches of ``batch_size``), Arrow string
             arrays, or an iterable of them (e.g. ``rebalance.io.captions.iter_captions``).
         synonyms: concept name -> its synonyms (phrases of one or more words).
-        per_caption: count each caption at most once per concept and per synonym (REAL's
-            definition); False counts every occurrence.
+        per_caption: count each caption at most once per concept, per synonym and per form
+            (REAL's definition); False counts every occurrence.
 
     Returns:
-        One row per concept: ``concept``, ``count``, ``top_synonym`` (its most frequent synonym,
-        REAL-Prompt's class name; ties to the first listed) and ``synonym_counts`` (synonym ->
-        count). ``attrs`` holds ``captions`` (how many were read), ``ambiguous`` (normalised
-        phrases listed by several concepts: they count for each, and are reported here) and
-        ``empty`` (concepts whose synonyms normalise to nothing).
+        One row per concept: ``concept``, ``count``, ``synonym_counts`` (synonym as listed ->
+        captions mentioning any of its forms), ``form_counts`` (written form -> count: which
+        forms matched) and ``top_synonym``: its most frequent form, as written in the captions
+        (REAL-Prompt's class name; ties to the first listed). ``attrs`` holds ``captions`` (how
+        many were read), ``ambiguous`` (forms listed by several concepts: they count for each)
+        and ``empty`` (concepts whose synonyms normalise to nothing).
     """
-    classes = list(synonyms)
-    phrase_of = {s: normalize(s) for synonym_list in synonyms.values() for s in synonym_list}
-    groups, ambiguous = phrase_groups({k: list(v) for k, v in synonyms.items()}, phrase_of)
-    index = PhraseIndex.build(groups) if groups else None
-    counts = PhraseCounts(np.zeros(len(groups), dtype=np.int64), np.zeros(len(classes), dtype=np.int64))
+    compiled = CompiledSynonyms.build(synonyms)
+    index = compiled.index
+    counts = PhraseCounts(
+        np.zeros(len(index.phrases) if index else 0, dtype=np.int64),
+        np.zeros(compiled.groups, dtype=np.int64),
+    )
     for batch in _batches(captions, batch_size):
         if batch.null_count:
             raise DataError(f"{batch.null_count} caption(s) are null; drop or fill them first")
@@ -88,24 +137,26 @@ def count_concepts(
             count_batch(index, batch, counts, per_caption=per_caption)
         else:
             counts.captions += len(batch)
-    phrase_count = dict(zip(index.phrases, counts.phrases.tolist(), strict=True)) if index else {}
+    form_count = dict(zip(index.phrases, counts.phrases.tolist(), strict=True)) if index else {}
     rows: list[dict[str, Any]] = []
-    for position, concept in enumerate(classes):
-        by_synonym = {s: phrase_count.get(phrase_of[s], 0) for s in synonyms[concept]}
-        top = max(by_synonym, key=by_synonym.get) if by_synonym else None
+    for position, concept in enumerate(compiled.classes):
+        listed = [s for s in synonyms[concept] if compiled.forms[s]]
+        by_synonym = {s: int(counts.groups[compiled.synonym_group[compiled.forms[s][0]]]) for s in listed}
+        by_form = {form: form_count[form] for s in listed for form in compiled.forms[s]}
         rows.append(
             {
                 "concept": concept,
                 "count": int(counts.groups[position]),
-                "top_synonym": top,
+                "top_synonym": max(by_form, key=by_form.get) if by_form else None,
                 "synonym_counts": by_synonym,
+                "form_counts": by_form,
             }
         )
-    table = pd.DataFrame(rows, columns=["concept", "count", "top_synonym", "synonym_counts"])
+    table = pd.DataFrame(rows, columns=["concept", "count", "top_synonym", "synonym_counts", "form_counts"])
     table.attrs.update(
         captions=counts.captions,
-        ambiguous=ambiguous,
-        empty=[c for c in classes if not any(phrase_of[s] for s in synonyms[c])],
+        ambiguous=compiled.ambiguous,
+        empty=[c for c in compiled.classes if not any(compiled.forms[s] for s in synonyms[c])],
     )
     return table
 
@@ -132,16 +183,16 @@ def sample_matching_captions(
     Bottom-k sampling on a seeded hash of each caption's position: one streaming pass, memory
     bounded by the samples, and the same sample for the same corpus and seed however it is batched.
     """
-    classes = list(synonyms)
-    phrase_of = {s: normalize(s) for synonym_list in synonyms.values() for s in synonym_list}
-    groups, _ = phrase_groups({k: list(v) for k, v in synonyms.items()}, phrase_of)
+    compiled = CompiledSynonyms.build(synonyms)
+    classes = compiled.classes
     samples: dict[int, list[tuple[int, str]]] = {g: [] for g in range(len(classes))}
-    if not groups:
+    if compiled.index is None:
         return {c: [] for c in classes}
-    index = PhraseIndex.build(groups)
     seen = 0
     for batch in _batches(captions, batch_size):
-        positions, found = match_pairs(index, batch, len(classes))
+        positions, found = match_pairs(compiled.index, batch, compiled.groups)
+        of_class = found < len(classes)  # the other groups are synonyms
+        positions, found = positions[of_class], found[of_class]
         keys = _sample_keys(seed, positions + seen)
         order = np.lexsort((keys, found))
         ranked_groups = found[order]

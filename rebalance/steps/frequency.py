@@ -15,10 +15,11 @@ from rebalance.core.config import did_you_mean
 from rebalance.core.registry import InputPath, ModelRef, step
 from rebalance.errors import DataError
 from rebalance.io.wordnet import Synset, WordNet
-from rebalance.text.normalize import normalize, readable
+from rebalance.text.inflection import surface_forms
+from rebalance.text.normalize import readable
 
 
-@step("mine_synonyms", role="describes")
+@step("mine_synonyms", version=2, role="describes")
 def mine_synonyms(
     dataset: LabeledDataset,
     *,
@@ -33,7 +34,8 @@ def mine_synonyms(
     lemmas of the class's synset when the dataset names one (LVIS ``synset``), else of the first
     wordnet_senses noun senses of its name. user_synonyms is a JSON object {class name: [phrases]};
     an unknown class name is an error with a did-you-mean. Names lose LVIS disambiguators
-    ("bow_(weapon)" -> "bow"); duplicates after normalisation are dropped, keeping the first.
+    ("bow_(weapon)" -> "bow"); a phrase that is a written form of one kept before it is dropped
+    ("Bananas" after "banana").
     The table also keeps each class's definition (the dataset's, else WordNet's).
     """
     names = dataset.class_names()
@@ -66,11 +68,11 @@ def mine_synonyms(
             + [lemma for sense in senses for lemma in sense.lemmas]
             + extra.get(name, [])
         )
-        seen, kept = set(), []
+        covered, kept = set(), []
         for phrase in candidates:
-            key = normalize(phrase)
-            if key and key not in seen:
-                seen.add(key)
+            forms = surface_forms(phrase)
+            if forms and forms[0] not in covered:
+                covered.update(forms)
                 kept.append(phrase)
         rows.append(
             {
@@ -112,7 +114,7 @@ def caption_corpus(*, captions: InputPath, column: str = "caption") -> CaptionCo
     return CaptionCorpus(pa.table(columns, schema=schema), column)
 
 
-@step("count_captions", shardable=True, role="describes")
+@step("count_captions", version=2, shardable=True, role="describes")
 def count_captions(
     corpus: CaptionCorpus,
     synonyms: Synonyms,
@@ -134,7 +136,7 @@ def count_captions(
     return _count(synonyms, captions(), per_caption)
 
 
-@step("concept_frequency", role="describes")
+@step("concept_frequency", version=2, role="describes")
 def concept_frequency(
     synonyms: Synonyms,
     counts: ConceptCounts | None = None,
@@ -153,7 +155,8 @@ def concept_frequency(
     frequency = count / captions read. The tail is the ceil(tail_quantile · C) classes with the
     fewest mentions (REAL uses the bottom 20%); buckets: rare = tail, frequent = the
     ceil(head_quantile · C) most mentioned, common = the rest. top_synonym is each class's most
-    frequent synonym (REAL-Prompt's class name; ties to the first listed).
+    frequent written form of a synonym, as the captions spell it (REAL-Prompt's class name, e.g.
+    "trousers" for the synonym "trouser"; ties to the first listed).
     """
     from rebalance.io.captions import iter_captions
 
@@ -165,11 +168,12 @@ def concept_frequency(
         counts = _count(synonyms, iter_captions(captions, column, batch_rows), per_caption)
     if counts.summary["captions"] == 0:
         raise DataError(f"{captions or 'the counted corpus'}: the caption corpus is empty")
-    by_synonym = [json.loads(value) for value in counts.table["synonym_counts"].to_pylist()]
+    by_form = [json.loads(value) for value in counts.table["form_counts"].to_pylist()]
     table = counts.table.select(["category_id", "concept", "count"]).append_column(
-        "top_synonym", pa.array([max(c, key=c.get) if c else None for c in by_synonym], pa.string())
+        "top_synonym", pa.array([max(c, key=c.get) if c else None for c in by_form], pa.string())
     )
-    table = table.append_column("synonym_counts", counts.table["synonym_counts"])
+    for column in ("synonym_counts", "form_counts"):
+        table = table.append_column(column, counts.table[column])
     return with_tail(table, "count", counts.summary, tail_quantile, head_quantile)
 
 
@@ -185,6 +189,7 @@ def _count(synonyms: Synonyms, captions, per_caption: bool) -> ConceptCounts:
             "concept": names,
             "count": pa.array(counted["count"].to_numpy(), pa.int64()),
             "synonym_counts": [json.dumps(c) for c in counted["synonym_counts"]],
+            "form_counts": [json.dumps(c) for c in counted["form_counts"]],
         }
     )
     summary = {
@@ -228,7 +233,7 @@ def with_tail(
     return ConceptFrequency(table, summary, plot(names, counts, tail))
 
 
-@step("llm_filter", role="describes")
+@step("llm_filter", version=2, role="describes")
 def llm_filter(
     frequency: ConceptFrequency,
     synonyms: Synonyms,
@@ -283,7 +288,9 @@ def llm_filter(
         ratios.append(sum(answers) / len(answers) if answers else 1.0)
     counts = frequency.table["count"].to_numpy()
     estimated = np.round(counts * np.array(ratios)).astype(np.int64)
-    table = frequency.table.select(["category_id", "concept", "count", "top_synonym", "synonym_counts"])
+    table = frequency.table.select(
+        ["category_id", "concept", "count", "top_synonym", "synonym_counts", "form_counts"]
+    )
     table = table.append_column("checked", pa.array(checked, pa.int64()))
     table = table.append_column("yes_ratio", pa.array(ratios, pa.float64()))
     table = table.append_column("estimated_count", pa.array(estimated, pa.int64()))

@@ -9,9 +9,10 @@ with all the branches ran at half the speed.
    SWAR arithmetic. A token's start and end are then found with a trailing-zero count over the next
    56 bytes' bits, not a branch per byte.
 2. Token keys: a token of at most 8 bytes *is* its key, its bytes lower-cased and read with one
-   unaligned 8-byte load: exact, no hashing. Longer tokens are hashed 8 bytes at a time. The suffix
-   rules of ``normalize.singular`` pick how many bytes to keep before the key is formed. Keys are
-   looked up in a cuckoo table: two slots, no probe loop.
+   unaligned 8-byte load: exact, no hashing. Longer tokens are hashed 8 bytes at a time. Tokens
+   are matched as written (a synonym's plurals are phrases of their own, see
+   ``rebalance.text.inflection``), so no suffix rule runs per token. Keys are looked up in a
+   cuckoo table: two slots, no probe loop.
 3. Counting: only vocabulary tokens are kept. A one-word phrase has its token's id; longer phrases
    walk a token trie whose edges sit in a second cuckoo table. A "last caption seen" mark per
    phrase and per group counts each at most once per caption without a branch.
@@ -44,7 +45,6 @@ _LONG_PRIME = 0x100000001B3
 _FIRST = 0x9E3779B97F4A7C15
 _SECOND = 0xC2B2AE3D27D4EB4F
 _NO_EDGE = _MASK
-_LETTER_Y = ord("y")
 # The same constants as the compiled loops read them (numpy scalars are frozen in as uint64).
 _LONG_SEED_U64, _LONG_PRIME_U64 = np.uint64(_LONG_SEED), np.uint64(_LONG_PRIME)
 _FIRST_U64, _SECOND_U64 = np.uint64(_FIRST), np.uint64(_SECOND)
@@ -346,37 +346,6 @@ def _token_word(data, position, length):  # pragma: no cover - compiled
     return value & (_ALL_BITS >> np.uint64(64 - 8 * length))
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _singular_length(data, start, end):  # pragma: no cover - compiled
-    """``normalize.singular`` on data[start:end]: (bytes kept, whether the last one becomes "y")."""
-    length = end - start
-    last = data[end - 1] | 32
-    if last != 115 or length < 3:  # "s"
-        return length, False
-    second = data[end - 2] | 32
-    third = data[end - 3] | 32
-    if length >= 4 and third == 105 and second == 101:  # -ies -> -y
-        return length - 2, True
-    if length >= 4 and second == 101:
-        fourth = data[end - 4] | 32
-        if (
-            third == 120  # -xes
-            or third == 122  # -zes
-            or (third == 104 and (fourth == 99 or fourth == 115))  # -ches -shes
-            or (third == 115 and fourth == 115)  # -sses
-        ):
-            return length - 2, False
-    if second != 115 and second != 117 and second != 105:  # not -ss -us -is
-        return length - 1, False
-    return length, False
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _with_last_byte_y(value, length):  # pragma: no cover - compiled
-    top = np.uint64(8 * (length - 1))
-    return (value & ~(np.uint64(0xFF) << top)) | (np.uint64(_LETTER_Y) << top)
-
-
 @numba.njit(cache=True, nogil=True)
 def _token_keys(data, bits, offsets, first, last, normalised, keys, token_end, deferred):  # pragma: no cover
     """The keys of the tokens of captions first..last-1, in order, into ``keys``.
@@ -404,23 +373,16 @@ def _token_keys(data, bits, offsets, first, last, normalised, keys, token_end, d
                 if run < 56 or end >= stop:
                     break
             end = min(end, stop)
-            if normalised:  # normalize() already applied the singular rules
-                length, y = end - position, False
-            else:
-                length, y = _singular_length(data, position, end)
+            length = end - position
             if length <= 8:
                 key = _token_word(data, position, length)
                 ascii = (key & _HIGH_BITS) == 0
-                if y:
-                    key = _with_last_byte_y(key, length)
             else:
                 key = _LONG_SEED_U64
                 ascii = True
                 for offset in range(0, length, 8):
                     part = _token_word(data, position + offset, min(8, length - offset))
                     ascii &= (part & _HIGH_BITS) == 0
-                    if y and length - offset <= 8:
-                        part = _with_last_byte_y(part, length - offset)
                     key = (key ^ part) * _LONG_PRIME_U64
                     key ^= key >> np.uint64(32)
             if not ascii and not normalised:
@@ -590,21 +552,3 @@ def _scan_range(
         start = stop
     phrase_counts += phrase_state[:, _COUNT]
     group_counts += group_state[:, _COUNT]
-
-
-def phrase_groups(
-    synonyms: dict[str, list[str]], phrase_of: dict[str, str]
-) -> tuple[dict[str, list[int]], dict[str, list[str]]]:
-    """Normalised phrase -> positions of the classes listing it, and the phrases several classes share.
-
-    ``phrase_of`` maps each synonym to its normalised phrase ("" when nothing is left of it).
-    """
-    classes = list(synonyms)
-    groups: dict[str, list[int]] = {}
-    for position, concept in enumerate(classes):
-        for synonym in synonyms[concept]:
-            phrase = phrase_of[synonym]
-            if phrase and position not in groups.setdefault(phrase, []):
-                groups[phrase].append(position)
-    ambiguous = {phrase: [classes[g] for g in gs] for phrase, gs in groups.items() if len(gs) > 1}
-    return groups, ambiguous

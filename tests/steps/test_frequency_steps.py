@@ -11,7 +11,7 @@ from rebalance.errors import DataError
 from rebalance.io.captions import iter_captions
 from rebalance.steps.frequency import concept_frequency, mine_synonyms
 from rebalance.steps.ingest import ingest_coco, ingest_image_folder
-from rebalance.text.normalize import readable
+from rebalance.text.normalize import readable, tokens
 from tests.conftest import REPO
 from tests.steps.lvis_fixture import build_lvis
 
@@ -116,6 +116,29 @@ def test_wordnet_synonyms_by_lvis_synset_and_by_name(tmp_path: Path) -> None:
     assert by_name["pullover"]["synonyms"] == ["pullover", "slipover"]
     assert by_name["ankle_boot"]["synonyms"] == ["ankle boot"]  # not in WordNet: the name only
     assert by_name["sneaker"]["definition"].startswith("a canvas shoe")
+
+
+def test_demo_top_synonyms_are_written_in_the_corpus_as_they_are_named() -> None:
+    demo = REPO / "data" / "fashion_mnist_lt"
+    synonyms = mine_synonyms(
+        ingest_image_folder(root=demo / "train"), wordnet=WORDNET, user_synonyms=demo / "synonyms.json"
+    )
+    assert synonyms.table.to_pylist()[-1]["synonyms"] == [
+        "trouser",
+        "pant",
+        "slacks",
+    ]  # "pants" is a form of "pant"
+    corpus = REPO / "data" / "captions" / "cupl_imagenet.parquet"
+    table = concept_frequency(synonyms, captions=corpus).table.to_pylist()
+    top = {row["concept"]: row["top_synonym"] for row in table}
+    assert top["trouser"] == "pants"  # not "pant" nor "trouser": the captions say "pants" and "trousers"
+    words = {
+        word
+        for batch in iter_captions(corpus, "caption", 100_000)
+        for caption in batch.to_pylist()
+        for word in tokens(caption)
+    }
+    assert all(set(name.split(" ")) <= words for name in top.values())
 
 
 def test_missing_wordnet_says_how_to_get_it(tmp_path: Path) -> None:

@@ -67,29 +67,29 @@ class CaptionCorpus:
 
 
 class ConceptCounts(TableArtifact):
-    """Raw caption counts per class (``table``: ``category_id``, ``concept``, ``count``,
-    ``synonym_counts`` as JSON); ``summary["captions"]`` captions were counted. Shards of a corpus
-    add up exactly."""
+    """Raw caption counts per class (``table``: ``category_id``, ``concept``, ``count``, and as
+    JSON ``synonym_counts`` and ``form_counts``); ``summary["captions"]`` captions were counted.
+    Shards of a corpus add up exactly."""
 
     stem = "concept_counts"
+    by_key_columns = ("synonym_counts", "form_counts")
 
     @classmethod
     def concat(cls, parts: list[Self]) -> Self:
         first = parts[0]
         totals = np.sum([part.table["count"].to_numpy() for part in parts], axis=0)
-        by_synonym = [json.loads(value) for value in first.table["synonym_counts"].to_pylist()]
-        for part in parts[1:]:
-            for merged, extra in zip(by_synonym, part.table["synonym_counts"].to_pylist(), strict=True):
-                for synonym, count in json.loads(extra).items():
-                    merged[synonym] += count
         table = first.table.set_column(
             first.table.schema.get_field_index("count"), "count", pa.array(totals, pa.int64())
         )
-        table = table.set_column(
-            table.schema.get_field_index("synonym_counts"),
-            "synonym_counts",
-            pa.array([json.dumps(c) for c in by_synonym]),
-        )
+        for column in cls.by_key_columns:
+            merged = [json.loads(value) for value in first.table[column].to_pylist()]
+            for part in parts[1:]:
+                for totals_by_key, extra in zip(merged, part.table[column].to_pylist(), strict=True):
+                    for key, count in json.loads(extra).items():
+                        totals_by_key[key] += count
+            table = table.set_column(
+                table.schema.get_field_index(column), column, pa.array([json.dumps(c) for c in merged])
+            )
         return cls(table, {**first.summary, "captions": sum(part.summary["captions"] for part in parts)})
 
 
@@ -99,7 +99,7 @@ class ConceptFrequency(TableArtifact):
 
     plot: bytes = b""
     stem = "concept_frequency"
-    markdown_without = ("synonym_counts",)
+    markdown_without = ("synonym_counts", "form_counts")
 
     def write(self, directory: Path) -> None:
         super().write(directory)
