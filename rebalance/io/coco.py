@@ -142,3 +142,29 @@ def _annotations(path: Path, rows: list[Any], image_ids: set[int], category_ids:
         },
         schema=ANNOTATIONS_SCHEMA,
     )
+
+
+def read_coco_captions(path: Path, image_ids: list[int]) -> pa.Array:
+    """A COCO captions file (``captions_train2017.json``: ``annotations`` of ``image_id`` and
+    ``caption``) as one string per image of ``image_ids``, its captions one per line in annotation
+    order (null for an image without one). A caption for an image not in ``image_ids`` is an error
+    naming the annotation."""
+    try:
+        payload = json.loads(path.read_bytes())
+    except json.JSONDecodeError as error:
+        raise DataError(
+            f"{path}: malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}"
+        ) from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("annotations"), list):
+        raise DataError(f"{path}: expected a COCO captions file: an object with an 'annotations' list")
+    known = set(image_ids)
+    lines: dict[int, list[str]] = {}
+    for row in payload["annotations"]:
+        _require(path, "annotations", row, ("image_id", "caption"))
+        if row["image_id"] not in known:
+            raise DataError(
+                f"{path}: caption annotation {row.get('id', '?')} is for image {row['image_id']}, "
+                "which the instances file does not list; are these captions for another split?"
+            )
+        lines.setdefault(row["image_id"], []).append(" ".join(str(row["caption"]).split()))
+    return pa.array(["\n".join(lines[i]) if i in lines else None for i in image_ids], pa.string())

@@ -8,9 +8,17 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import NonNegativeInt, PositiveInt, confloat
 
-from rebalance.core.artifacts import CaptionCorpus, ConceptCounts, ConceptFrequency, LabeledDataset, Synonyms
+from rebalance.core.artifacts import (
+    CaptionCorpus,
+    ConceptCounts,
+    ConceptFrequency,
+    EntityStatistics,
+    LabeledDataset,
+    Synonyms,
+)
 from rebalance.core.config import did_you_mean
 from rebalance.core.registry import InputPath, ModelRef, step
 from rebalance.errors import DataError
@@ -304,3 +312,79 @@ def llm_filter(
         },
     }
     return with_tail(table, "estimated_count", summary, tail_quantile, head_quantile)
+
+
+@step("entity_statistics", role="describes")
+def entity_statistics(
+    dataset: LabeledDataset,
+    synonyms: Synonyms | None = None,
+    *,
+    entities: InputPath | None = None,
+    caption_column: str = "caption",
+) -> EntityStatistics:
+    """ADR's entity statistics from the dataset's own captions: which entities each image's captions
+    mention, how many images mention each entity, and each pair of entities together.
+
+    Entities are the classes with their synonyms (the ``synonyms`` input), or the phrases in
+    ``entities``: a JSON list of noun phrases (each its own entity) or an object {entity:
+    [phrases]}. Phrases match as in ``concept_frequency`` (whole words, with their plurals).
+    Captions come from ``caption_column`` (see the ingest steps' ``captions``); an image's lines
+    are separate captions. Feed the result to ``entity_thinning`` (input ``statistics``).
+    """
+    from rebalance.entities import check_entities, count_entities
+
+    if (synonyms is None) == (entities is None):
+        raise DataError("entity_statistics needs exactly one of the `synonyms` input or an `entities` file")
+    if entities is not None:
+        listed = _entity_file(entities)
+    else:
+        listed = dict(
+            zip(synonyms.table["concept"].to_pylist(), synonyms.table["synonyms"].to_pylist(), strict=True)
+        )
+    check_entities(listed, str(entities or "the synonyms input"))
+    if caption_column not in dataset.images.column_names:
+        raise DataError(
+            f"the dataset has no {caption_column!r} column: ingest it with `captions` (a captions "
+            "file for an image folder, COCO captions JSON for ingest_coco), or name the column"
+        )
+    counts = count_entities(dataset.images[caption_column].combine_chunks(), listed)
+    names = pa.array(counts.entities, pa.string())
+    mentions = pa.ListArray.from_arrays(
+        np.cumsum([0] + [len(m) for m in counts.mentions]),
+        names.take(pa.array(np.concatenate([np.zeros(0, np.int64), *counts.mentions]))),
+    )
+    captioned = int(pc.sum(pc.invert(pc.is_null(dataset.images[caption_column]))).as_py() or 0)
+    return EntityStatistics(
+        entities=pa.table(
+            {
+                "entity": names,
+                "phrases": pa.array([list(listed[name]) for name in counts.entities], pa.list_(pa.string())),
+                "images": pa.array(counts.frequency, pa.int64()),
+            }
+        ),
+        pairs=pa.table(
+            {
+                "first": names.take(pa.array(counts.pairs["first"].to_numpy())),
+                "second": names.take(pa.array(counts.pairs["second"].to_numpy())),
+                "images": pa.array(counts.pairs["images"].to_numpy(), pa.int64()),
+            }
+        ),
+        mentions=pa.table({"image_id": dataset.images["image_id"], "entities": mentions}),
+        summary={"images": dataset.num_rows, "captioned_images": captioned},
+    )
+
+
+def _entity_file(path) -> dict[str, list[str]]:
+    try:
+        listed = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: malformed JSON at line {error.lineno}: {error.msg}") from None
+    if isinstance(listed, list) and all(isinstance(phrase, str) for phrase in listed):
+        return {phrase: [phrase] for phrase in listed}
+    if isinstance(listed, dict) and all(
+        isinstance(v, list) and all(isinstance(s, str) for s in v) for v in listed.values()
+    ):
+        return listed
+    raise DataError(
+        f"{path}: expected a JSON list of phrases or an object mapping entities to lists of phrases"
+    )

@@ -14,7 +14,7 @@ from rebalance.core.artifacts import (
 )
 from rebalance.core.registry import InputPath, step
 from rebalance.errors import DataError
-from rebalance.io.coco import read_coco
+from rebalance.io.coco import read_coco, read_coco_captions
 from rebalance.io.image_folder import IMAGE_EXTENSIONS, scan_image_folder, scan_pool_folder
 from rebalance.io.parquet_images import scan_parquet_images
 from rebalance.io.tables import read_side_table
@@ -28,12 +28,15 @@ def ingest_image_folder(
     split: str = "train",
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
     max_images_per_class: PositiveInt | None = None,
+    captions: InputPath | None = None,
+    caption_column: str = "caption",
 ) -> LabeledDataset:
     """Read a classification dataset laid out as root/<class>/<image>.
 
     Classes are the sub-folder names in sorted order (category ids 0..C-1); images are numbered in
     sorted path order. ``max_images_per_class`` keeps the first N images of each class by path, a
-    deterministic subset for smoke tests.
+    deterministic subset for smoke tests. ``captions`` (CSV / JSON lines / parquet with
+    ``file_name``, relative to root, and ``caption_column``) attaches each image's ``caption``.
     """
     class_names, files = scan_image_folder(root, extensions)
     if max_images_per_class is not None:
@@ -44,12 +47,18 @@ def ingest_image_folder(
                 per_class[label] += 1
                 subset.append((path, label))
         files = subset
-    return LabeledDataset.classification(
+    dataset = LabeledDataset.classification(
         [path for path, _ in files],
         [label for _, label in files],
         class_names,
         split=split,
         image_root=str(root),
+    )
+    if captions is None:
+        return dataset
+    names = dataset.images["file_name"].to_pylist()
+    return dataclasses.replace(
+        dataset, images=dataset.images.append_column("caption", _by_file(captions, caption_column, names))
     )
 
 
@@ -59,14 +68,18 @@ def ingest_coco(
     annotations: InputPath,
     image_root: InputPath,
     split: str = "train",
+    captions: InputPath | None = None,
 ) -> LabeledDataset:
     """Read a COCO or LVIS v1 instances JSON; image paths are relative to image_root.
 
     LVIS category metadata (synonyms, def, synset, frequency, image_count, instance_count) is
     kept. Malformed JSON and annotations pointing at unknown image or category ids are errors
-    that name the file.
+    that name the file. ``captions`` (a COCO captions JSON such as ``captions_train2017.json``)
+    attaches each image's ``caption``: its captions, one per line.
     """
     images, instances, categories = read_coco(annotations, split)
+    if captions is not None:
+        images = images.append_column("caption", read_coco_captions(captions, images["image_id"].to_pylist()))
     return LabeledDataset(images, instances, categories, REMOVED_SCHEMA.empty_table(), str(image_root))
 
 
@@ -162,5 +175,8 @@ def _by_file(path, column: str, files: list[str], by: str = "file_name") -> pa.A
     )
     unknown = sorted(set(values) - set(files))
     if unknown:
-        raise DataError(f"{path}: {len(unknown)} {by} value(s) are not in the pool (first: {unknown[:3]})")
+        raise DataError(
+            f"{path}: {len(unknown)} {by} value(s) match no image of the dataset (first: {unknown[:3]}); "
+            f"{by} must be as the dataset names its images (e.g. {files[0] if files else '-'!r})"
+        )
     return pa.array([values.get(name) for name in files], pa.string())

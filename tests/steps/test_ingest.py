@@ -84,3 +84,24 @@ def test_image_folder_classes_subset_and_empty_class(tmp_path: Path) -> None:
 def test_image_folder_without_classes_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no class folders"):
         ingest_image_folder(root=tmp_path)
+
+
+def test_coco_captions_attach_one_line_per_caption_and_unknown_images_are_errors(tmp_path: Path) -> None:
+    annotations, root = build_lvis(tmp_path)
+    ids = [image["id"] for image in json.loads(annotations.read_text())["images"]]
+    captions = tmp_path / "captions_train2017.json"
+    rows = [
+        {"id": 1, "image_id": ids[0], "caption": "A pair of  trousers."},
+        {"id": 2, "image_id": ids[0], "caption": "grey pants\non a hanger"},
+        {"id": 3, "image_id": ids[2], "caption": "a banana"},
+    ]
+    captions.write_text(json.dumps({"annotations": rows}))
+    dataset = ingest_coco(annotations=annotations, image_root=root, captions=captions)
+    by_id = dict(
+        zip(dataset.images["image_id"].to_pylist(), dataset.images["caption"].to_pylist(), strict=True)
+    )
+    assert by_id[ids[0]] == "A pair of trousers.\ngrey pants on a hanger" and by_id[ids[2]] == "a banana"
+    assert by_id[ids[1]] is None
+    captions.write_text(json.dumps({"annotations": [*rows, {"id": 9, "image_id": 424242, "caption": "x"}]}))
+    with pytest.raises(DataError, match="caption annotation 9 is for image 424242, which the instances file"):
+        ingest_coco(annotations=annotations, image_root=root, captions=captions)

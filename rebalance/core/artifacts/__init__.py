@@ -29,6 +29,7 @@ from rebalance.core.artifacts.tables import (
     ClassStats,
     ConceptCounts,
     ConceptFrequency,
+    EntityStatistics,
     EpochIndex,
     Synonyms,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "ConceptCounts",
     "ConceptFrequency",
     "Embeddings",
+    "EntityStatistics",
     "EpochIndex",
     "HFDatasetExport",
     "LabeledDataset",

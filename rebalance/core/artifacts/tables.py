@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rebalance.core.artifacts.base import TableArtifact, read_parquet, write_parquet
+from rebalance.core.artifacts.markdown import markdown_table
 
 
 class ClassStats(TableArtifact):
@@ -116,3 +117,31 @@ class EpochIndex(TableArtifact):
     """Image ids in training order, one row per draw: ``epoch``, ``position``, ``image_id``."""
 
     stem = "epoch_index"
+
+
+@dataclasses.dataclass(frozen=True)
+class EntityStatistics:
+    """ADR's entity statistics of a captioned dataset, from its own captions: ``entities``
+    (``entity``, ``phrases``, ``images``: how many images mention it), ``pairs`` (``first``,
+    ``second``, ``images``: mentioned together) and ``mentions`` (``image_id``, ``entities``: what
+    each image's captions mention), plus ``summary`` (captioned images, images read)."""
+
+    entities: pa.Table
+    pairs: pa.Table
+    mentions: pa.Table
+    summary: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_rows(self) -> int:
+        return self.mentions.num_rows
+
+    def write(self, directory: Path) -> None:
+        for name in ("entities", "pairs", "mentions"):
+            write_parquet(getattr(self, name), directory / f"{name}.parquet")
+        (directory / "summary.json").write_text(json.dumps(self.summary, indent=2, sort_keys=True))
+        (directory / "entities.md").write_text(markdown_table(self.entities.drop_columns(["phrases"])))
+
+    @classmethod
+    def read(cls, directory: Path) -> Self:
+        tables = [read_parquet(directory / f"{name}.parquet") for name in ("entities", "pairs", "mentions")]
+        return cls(*tables, json.loads((directory / "summary.json").read_text()))
