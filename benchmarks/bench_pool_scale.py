@@ -15,17 +15,25 @@ Then, in a fresh process whose peak RSS is its own:
   - autofaiss ``build_index`` on the same ``img_emb`` folder and memory budget, choosing its own
     index (it refuses scalar quantisers with the inner product), in its own virtual environment
     (it pins numpy<2):
-        python -m venv .autofaiss && .autofaiss/bin/pip install autofaiss "pyarrow<16"
+        python -m venv .autofaiss && .autofaiss/bin/pip install autofaiss "pyarrow<16" "faiss-cpu==1.7.4"
+    (autofaiss 2.18 builds OPQ indexes with an argument newer FAISS releases removed).
 Recall@100 of both is measured against exact search (FAISS ``IndexFlatIP``) for the same queries.
 
+With ``--memory-cgroup-gb X`` (as root, with a cgroup v1 memory controller) rebalance's process
+runs in a memory cgroup of X GB, page cache included: finishing there shows the build fits X GB
+of physical memory, where peak RSS also counts mapped file pages the kernel could have dropped.
+
 Usage: python benchmarks/bench_pool_scale.py [--rows 10000000] [--factory IVF4096,SQ8]
-       [--max-memory-gb 4] [--autofaiss-python .autofaiss/bin/python]
+       [--max-memory-gb 4] [--autofaiss-python .autofaiss/bin/python] [--pool DIR]
+       [--memory-cgroup-gb 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -202,6 +210,15 @@ def exact_top(folder: Path, queries: np.ndarray, k: int) -> np.ndarray:
     return best_rows
 
 
+def memory_cgroup(limit_gb: float):
+    """A ``preexec_fn`` that moves the child into a cgroup v1 memory controller limited to
+    ``limit_gb`` (page cache counts towards it, and is reclaimed before the child is killed)."""
+    group = Path("/sys/fs/cgroup/memory/rebalance-bench")
+    group.mkdir(exist_ok=True)
+    (group / "memory.limit_in_bytes").write_text(str(int(limit_gb * 2**30)))
+    return lambda: (group / "cgroup.procs").write_text(str(os.getpid()))
+
+
 def run_autofaiss(
     python: Path, folder: Path, budget_gb: float, timeout_s: float
 ) -> subprocess.CompletedProcess:
@@ -228,17 +245,27 @@ def main() -> None:
         "--autofaiss-timeout", type=float, default=3600, help="seconds before autofaiss is stopped"
     )
     parser.add_argument("--folder", type=Path, default=None, help="work folder (default: a temporary one)")
+    parser.add_argument(
+        "--pool", type=Path, default=None, help="keep the pool here, and reuse it when it is already there"
+    )
+    parser.add_argument("--memory-cgroup-gb", type=float, default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-pool-", dir=args.folder) as work:
         folder = Path(work)
+        if args.pool is not None:
+            folder = args.pool / f"{args.rows}x{args.dim}"
+            shutil.rmtree(folder / "rebalance", ignore_errors=True)  # a previous run's index
         started = time.perf_counter()
-        queries = write_pool(folder, args.rows, args.dim)
-        np.save(folder / "queries.npy", queries)
+        if not (folder / "truth.npy").exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            queries = write_pool(folder, args.rows, args.dim)
+            np.save(folder / "queries.npy", queries)
+            np.save(folder / "truth.npy", exact_top(folder, queries, 100))
+        queries, truth = np.load(folder / "queries.npy"), np.load(folder / "truth.npy")
         print(
             f"pool: {args.rows:,} × {args.dim} float16 in the LAION layout ({args.rows * args.dim * 2 / 2**30:.1f} GiB), "
-            f"written in {time.perf_counter() - started:.0f} s; {args.factory}, memory cap {args.max_memory_gb} GB"
+            f"written (or found) in {time.perf_counter() - started:.0f} s; {args.factory}, memory cap {args.max_memory_gb} GB"
         )
-        truth = exact_top(folder, queries, 100)
         shards = max(1, -(-args.rows // SHARD_ROWS))
         ours = json.loads(
             subprocess.run(
@@ -246,6 +273,7 @@ def main() -> None:
                 check=True,
                 capture_output=True,
                 text=True,
+                preexec_fn=memory_cgroup(args.memory_cgroup_gb) if args.memory_cgroup_gb else None,
             )
             .stdout.strip()
             .splitlines()[-1]
@@ -257,6 +285,11 @@ def main() -> None:
             f"retrieval with quotas for {len(queries)} classes ({ours['retrieved']:,} of {ours['quota']:,} filled) {ours['retrieve_s']:.2f} s; peak RSS {ours['peak_rss_gb']:.2f} GB, of which anonymous "
             f"(heap, not mapped files) {ours['peak_anon_gb']:.2f} GB "
             f"(by phase: {ours['anon_by_phase_gb']})"
+            + (
+                f"; ran inside a {args.memory_cgroup_gb:g} GB memory cgroup (page cache included)"
+                if args.memory_cgroup_gb
+                else ""
+            )
         )
         autofaiss = Path(args.autofaiss_python)
         if not autofaiss.exists():

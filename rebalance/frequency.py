@@ -14,6 +14,7 @@ itself. Overlapping mentions all count: "a polar bear" mentions both "polar bear
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -66,10 +67,24 @@ class CompiledSynonyms:
     """
 
     classes: list[str]
-    forms: dict[str, list[str]]  # synonym as listed -> its written forms (normalised)
+    forms: dict[str, tuple[str, ...]]  # synonym as listed -> its written forms (normalised)
     synonym_group: dict[str, int]  # normalised synonym -> its group
     index: PhraseIndex | None  # None when no synonym has a form
     ambiguous: dict[str, list[str]]  # a form several classes count -> those classes
+    # For reading the counts: per class its synonyms and forms; for all classes in a row, their
+    # groups and phrase ids, class c's at offsets[c]:offsets[c + 1].
+    class_synonyms: list[list[str]]
+    class_forms: list[list[str]]
+    synonym_groups: np.ndarray
+    synonym_offsets: list[int]
+    form_phrases: np.ndarray
+    form_offsets: list[int]
+
+    @classmethod
+    def of(cls, synonyms: Mapping[str, Sequence[str]]) -> CompiledSynonyms:
+        """``build``, remembered for the last few synonym sets: counting a corpus shard by shard
+        (or batch by batch) compiles its synonyms once, as ``re`` caches compiled patterns."""
+        return _compiled(tuple((concept, tuple(listed)) for concept, listed in synonyms.items()))
 
     @classmethod
     def build(cls, synonyms: Mapping[str, Sequence[str]]) -> CompiledSynonyms:
@@ -91,11 +106,31 @@ class CompiledSynonyms:
             if sum(g < len(classes) for g in counted) > 1
         }
         index = PhraseIndex.build(groups) if groups else None
-        return cls(classes, forms, synonym_group, index, ambiguous)
+        phrase_id = {phrase: number for number, phrase in enumerate(index.phrases)} if index else {}
+        class_synonyms = [[s for s in synonyms[concept] if forms[s]] for concept in classes]
+        class_forms = [list(dict.fromkeys(f for s in listed for f in forms[s])) for listed in class_synonyms]
+        return cls(
+            classes,
+            forms,
+            synonym_group,
+            index,
+            ambiguous,
+            class_synonyms,
+            class_forms,
+            np.array([synonym_group[forms[s][0]] for listed in class_synonyms for s in listed], np.int64),
+            np.cumsum([0] + [len(listed) for listed in class_synonyms]).tolist(),
+            np.array([phrase_id[f] for written in class_forms for f in written], np.int64),
+            np.cumsum([0] + [len(written) for written in class_forms]).tolist(),
+        )
 
     @property
     def groups(self) -> int:
         return len(self.classes) + len(self.synonym_group)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(synonyms: tuple[tuple[str, tuple[str, ...]], ...]) -> CompiledSynonyms:
+    return CompiledSynonyms.build(dict(synonyms))
 
 
 def count_concepts(
@@ -122,7 +157,7 @@ def count_concepts(
         many were read), ``ambiguous`` (forms listed by several concepts: they count for each)
         and ``empty`` (concepts whose synonyms normalise to nothing).
     """
-    compiled = CompiledSynonyms.build(synonyms)
+    compiled = CompiledSynonyms.of(synonyms)
     index = compiled.index
     counts = PhraseCounts(
         np.zeros(len(index.phrases) if index else 0, dtype=np.int64),
@@ -137,26 +172,26 @@ def count_concepts(
             count_batch(index, batch, counts, per_caption=per_caption)
         else:
             counts.captions += len(batch)
-    form_count = dict(zip(index.phrases, counts.phrases.tolist(), strict=True)) if index else {}
-    rows: list[dict[str, Any]] = []
-    for position, concept in enumerate(compiled.classes):
-        listed = [s for s in synonyms[concept] if compiled.forms[s]]
-        by_synonym = {s: int(counts.groups[compiled.synonym_group[compiled.forms[s][0]]]) for s in listed}
-        by_form = {form: form_count[form] for s in listed for form in compiled.forms[s]}
-        rows.append(
-            {
-                "concept": concept,
-                "count": int(counts.groups[position]),
-                "top_synonym": max(by_form, key=by_form.get) if by_form else None,
-                "synonym_counts": by_synonym,
-                "form_counts": by_form,
-            }
-        )
-    table = pd.DataFrame(rows, columns=["concept", "count", "top_synonym", "synonym_counts", "form_counts"])
+    # One gather each for every class's synonym and form counts, as Python ints; then slices.
+    synonym_counts = counts.groups[compiled.synonym_groups].tolist()
+    form_counts = counts.phrases[compiled.form_phrases].tolist()
+    columns: dict[str, list[Any]] = {"top_synonym": [], "synonym_counts": [], "form_counts": []}
+    for position in range(len(compiled.classes)):
+        start, stop = compiled.synonym_offsets[position : position + 2]
+        by_synonym = dict(zip(compiled.class_synonyms[position], synonym_counts[start:stop], strict=True))
+        start, stop = compiled.form_offsets[position : position + 2]
+        by_form = dict(zip(compiled.class_forms[position], form_counts[start:stop], strict=True))
+        # max keeps the first of the most frequent, in the order the synonyms are listed
+        columns["top_synonym"].append(max(by_form, key=by_form.get) if by_form else None)
+        columns["synonym_counts"].append(by_synonym)
+        columns["form_counts"].append(by_form)
+    table = pd.DataFrame(
+        {"concept": compiled.classes, "count": counts.groups[: len(compiled.classes)].tolist(), **columns}
+    )
     table.attrs.update(
         captions=counts.captions,
         ambiguous=compiled.ambiguous,
-        empty=[c for c in compiled.classes if not any(compiled.forms[s] for s in synonyms[c])],
+        empty=[c for c, listed in zip(compiled.classes, compiled.class_synonyms, strict=True) if not listed],
     )
     return table
 
@@ -183,7 +218,7 @@ def sample_matching_captions(
     Bottom-k sampling on a seeded hash of each caption's position: one streaming pass, memory
     bounded by the samples, and the same sample for the same corpus and seed however it is batched.
     """
-    compiled = CompiledSynonyms.build(synonyms)
+    compiled = CompiledSynonyms.of(synonyms)
     classes = compiled.classes
     samples: dict[int, list[tuple[int, str]]] = {g: [] for g in range(len(classes))}
     if compiled.index is None:

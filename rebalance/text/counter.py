@@ -363,15 +363,20 @@ def _token_keys(data, bits, offsets, first, last, normalised, keys, token_end, d
             if window == 0:
                 position += 56
                 continue
-            position += np.int64(_trailing_zeros(window))
+            skipped = _trailing_zeros(window)
+            position += np.int64(skipped)
             if position >= stop:
                 break
-            end = position
-            while True:
-                run = np.int64(_trailing_zeros(~_word_window(bits, end)))
-                end += run
-                if run < 56 or end >= stop:
-                    break
+            # The token's end, from the same window while it holds the whole token (most do).
+            run = np.int64(_trailing_zeros(~(window >> skipped)))
+            end = position + run
+            if run >= 56 - np.int64(skipped):
+                end = position
+                while True:
+                    run = np.int64(_trailing_zeros(~_word_window(bits, end)))
+                    end += run
+                    if run < 56 or end >= stop:
+                        break
             end = min(end, stop)
             length = end - position
             if length <= 8:

@@ -87,9 +87,11 @@ def _with_cache_files(images: pa.Table, directory: Path) -> tuple[pa.Table, list
     names = images["file_name"]
     # Only absolute names can point into the cache; a pool's relative names are skipped in Arrow.
     absolute = pc.fill_null(pc.starts_with(names, os.sep), False).to_numpy(zero_copy_only=False)
+    rows = absolute.nonzero()[0]
+    if not len(rows):
+        return images, []
     relative: list[str | None] = [None] * len(names)
     entries = set()
-    rows = absolute.nonzero()[0]
     for row, name in zip(rows, names.filter(pa.array(absolute)).to_pylist(), strict=True):
         path = Path(name).resolve()
         inside = path.relative_to(cache_root).parts if path.is_relative_to(cache_root) else ()
