@@ -67,8 +67,7 @@ class CompiledSynonyms:
     """
 
     classes: list[str]
-    forms: dict[str, tuple[str, ...]]  # synonym as listed -> its written forms (normalised)
-    synonym_group: dict[str, int]  # normalised synonym -> its group
+    groups: int  # the counter's groups: the classes, then the distinct synonyms
     index: PhraseIndex | None  # None when no synonym has a form
     ambiguous: dict[str, list[str]]  # a form several classes count -> those classes
     # For reading the counts: per class its synonyms and forms; for all classes in a row, their
@@ -111,8 +110,7 @@ class CompiledSynonyms:
         class_forms = [list(dict.fromkeys(f for s in listed for f in forms[s])) for listed in class_synonyms]
         return cls(
             classes,
-            forms,
-            synonym_group,
+            len(classes) + len(synonym_group),
             index,
             ambiguous,
             class_synonyms,
@@ -122,10 +120,6 @@ class CompiledSynonyms:
             np.array([phrase_id[f] for written in class_forms for f in written], np.int64),
             np.cumsum([0] + [len(written) for written in class_forms]).tolist(),
         )
-
-    @property
-    def groups(self) -> int:
-        return len(self.classes) + len(self.synonym_group)
 
 
 @functools.lru_cache(maxsize=8)
