@@ -29,7 +29,7 @@ COMMAND_LINE = "command line"
 # it depends on (e.g. to print in a dataset card). It is derived from the upstream configs, which
 # already key the cache, so it never causes extra re-runs; users cannot set it.
 LINEAGE_PARAM = "lineage"
-RESERVED_STEP_KEYS = ("step", "inputs")
+RESERVED_STEP_KEYS = ("step", "inputs", "shard_rows")
 TOP_LEVEL_KEYS = ("name", "seed", "device", "buckets", "cache_dir", "output_dir", "executor", "steps")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -76,6 +76,9 @@ class StepConfig:
     spec: StepSpec
     inputs: dict[str, str]
     params: dict[str, Any]  # validated, paths resolved to absolute
+    # Rows a shard for this sharded step, instead of executor.shard_rows: a pool's index wants
+    # shards of a million vectors where image steps want a thousand images.
+    shard_rows: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -461,6 +464,26 @@ def _validate_step(
                 )
             )
 
+    shard_rows = raw.get("shard_rows")
+    if shard_rows is not None and not spec.shardable:
+        issues.append(
+            ConfigIssue(
+                tree.source_of((*prefix, "shard_rows")),
+                f"{key}.shard_rows",
+                f"step {name!r} is not sharded",
+                "shard_rows applies to sharded steps (`rebalance steps` marks them)",
+            )
+        )
+    elif shard_rows is not None and (
+        isinstance(shard_rows, bool) or not isinstance(shard_rows, int) or shard_rows < 1
+    ):
+        issues.append(
+            ConfigIssue(
+                tree.source_of((*prefix, "shard_rows")),
+                f"{key}.shard_rows",
+                f"expected a positive integer, got {shard_rows!r}",
+            )
+        )
     raw_params = {k: v for k, v in raw.items() if k not in RESERVED_STEP_KEYS}
     param_names = [p.name for p in spec.params]
     # Pipeline-wide `seed` and `device` reach every step that declares them, unless it sets its own.
@@ -503,7 +526,7 @@ def _validate_step(
                     "fix the path or override it with key=value",
                 )
             )
-    return StepConfig(step_id, spec, wired, params)
+    return StepConfig(step_id, spec, wired, params, shard_rows)
 
 
 def _validate_wiring(

@@ -311,7 +311,7 @@ def _run_sharded(
     step, spec = plan.step, plan.step.spec
     primary = spec.inputs[0].name
     primary_rows = read_marker(Path(input_dirs[primary][0]))["rows"]
-    num_shards = max(1, math.ceil(primary_rows / config.executor.shard_rows))
+    num_shards = max(1, math.ceil(primary_rows / (step.shard_rows or config.executor.shard_rows)))
     shard_dirs = [cache.shard_dir(spec.name, plan.key, num_shards, i) for i in range(num_shards)]
     pending = [i for i, d in enumerate(shard_dirs) if read_marker(d) is None]
     reporter.step_started(step.id, spec.name, plan.reason, num_shards)

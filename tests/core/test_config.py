@@ -231,3 +231,12 @@ def test_bucket_thresholds_reach_every_step_that_declares_them(tmp_path: Path) -
     assert "must be larger than rare_max_images" in one_issue(
         TINY, ["buckets.rare_max_images=50", "buckets.common_max_images=20"]
     )
+
+
+def test_shard_rows_is_for_sharded_steps_and_positive(tmp_path: Path) -> None:
+    path = write(tmp_path, f"steps:\n  a: {{step: ingest_image_folder, root: {tmp_path}, shard_rows: 10}}\n")
+    message = one_issue(path)
+    assert "steps.a.shard_rows: step 'ingest_image_folder' is not sharded" in message
+    config = load_pipeline(TINY, ["steps.verified.shard_rows=7"])
+    assert config.steps["verified"].shard_rows == 7 and config.steps["train"].shard_rows is None
+    assert "expected a positive integer, got 0" in one_issue(TINY, ["steps.verified.shard_rows=0"])

@@ -146,3 +146,23 @@ def test_a_cluster_of_separate_dask_processes_survives_a_killed_worker(tmp_path:
         for process in processes:
             process.kill()
             process.wait()
+
+
+def test_a_step_can_set_its_own_shard_size_without_changing_its_output(tmp_path: Path) -> None:
+    default = api.run(
+        TINY, [f"cache_dir={tmp_path / 'c1'}", f"output_dir={tmp_path / 'o1'}", "executor.kind=local"]
+    )
+    own = api.run(
+        TINY,
+        [
+            f"cache_dir={tmp_path / 'c2'}",
+            f"output_dir={tmp_path / 'o2'}",
+            "executor.kind=local",
+            "steps.verified.shard_rows=30",
+        ],
+    )
+    before, after = (
+        next(s for s in run.manifest["steps"] if s["id"] == "verified") for run in (default, own)
+    )
+    assert after["shards"]["total"] == -(-after["rows_in"] // 30) != before["shards"]["total"]
+    assert tree_digest(tmp_path / "o1") == tree_digest(tmp_path / "o2")
