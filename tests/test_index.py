@@ -4,6 +4,7 @@ import faiss
 import numpy as np
 import pytest
 
+from rebalance import index as vector_index
 from rebalance.errors import DataError, RebalanceError
 from rebalance.index import auto_factory, build_index, exact_search_torch, search, training_sample_size
 
@@ -168,7 +169,7 @@ def _index_pipeline(tmp_path, max_memory_gb: float):
 
 
 def test_lists_larger_than_the_cap_are_merged_on_disk_and_search_like_the_index_built_at_once(
-    tmp_path,
+    tmp_path, monkeypatch
 ) -> None:
     import shutil
 
@@ -189,12 +190,21 @@ def test_lists_larger_than_the_cap_are_merged_on_disk_and_search_like_the_index_
     assert not (tmp_path / "first" / "out" / "whole" / "index.ivfdata").exists()
     assert np.array_equal(sharded.ids, whole.ids) and sharded.index.ntotal == whole.index.ntotal == 2_000
     queries = unit_rows(30, whole.index.d, seed=9)
-    for nprobe in (1, 4, 16):
+    list_by_list = []
+    monkeypatch.setattr(
+        vector_index,
+        "_search_list_by_list",
+        lambda *args, real=vector_index._search_list_by_list: list_by_list.append(1) or real(*args),
+    )
+    # 3 queries × 1 probe read few of the 16 lists: searched query by query; batches that probe
+    # every list at least once on average are searched list by list. Both equal the in-memory index.
+    for count, nprobe in ((3, 1), (30, 1), (30, 4), (30, 16)):
         on_disk, in_memory = (
-            search(sharded.index, queries, 10, nprobe=nprobe),
-            search(whole.index, queries, 10, nprobe=nprobe),
+            search(sharded.index, queries[:count], 10, nprobe=nprobe),
+            search(whole.index, queries[:count], 10, nprobe=nprobe),
         )
         assert np.array_equal(on_disk[1], in_memory[1]) and np.allclose(on_disk[0], in_memory[0])
+    assert len(list_by_list) == 3
 
     # The same config gives the same bytes, and a moved cache still serves the index from its new place.
     api.run(pipeline, dirs("second"))
