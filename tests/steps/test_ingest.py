@@ -52,6 +52,56 @@ def test_unknown_ids_are_reported(tmp_path: Path, field: str, value: int, sectio
         ingest_coco(annotations=annotations, image_root=image_root)
 
 
+@pytest.mark.parametrize(
+    "section, index, key, value, expected",
+    [
+        (
+            "annotations",
+            0,
+            "category_id",
+            None,  # removed
+            r"an entry of 'annotations' lacks \['id', 'image_id', 'category_id'\] \(Object missing required "
+            r"field `category_id` at \$\.annotations\[0\], annotation id 109\): \{'id': 109, 'image_id': 6,",
+        ),
+        (
+            "images",
+            1,
+            "id",
+            "2",
+            r"invalid value in 'images' \(at \$\.images\[1\]\.id, image id '2'\): Expected `int`, got `str`",
+        ),
+        (
+            "annotations",
+            3,
+            "bbox",
+            [1.0, "2"],
+            r"invalid value in 'annotations' \(at \$\.annotations\[3\]\.bbox\[1\], annotation id 106\): "
+            r"Expected `float`, got `str`",
+        ),
+        (
+            "categories",
+            2,
+            "synonyms",
+            "banana",
+            r"invalid value in 'categories' \(at \$\.categories\[2\]\.synonyms, category id 57\): "
+            r"Expected `array \| null`, got `str`",
+        ),
+    ],
+)
+def test_missing_or_mistyped_fields_name_file_section_and_entry(
+    tmp_path: Path, section: str, index: int, key: str, value: object, expected: str
+) -> None:
+    annotations, image_root = build_lvis(tmp_path)
+    payload = json.loads(annotations.read_text())
+    if value is None:
+        del payload[section][index][key]
+    else:
+        payload[section][index][key] = value
+    annotations.write_text(json.dumps(payload))
+    with pytest.raises(DataError, match=rf"lvis_v1_train\.json: {expected}"):
+        ingest_coco(annotations=annotations, image_root=image_root)
+
+
 def test_duplicate_ids_and_missing_sections(tmp_path: Path) -> None:
     annotations, image_root = build_lvis(tmp_path)
     payload = json.loads(annotations.read_text())
