@@ -253,3 +253,26 @@ def test_an_index_build_killed_with_kill_9_resumes_with_its_finished_shards(tmp_
     sharded = VectorIndex.read(tmp_path / "out" / "sharded")
     whole = VectorIndex.read(tmp_path / "out" / "whole")
     assert np.array_equal(faiss.serialize_index(sharded.index), faiss.serialize_index(whole.index))
+
+
+@pytest.mark.parametrize("factory", ["IVF32,Flat", "IVF32,SQ8", "IVF32,PQ8x4"])
+def test_list_by_list_search_equals_faiss_search_for_residual_codes_too(tmp_path, factory) -> None:
+    # SQ and PQ codes are residuals from the list's centroid: the inner product must be taken with
+    # centroid + residual (faiss's big_batch_search scores residual · residual, right only for L2).
+    import faiss
+
+    from rebalance.index import _search_list_by_list, merge_on_disk
+
+    vectors, queries = unit_rows(6_000, 32, seed=3), unit_rows(200, 32, seed=4)
+    trained = faiss.index_factory(32, factory, faiss.METRIC_INNER_PRODUCT)
+    trained.train(vectors)
+    parts = []
+    for number, rows in enumerate((vectors[:2_500], vectors[2_500:])):
+        part = faiss.clone_index(trained)
+        part.add(rows)
+        faiss.write_index(part, str(tmp_path / f"part-{number}.faiss"))
+        parts.append(tmp_path / f"part-{number}.faiss")
+    merged = merge_on_disk(trained, parts, tmp_path / "index.ivfdata")
+    expected = merged.search(queries, 10, params=faiss.SearchParametersIVF(nprobe=8))
+    found = _search_list_by_list(faiss.downcast_index(merged), queries, 10, 8)
+    assert np.array_equal(found[1], expected[1]) and np.allclose(found[0], expected[0], atol=1e-5)
