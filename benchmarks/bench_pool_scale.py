@@ -49,22 +49,23 @@ OURS = r"""
 import json, resource, sys, threading, time
 from pathlib import Path
 import numpy as np, pyarrow as pa, pyarrow.parquet as pq, dataclasses
-peak_anon_kb = 0
-def sample_anonymous_memory():
-    # ru_maxrss also counts pages of memory-mapped files (the shards, the lists file), which the
-    # kernel reclaims under pressure; the process's own heap is RssAnon.
-    global peak_anon_kb
+peak_kb = {"RssAnon": 0, "VmRSS": 0}
+def sample_memory():
+    # VmRSS (what ru_maxrss peaks) also counts pages of memory-mapped files (the shards, the lists
+    # file), which the kernel reclaims under pressure; the process's own heap is RssAnon.
     while True:
         with open("/proc/self/status") as status:
-            anon = next(int(line.split()[1]) for line in status if line.startswith("RssAnon:"))
-        peak_anon_kb = max(peak_anon_kb, anon)
+            for line in status:
+                name = line.split(":")[0]
+                if name in peak_kb:
+                    peak_kb[name] = max(peak_kb[name], int(line.split()[1]))
         time.sleep(0.02)
-threading.Thread(target=sample_anonymous_memory, daemon=True).start()
-anon_by_phase = {}
+threading.Thread(target=sample_memory, daemon=True).start()
+anon_by_phase, rss_by_phase = {}, {}
 def end_phase(name):
-    global peak_anon_kb
-    anon_by_phase[name] = round(peak_anon_kb / 2**20, 2)
-    peak_anon_kb = 0
+    anon_by_phase[name] = round(peak_kb["RssAnon"] / 2**20, 2)
+    rss_by_phase[name] = round(peak_kb["VmRSS"] / 2**20, 2)
+    peak_kb.update(RssAnon=0, VmRSS=0)
 folder, factory, cap, shards = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
 from rebalance.core.artifacts import Embeddings, LabeledDataset, VectorIndex
 from rebalance.steps.embed import precomputed_embeddings
@@ -117,6 +118,7 @@ times["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**2
 end_phase("search+retrieve")
 times["peak_anon_gb"] = max(anon_by_phase.values())
 times["anon_by_phase_gb"] = anon_by_phase
+times["rss_by_phase_gb"] = rss_by_phase
 print(json.dumps(times))
 """
 
@@ -284,7 +286,7 @@ def main() -> None:
             f"{ours['build_s']:.1f} s, lists on disk: {ours['lists_on_disk']}; recall@100 {ours_recall:.3f} (nprobe 64); "
             f"retrieval with quotas for {len(queries)} classes ({ours['retrieved']:,} of {ours['quota']:,} filled) {ours['retrieve_s']:.2f} s; peak RSS {ours['peak_rss_gb']:.2f} GB, of which anonymous "
             f"(heap, not mapped files) {ours['peak_anon_gb']:.2f} GB "
-            f"(by phase: {ours['anon_by_phase_gb']})"
+            f"(by phase: {ours['anon_by_phase_gb']}; RSS by phase: {ours['rss_by_phase_gb']})"
             + (
                 f"; ran inside a {args.memory_cgroup_gb:g} GB memory cgroup (page cache included)"
                 if args.memory_cgroup_gb

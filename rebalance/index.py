@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 
 from rebalance.errors import DataError, RebalanceError
-from rebalance.io.memmaps import CHUNK_ROWS, release_mapped_pages
+from rebalance.io.memmaps import CHUNK_ROWS, release_mapped_pages, release_mapped_range
 
 Backend = Literal["auto", "faiss", "torch"]
 
@@ -290,7 +290,11 @@ def _search_list_by_list(ivf, queries: np.ndarray, k: int, nprobe: int):
     order = np.argsort(probed, kind="stable")
     bounds = np.searchsorted(probed[order], np.arange(ivf.nlist + 1))
     heap = faiss.ResultHeap(len(queries), k, keep_max=True)
-    for number in np.flatnonzero(np.diff(bounds)):
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    mapping = faiss.rev_swig_ptr(lists.ptr, lists.totsize).ctypes.data if lists.totsize else 0
+    for step, number in enumerate(np.flatnonzero(np.diff(bounds))):
+        if step % 256 == 255:  # the lists read so far leave the resident set (not the page cache)
+            release_mapped_range(mapping, lists.totsize)
         ids, codes = get_invlist(ivf.invlists, int(number))
         if not len(ids):
             continue
@@ -307,6 +311,7 @@ def _search_list_by_list(ivf, queries: np.ndarray, k: int, nprobe: int):
             np.ascontiguousarray(ids[best]),
         )
     heap.finalize()
+    release_mapped_range(mapping, lists.totsize)
     return heap.D, heap.I
 
 
