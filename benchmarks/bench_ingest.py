@@ -8,8 +8,8 @@ categories with LVIS's fields. Category frequencies are long-tailed as in LVIS: 
 log-uniformly from 1-10, 11-100 and 101-20,000 for 337, 461 and 405 categories (LVIS's rare /
 common / frequent split); every image has at least one annotation, the rest fall on images at
 random. Then, each in a fresh process so that each peak RSS (ru_maxrss) is its own:
-  - ``rebalance.io.coco.read_coco(path, "train")``: msgspec into typed structs, polygons left
-    unparsed, tables built from columns;
+  - ``rebalance.io.coco.read_coco(path, "train")``: msgspec into typed structs, tables built from
+    columns, every mask checked (each decoded once on its own) and kept as the file's JSON text;
   - ``lvis.LVIS(path)`` from lvis-api (``json.load`` and its index): the baseline.
 Prints each one's wall time (imports excluded) and peak RSS, our time as a fraction of lvis-api's,
 and whether the per-category image and instance counts are identical (ours from the annotations

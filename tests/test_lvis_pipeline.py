@@ -10,10 +10,13 @@ import datasets
 import pytest
 
 from rebalance import api
+from rebalance.core.artifacts import LabeledDataset
 from rebalance.core.config import load_pipeline
+from rebalance.domain.classes import class_counts
 from rebalance.errors import ConfigError
 from tests.conftest import REPO, tree_digest
 from tests.steps.lvis_fixture import build_lvis_pipeline_inputs
+from tests.steps.test_export_coco import raw_masks
 
 LVIS = REPO / "pipelines" / "lvis.yaml"
 
@@ -57,6 +60,28 @@ def lvis_overrides(tmp_path: Path) -> list[str]:
     return overrides
 
 
+def check_detector_export(tmp_path: Path) -> None:
+    """export_coco's LVIS JSON loads in lvis-api and pycocotools, its per-category image counts are
+    the ledger's, and the masks of the annotations no step touched are the input's bytes."""
+    from lvis import LVIS
+    from pycocotools.coco import COCO
+
+    out = tmp_path / "out" / "detector_data"
+    instances, labels = LVIS(str(out / "instances.json")), LVIS(str(out / "image_labels.json"))
+    COCO(str(out / "instances.json"))
+    sampled = LabeledDataset.read(next((tmp_path / "cache" / "repeat_factors").iterdir()))
+    images, _ = class_counts(sampled)
+    from_files = {c: len(set(instances.cat_img_map.get(c, []))) for c in instances.cats}
+    for image in labels.dataset["images"]:
+        for category in image["pos_category_ids"]:
+            from_files[category] += 1
+    assert [from_files[c] for c in sampled.categories["category_id"].to_pylist()] == images.tolist()
+    assert {image["rebalance"]["source"] for image in labels.dataset["images"]} == {"retrieved", "synthetic"}
+    source = raw_masks(tmp_path / "data" / "lvis_v1_train.json")
+    written = raw_masks(out / "instances.json")
+    assert written and all(written[i] == source[i] for i in written)
+
+
 def test_lvis_pipeline_without_its_data_names_every_missing_path() -> None:
     with pytest.raises(ConfigError) as caught:
         load_pipeline(LVIS)
@@ -74,7 +99,7 @@ def test_the_lvis_pipeline_runs_end_to_end_on_the_fixture(tmp_path: Path) -> Non
     overrides = lvis_overrides(tmp_path)
     first = api.run(LVIS, overrides)
     steps = [step["id"] for step in first.manifest["steps"]]
-    assert first.executed == steps and len(steps) == 23
+    assert first.executed == steps and len(steps) == 24
     report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
     assert set(report["stages"]) >= {"after retrieved", "after synthetic", "final"}
     baseline = json.loads((tmp_path / "cache" / "train_probe").glob("*/metrics.json").__next__().read_text())
@@ -82,6 +107,9 @@ def test_the_lvis_pipeline_runs_end_to_end_on_the_fixture(tmp_path: Path) -> Non
     exported = datasets.load_from_disk(str(tmp_path / "out" / "export"))["train"]
     sources = set(exported["source"])
     assert {"original", "retrieved", "synthetic"} <= sources and "objects" in exported.column_names
+    masks = [json.loads(o["segmentation"]) for row in exported["objects"] for o in row if o["segmentation"]]
+    assert masks and any(isinstance(m, dict) for m in masks) and any(isinstance(m, list) for m in masks)
+    check_detector_export(tmp_path)
     assert api.run(LVIS, overrides).executed == []
 
     # Determinism: from an empty cache (at the same place: exported paths point into it), a second
@@ -89,5 +117,5 @@ def test_the_lvis_pipeline_runs_end_to_end_on_the_fixture(tmp_path: Path) -> Non
     first_outputs = tree_digest(tmp_path / "out")
     shutil.rmtree(tmp_path / "cache")
     shutil.rmtree(tmp_path / "out")
-    assert len(api.run(LVIS, overrides).executed) == 23
+    assert len(api.run(LVIS, overrides).executed) == 24
     assert tree_digest(tmp_path / "out") == first_outputs

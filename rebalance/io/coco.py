@@ -3,8 +3,12 @@
 Why msgspec: LVIS v1 train is 423 MB with 1.27M annotations. ``json.loads`` builds a dict per
 annotation and a Python float per polygon coordinate (tens of millions), which is most of both the
 time and the memory. msgspec decodes straight into the typed structs below, validating as it goes,
-skips the keys they do not name, and keeps each ``segmentation`` as ``msgspec.Raw``: its JSON bytes,
-unparsed. The tables are then built from columns, and ids are checked with numpy.
+skips the keys they do not name, and keeps each ``segmentation`` as ``msgspec.Raw``: its JSON bytes.
+The tables are then built from columns, and ids are checked with numpy.
+
+Masks are stored as those bytes (the ``segmentation`` column, JSON text), so an annotation no step
+touches is written back out byte for byte. Each one is still decoded once, on its own, to check it
+(odd polygon coordinates, an RLE whose size is not its image's), and the coordinates dropped again.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from rebalance.core.artifacts import ANNOTATIONS_SCHEMA, CATEGORIES_SCHEMA, IMAG
 from rebalance.errors import DataError
 
 # LVIS per-image lists for federated evaluation, kept when present.
-_LVIS_IMAGE_LISTS = ("neg_category_ids", "not_exhaustive_category_ids")
+LVIS_IMAGE_LISTS = ("neg_category_ids", "not_exhaustive_category_ids")
 
 # The ranges of the tables' integer columns: a value outside is an error naming the entry.
 _Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
@@ -58,8 +62,18 @@ class _Annotation(msgspec.Struct, gc=False):
     category_id: _Int64
     bbox: list[float] | None = None
     area: float | None = None
-    # The polygon or RLE, undecoded: the tables do not store masks yet.
+    iscrowd: _Int32 | None | msgspec.UnsetType = msgspec.UNSET
+    # The polygons or RLE as they are in the file; an empty Raw when the key is absent.
     segmentation: msgspec.Raw = msgspec.Raw()
+
+
+class _RLE(msgspec.Struct, gc=False):
+    size: list[_Int64]
+    counts: str | list[_Int64]
+
+
+# A mask as COCO defines it: polygons (flat [x1, y1, x2, y2, ...] lists) or run-length encoding.
+_MASK = msgspec.json.Decoder(list[list[float]] | _RLE)
 
 
 class _Caption(msgspec.Struct, gc=False):
@@ -91,8 +105,10 @@ def read_coco(path: Path, split: str) -> tuple[pa.Table, pa.Table, pa.Table]:
 
     Raises:
         DataError: malformed JSON, missing sections, entries that lack a required key or hold a
-        value of the wrong type (naming the section, the entry and its id), duplicate ids, or
-        annotations that reference unknown image or category ids.
+        value of the wrong type (naming the section, the entry and its id), duplicate ids,
+        annotations that reference unknown image or category ids, or a malformed mask (naming the
+        annotation id): a polygon with an odd number of coordinates, an RLE whose ``size`` is not
+        its image's [height, width] or whose counts do not cover it.
     """
     data = path.read_bytes()
     sections = _sections(path, data, "expected a JSON object with images, annotations and categories")
@@ -106,7 +122,7 @@ def read_coco(path: Path, split: str) -> tuple[pa.Table, pa.Table, pa.Table]:
     annotations = _annotations(
         path,
         _decode(path, data, sections, "annotations", _Annotation),
-        images["image_id"].to_numpy(),
+        images,
         categories["category_id"].to_numpy(),
     )
     return images, annotations, categories
@@ -237,7 +253,10 @@ def _images(path: Path, rows: list[_Image], split: str) -> pa.Table:
         "source": pa.repeat(pa.scalar("original", pa.string()), len(rows)),
     }
     schema = IMAGES_SCHEMA
-    for extra in _LVIS_IMAGE_LISTS:
+    if any(r.coco_url for r in rows):  # detectron2's LVIS loader finds the file by it
+        columns["coco_url"] = [r.coco_url for r in rows]
+        schema = schema.append(pa.field("coco_url", pa.string()))
+    for extra in LVIS_IMAGE_LISTS:
         values = [getattr(r, extra) for r in rows]
         if any(v is not msgspec.UNSET for v in values):
             columns[extra] = [[] if v is msgspec.UNSET else v for v in values]
@@ -245,40 +264,118 @@ def _images(path: Path, rows: list[_Image], split: str) -> pa.Table:
     return pa.table(columns, schema=schema)
 
 
-def _annotations(
-    path: Path, rows: list[_Annotation], image_ids: np.ndarray, category_ids: np.ndarray
-) -> pa.Table:
-    """``image_ids`` and ``category_ids``: the known ids, sorted and unique."""
+def _annotations(path: Path, rows: list[_Annotation], images: pa.Table, category_ids: np.ndarray) -> pa.Table:
+    """``images``: the images table (sorted by id); ``category_ids``: the known ids, sorted and unique."""
     count = len(rows)
     annotation_id = np.fromiter((r.id for r in rows), np.int64, count)
     image_id = np.fromiter((r.image_id for r in rows), np.int64, count)
     category_id = np.fromiter((r.category_id for r in rows), np.int64, count)
     order = np.lexsort((annotation_id, image_id))
     _check_unique(path, "annotations", np.sort(annotation_id))
+    image_ids = images["image_id"].to_numpy()
     for field, values, known, section in (
         ("image_id", image_id, image_ids, "images"),
         ("category_id", category_id, category_ids, "categories"),
     ):
-        missing = values[~np.isin(values, known)]
-        if len(missing):
-            unknown = np.unique(missing)
+        bad = ~np.isin(values, known)
+        if bad.any():
+            unknown = np.unique(values[bad])
+            first = int(np.argmax(bad))
             raise DataError(
-                f"{path}: {len(missing)} annotation(s) reference {len(unknown)} {field}(s) missing from "
-                f"'{section}' (first: {unknown[:5].tolist()}); fix the file or remove those annotations"
+                f"{path}: {int(bad.sum())} annotation(s) reference {len(unknown)} {field}(s) missing from "
+                f"'{section}' (first: {unknown[:5].tolist()}; annotation {annotation_id[first]} has "
+                f"{field} {values[first]}); fix the file or remove those annotations"
             )
     take = pa.array(order)
-    bbox = pa.array([r.bbox for r in rows], pa.list_(pa.float64())).take(take)
-    area = pa.array([r.area for r in rows], pa.float64()).take(take)
-    return pa.table(
-        {
-            "annotation_id": annotation_id[order],
-            "image_id": image_id[order],
-            "category_id": category_id[order],
-            "bbox": bbox,
-            "area": area,
-        },
-        schema=ANNOTATIONS_SCHEMA,
-    )
+    columns: dict[str, Any] = {
+        "annotation_id": annotation_id[order],
+        "image_id": image_id[order],
+        "category_id": category_id[order],
+        "bbox": pa.array([r.bbox for r in rows], pa.list_(pa.float64())).take(take),
+        "area": pa.array([r.area for r in rows], pa.float64()).take(take),
+    }
+    schema = ANNOTATIONS_SCHEMA
+    if any(r.iscrowd is not msgspec.UNSET for r in rows):
+        columns["iscrowd"] = pa.array(
+            [None if r.iscrowd is msgspec.UNSET else r.iscrowd for r in rows], pa.int32()
+        ).take(take)
+        schema = schema.append(pa.field("iscrowd", pa.int32()))
+    if any(len(r.segmentation) for r in rows):
+        rows_image = np.searchsorted(image_ids, image_id)
+        sizes = (
+            images["height"].to_numpy(zero_copy_only=False),
+            images["width"].to_numpy(zero_copy_only=False),
+        )
+        masks = [
+            _checked_mask(path, row, (sizes[0][at], sizes[1][at]))
+            for row, at in zip(rows, rows_image.tolist(), strict=True)
+        ]
+        columns["segmentation"] = pa.array(masks, pa.string()).take(take)
+        schema = schema.append(pa.field("segmentation", pa.string()))
+    return pa.table(columns, schema=schema)
+
+
+def _checked_mask(path: Path, row: _Annotation, image_size: tuple[Any, Any]) -> str | None:
+    """The annotation's segmentation as JSON text, after checking it is a well-formed mask."""
+    if not len(row.segmentation):
+        return None
+    try:
+        mask = _MASK.decode(row.segmentation)
+    except msgspec.ValidationError as error:
+        raise DataError(
+            f"{path}: annotation {row.id}: segmentation is neither polygons (lists of x, y numbers) nor "
+            f"an RLE ({{'size': [height, width], 'counts': ...}}): {error}"
+        ) from None
+    if isinstance(mask, list):
+        for number, polygon in enumerate(mask):
+            if len(polygon) % 2:
+                raise DataError(
+                    f"{path}: annotation {row.id}: polygon {number} has an odd number of coordinates "
+                    f"({len(polygon)}); a polygon is a flat list of x, y pairs"
+                )
+    else:
+        _check_rle(path, row.id, mask, image_size)
+    return bytes(row.segmentation).decode()
+
+
+def _check_rle(path: Path, annotation_id: int, rle: _RLE, image_size: tuple[Any, Any]) -> None:
+    height, width = (None if v is None or v != v else int(v) for v in image_size)
+    if len(rle.size) != 2 or min(rle.size) < 0 or (height is not None and rle.size != [height, width]):
+        raise DataError(
+            f"{path}: annotation {annotation_id}: RLE size {rle.size} is not its image's "
+            f"[height, width] ({[height, width] if height is not None else 'two non-negative integers'})"
+        )
+    runs = _rle_runs(rle.counts) if isinstance(rle.counts, str) else rle.counts
+    if runs is None or any(r < 0 for r in runs) or sum(runs) != rle.size[0] * rle.size[1]:
+        raise DataError(
+            f"{path}: annotation {annotation_id}: the RLE counts do not cover its size {rle.size} "
+            f"({'undecodable' if runs is None else sum(runs)} pixels, expected {rle.size[0] * rle.size[1]})"
+        )
+
+
+def _rle_runs(counts: str) -> list[int] | None:
+    """The run lengths of COCO's compressed RLE string (``maskApi.c``'s ``rleFrString``), or None
+    when it does not decode. By hand because pycocotools, which decodes it in C, is not a runtime
+    dependency, and crowd RLEs are few: this runs once per RLE annotation at ingest."""
+    runs: list[int] = []
+    position = 0
+    while position < len(counts):
+        value, shift, more = 0, 0, True
+        while more:
+            if position >= len(counts):
+                return None
+            chunk = ord(counts[position]) - 48
+            if not 0 <= chunk < 64:
+                return None
+            value |= (chunk & 0x1F) << (5 * shift)
+            more = bool(chunk & 0x20)
+            position, shift = position + 1, shift + 1
+            if not more and chunk & 0x10:
+                value |= -1 << (5 * shift)
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+    return runs
 
 
 def read_coco_captions(path: Path, image_ids: list[int]) -> pa.Array:

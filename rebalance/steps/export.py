@@ -32,7 +32,7 @@ from rebalance.io.references import in_container
 Task = Literal["auto", "classification", "detection"]
 
 
-@step("export_hf", version=7, role="exports")
+@step("export_hf", version=8, role="exports")
 def export_hf(
     dataset: LabeledDataset,
     original: LabeledDataset | None = None,
@@ -51,7 +51,8 @@ def export_hf(
     """Write a datasets.DatasetDict (train, and test when given) plus a dataset card.
 
     Classification data gets ``label: ClassLabel``; detection data gets ``objects`` (bbox in COCO
-    xywh pixels, category as ClassLabel, area, id). ``embed_images`` stores image bytes in the
+    xywh pixels, category as ClassLabel, area, id; ``iscrowd`` and ``segmentation`` when the data has
+    them, the mask as COCO JSON text: polygons or RLE). ``embed_images`` stores image bytes in the
     dataset (self-contained); otherwise the ``image`` column holds absolute paths. Every other
     image column (``source``, provenance, ...) is kept, and ``embeddings`` add an ``embedding``
     column (float32). The card (README.md) compares ``dataset`` with ``original`` (the data before
@@ -155,15 +156,23 @@ def _to_hf(
         columns["label"] = [label_of[by_image[i]] for i in images["image_id"].to_pylist()]
         features["label"] = datasets.ClassLabel(names=class_names)
     else:
-        columns["objects"] = _objects(data, images["image_id"].to_pylist(), label_of)
-        features["objects"] = datasets.List(
-            {
-                "id": datasets.Value("int64"),
-                "bbox": datasets.List(datasets.Value("float32"), length=4),
-                "category": datasets.ClassLabel(names=class_names),
-                "area": datasets.Value("float64"),
-            }
-        )
+        object_features = {
+            "id": datasets.Value("int64"),
+            "bbox": datasets.List(datasets.Value("float32"), length=4),
+            "category": datasets.ClassLabel(names=class_names),
+            "area": datasets.Value("float64"),
+            # A mask is polygons or an RLE, a union no `datasets` feature type holds: COCO's JSON of
+            # it, as the source file wrote it (`json.loads` gives what pycocotools takes).
+            "iscrowd": datasets.Value("int32"),
+            "segmentation": datasets.Value("string"),
+        }
+        object_features = {
+            name: feature
+            for name, feature in object_features.items()
+            if _OBJECT_COLUMNS[name] in data.annotations.column_names
+        }
+        columns["objects"] = _objects(data, images["image_id"].to_pylist(), label_of, list(object_features))
+        features["objects"] = datasets.List(object_features)
     for name in images.column_names:
         columns[name] = images[name].to_pylist()
         features[name] = datasets.Features.from_arrow_schema(pa.schema([images.schema.field(name)]))[name]
@@ -176,19 +185,25 @@ def _to_hf(
     return datasets.Dataset(built.data, info=built.info, split=built.split, fingerprint=fingerprint)
 
 
+# Each object field and the annotations column it comes from.
+_OBJECT_COLUMNS = {
+    "id": "annotation_id",
+    "bbox": "bbox",
+    "category": "category_id",
+    "area": "area",
+    "iscrowd": "iscrowd",
+    "segmentation": "segmentation",
+}
+
+
 def _objects(
-    data: LabeledDataset, image_ids: list[int], label_of: dict[int, int]
+    data: LabeledDataset, image_ids: list[int], label_of: dict[int, int], fields: list[str]
 ) -> list[list[dict[str, Any]]]:
     grouped: dict[int, list[dict[str, Any]]] = {image_id: [] for image_id in image_ids}
-    for row in data.annotations.to_pylist():
-        grouped[row["image_id"]].append(
-            {
-                "id": row["annotation_id"],
-                "bbox": row["bbox"],
-                "category": label_of[row["category_id"]],
-                "area": row["area"],
-            }
-        )
+    for row in data.annotations.select(["image_id", *(_OBJECT_COLUMNS[f] for f in fields)]).to_pylist():
+        obj = {field: row[_OBJECT_COLUMNS[field]] for field in fields}
+        obj["category"] = label_of[obj["category"]]
+        grouped[row["image_id"]].append(obj)
     return [grouped[image_id] for image_id in image_ids]
 
 

@@ -62,7 +62,7 @@ def ingest_image_folder(
     )
 
 
-@step("ingest_coco", version=2, role="reads")
+@step("ingest_coco", version=3, role="reads")
 def ingest_coco(
     *,
     annotations: InputPath,

@@ -43,6 +43,20 @@ CATEGORIES = [
 ]
 
 
+# Masks in both of COCO's forms: polygons, and run-length encoding of a 28 × 28 image (uncompressed
+# counts, and the compressed string pycocotools' ``mask.encode`` writes for the same mask).
+POLYGON = [[1.0, 2.0, 11.0, 2.0, 11.0, 14.0, 1.0, 14.0]]
+RLE_COUNTS = [30, 8, 20, 8, 718]
+RLE_STRING = "n08d00je0"
+
+
+def mask_of(number: int) -> dict | list:
+    """The segmentation of the fixtures' ``number``-th annotation: an RLE every fifth, else a polygon."""
+    if number % 5 == 4:
+        return {"size": [28, 28], "counts": RLE_STRING if number % 10 == 4 else RLE_COUNTS}
+    return [[x + number for x in POLYGON[0]]]
+
+
 def build_lvis(root: Path, images: int = 6) -> tuple[Path, Path]:
     """Write ``root/lvis_v1_train.json`` and ``root/coco/train2017/*.png``; return both paths."""
     pngs = sorted((REPO / "data/fashion_mnist_lt/train/trouser").glob("*.png"))[:images]
@@ -71,6 +85,7 @@ def build_lvis(root: Path, images: int = 6) -> tuple[Path, Path]:
                     "category_id": category,
                     "bbox": [1.0, 2.0, 10.0, 12.0],
                     "area": 120.0,
+                    "segmentation": mask_of(len(annotations)),
                 }
             )
     annotations.reverse()  # files need not be sorted
@@ -190,7 +205,11 @@ def build_lvis_pipeline_inputs(root: Path) -> dict[str, Path]:
                 )
                 labels = [cid, 12] if split == "train" and cid == 57 and len(images) <= 4 else [cid]
                 for label in labels:
-                    box = {"bbox": [2.0, 2.0, 20.0, 24.0], "area": 480.0}
+                    box = {
+                        "bbox": [2.0, 2.0, 20.0, 24.0],
+                        "area": 480.0,
+                        "segmentation": mask_of(len(annotations)),
+                    }
                     annotations.append(
                         {"id": len(annotations) + 1, "image_id": image_id, "category_id": label, **box}
                     )

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import datasets
@@ -10,7 +11,7 @@ from rebalance.steps.export import export_hf
 from rebalance.steps.ingest import ingest_coco, ingest_image_folder
 from rebalance.steps.verify import verify_images
 from tests.conftest import REPO
-from tests.steps.lvis_fixture import build_lvis
+from tests.steps.lvis_fixture import build_lvis, mask_of
 
 DEMO = REPO / "data" / "fashion_mnist_lt"
 
@@ -54,6 +55,10 @@ def test_detection_export_groups_objects(tmp_path: Path) -> None:
     first = train[0]
     assert sorted(o["category"] for o in first["objects"]) == [0, 2, 2]
     assert first["objects"][0]["bbox"] == [1.0, 2.0, 10.0, 12.0]
+    # Masks: COCO JSON text, what the annotations file held (polygons and both RLE forms).
+    exported = {o["id"]: json.loads(o["segmentation"]) for row in train for o in row["objects"]}
+    assert exported == {i: mask_of(i - 100) for i in range(100, 110)}
+    assert "iscrowd" not in train.features["objects"].feature  # LVIS has no crowd flag
     assert Path(train.cast_column("image", datasets.Image(decode=False))[0]["image"]["path"]).is_file()
     assert first["neg_category_ids"] == [3]
 

@@ -3,11 +3,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rebalance.errors import DataError
+from rebalance.io.coco import _rle_runs
 from rebalance.steps.ingest import ingest_coco, ingest_image_folder
-from tests.steps.lvis_fixture import build_lvis
+from tests.steps.lvis_fixture import build_lvis, mask_of
 
 
 def test_lvis_json_keeps_category_metadata_and_derives_file_names(tmp_path: Path) -> None:
@@ -30,6 +32,64 @@ def test_lvis_json_keeps_category_metadata_and_derives_file_names(tmp_path: Path
     assert ordered == sorted(ordered) and len(ordered) == 10
 
 
+def test_masks_are_kept_as_written_and_iscrowd_when_present(tmp_path: Path) -> None:
+    annotations, image_root = build_lvis(tmp_path)
+    payload = json.loads(annotations.read_text())
+    payload["annotations"][0]["iscrowd"] = 1
+    # Spacing and number forms of the file's own, which the stored mask keeps byte for byte.
+    text = json.dumps(payload).replace('"segmentation": [[', '"segmentation":[ [', 1)
+    annotations.write_text(text)
+    dataset = ingest_coco(annotations=annotations, image_root=image_root)
+    table = dataset.annotations.to_pylist()
+    by_id = {row["annotation_id"]: row for row in table}
+    for source in payload["annotations"]:
+        stored = by_id[source["id"]]["segmentation"]
+        assert json.loads(stored) == source["segmentation"] == mask_of(source["id"] - 100)
+        assert f'"segmentation": {stored}' in text or f'"segmentation":{stored}' in text
+    assert any(row["segmentation"].startswith("[ [") for row in table)
+    assert {row["annotation_id"]: row["iscrowd"] for row in table if row["iscrowd"] is not None} == {
+        payload["annotations"][0]["id"]: 1
+    }
+
+
+@pytest.mark.parametrize(
+    "segmentation, expected",
+    [
+        ([[1.0, 2.0, 3.0, 4.0, 5.0]], r"annotation 109: polygon 0 has an odd number of coordinates \(5\)"),
+        (
+            {"size": [28, 27], "counts": [784]},
+            r"annotation 109: RLE size \[28, 27\] is not its image's \[height, width\] \(\[28, 28\]\)",
+        ),
+        ({"size": [28, 28], "counts": [780]}, r"annotation 109: the RLE counts do not cover .* \(780 pixels"),
+        ({"size": [28, 28], "counts": "n08d00je"}, r"annotation 109: the RLE counts .* \(undecodable"),
+        ("a mask", r"annotation 109: segmentation is neither polygons"),
+    ],
+)
+def test_malformed_masks_name_the_file_and_annotation(tmp_path: Path, segmentation, expected: str) -> None:
+    annotations, image_root = build_lvis(tmp_path)
+    payload = json.loads(annotations.read_text())
+    payload["annotations"][0]["segmentation"] = segmentation
+    assert payload["annotations"][0]["id"] == 109
+    annotations.write_text(json.dumps(payload))
+    with pytest.raises(DataError, match=rf"lvis_v1_train\.json: {expected}"):
+        ingest_coco(annotations=annotations, image_root=image_root)
+
+
+def test_compressed_rle_runs_equal_pycocotools() -> None:
+    mask_api = pytest.importorskip("pycocotools.mask")
+    rng = np.random.default_rng(0)
+    for height, width, density in ((28, 28, 0.5), (64, 48, 0.02), (200, 300, 0.98), (5, 7, 0.0)):
+        mask = np.asfortranarray(rng.random((height, width)) < density, dtype=np.uint8)
+        # Large runs too: a dilated blob gives runs longer than one 5-bit chunk.
+        mask[height // 4 : height // 2, : width // 2] = 1
+        counts = mask_api.encode(mask)["counts"].decode()
+        flat = mask.reshape(-1, order="F")
+        changes = np.flatnonzero(np.diff(flat)) + 1
+        runs = np.diff(np.concatenate([[0], changes, [flat.size]])).tolist()
+        expected = ([0] if flat[0] else []) + runs
+        assert _rle_runs(counts) == expected
+
+
 def test_malformed_json_names_file_and_position(tmp_path: Path) -> None:
     path = tmp_path / "broken.json"
     path.write_text('{"images": [\n  {"id": 1,}\n]}')
@@ -47,7 +107,8 @@ def test_unknown_ids_are_reported(tmp_path: Path, field: str, value: int, sectio
     annotations.write_text(json.dumps(payload))
     with pytest.raises(
         DataError,
-        match=rf"1 annotation\(s\) reference 1 {field}\(s\) missing from '{section}' \(first: \[{value}\]\)",
+        match=rf"1 annotation\(s\) reference 1 {field}\(s\) missing from '{section}' \(first: \[{value}\]; "
+        rf"annotation 109 has {field} {value}\)",
     ):
         ingest_coco(annotations=annotations, image_root=image_root)
 

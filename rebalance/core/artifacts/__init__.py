@@ -23,7 +23,7 @@ from rebalance.core.artifacts.dataset import (
     LabeledDataset,
 )
 from rebalance.core.artifacts.markdown import markdown_table, markdown_text
-from rebalance.core.artifacts.outputs import HFDatasetExport, Report, TrainReport
+from rebalance.core.artifacts.outputs import CocoExport, HFDatasetExport, Report, TrainReport
 from rebalance.core.artifacts.tables import (
     CaptionCorpus,
     ClassStats,
@@ -42,6 +42,7 @@ __all__ = [
     "REMOVED_SCHEMA",
     "Artifact",
     "CaptionCorpus",
+    "CocoExport",
     "ClassStats",
     "ConceptCounts",
     "ConceptFrequency",

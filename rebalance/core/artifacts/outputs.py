@@ -1,4 +1,4 @@
-"""What the last steps produce: training reports, the run report, the Hugging Face export."""
+"""What the last steps produce: training reports, the run report, the Hugging Face and COCO exports."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Self
+
+from rebalance.io.references import ImageRef
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,3 +114,32 @@ class HFDatasetExport:
             meta["num_shards"],
             class_buckets=meta.get("class_buckets", {}),
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class CocoExport:
+    """COCO / LVIS instances files for detector trainers: ``documents`` (file name -> its bytes:
+    the JSON files and the README) beside ``images`` (file name under ``images/`` -> where its bytes
+    are now), copied one at a time when written, so no image is held in memory."""
+
+    documents: dict[str, bytes]
+    images: dict[str, ImageRef] = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_rows(self) -> int:
+        return int(json.loads(self.documents["export.json"])["images"])
+
+    def write(self, directory: Path) -> None:
+        for name, data in self.documents.items():
+            (directory / name).write_bytes(data)
+        if self.images:
+            (directory / "images").mkdir()
+            for name, ref in self.images.items():
+                (directory / "images" / name).write_bytes(ref.read_bytes())
+
+    @classmethod
+    def read(cls, directory: Path) -> Self:
+        documents = {path.name: path.read_bytes() for path in sorted(directory.iterdir()) if path.is_file()}
+        folder = directory / "images"
+        images = {path.name: ImageRef(path) for path in sorted(folder.iterdir())} if folder.is_dir() else {}
+        return cls(documents, images)
