@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 
 from rebalance.errors import DataError, RebalanceError
-from rebalance.io.memmaps import CHUNK_ROWS, release_mapped_pages, release_mapped_range
+from rebalance.io.memmaps import CHUNK_ROWS, release_file_mappings, release_mapped_pages, release_mapped_range
 
 Backend = Literal["auto", "faiss", "torch"]
 
@@ -108,10 +108,15 @@ def train_index(
             )
         rows = np.sort(np.random.default_rng(seed).choice(len(vectors), size=sample, replace=False))
         _seed_clustering(index, seed)
+        # Gathered a block of the pool at a time, not a block of the sample: sorted sample rows
+        # spread over the whole pool, and reading any of them maps the pages around it, so a
+        # sample block would leave most of a memory-mapped pool resident until released.
+        blocks = np.searchsorted(rows, np.arange(0, len(vectors) + chunk_rows, chunk_rows))
         parts = []
-        for start in range(0, len(rows), chunk_rows):
-            parts.append(_prepared(vectors, rows[start : start + chunk_rows], normalise, row_names))
-            release_mapped_pages(vectors)
+        for low, high in zip(blocks[:-1], blocks[1:], strict=True):
+            if high > low:
+                parts.append(_prepared(vectors, rows[low:high], normalise, row_names))
+                release_mapped_pages(vectors)
         index.train(np.concatenate(parts))
     return index
 
@@ -166,34 +171,39 @@ def merge_on_disk(trained, part_paths: list[Path], lists_path: Path):
     ivf = faiss.extract_index_ivf(merged)
     # Kept referenced until the merge is done: each part owns the lists being copied.
     parts = [faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY) for path in part_paths]
-    sources = faiss.InvertedListsPtrVector()
-    for part in parts:
-        sources.push_back(faiss.extract_index_ivf(part).invlists)
+    part_lists = [faiss.extract_index_ivf(part).invlists for part in parts]
+    sizes = np.array(
+        [[lists.list_size(number) for number in range(ivf.nlist)] for lists in part_lists], np.uint64
+    )
+    # Each part numbered its rows from 0; merged, they follow the previous parts' rows.
+    starts = np.cumsum([0, *sizes.sum(axis=1)[:-1].tolist()], dtype=np.int64)
     lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(lists_path))
-    total = lists.merge_from_multiple(sources.data(), sources.size(), False)
-    _shift_part_ids(lists, [faiss.extract_index_ivf(part).invlists for part in parts])
-    merged.ntotal = ivf.ntotal = total
+    # The layout FAISS's merge_from_multiple writes (lists in order, each part's entries after the
+    # previous part's), copied here list by list because that one call cannot release what it has
+    # read and written: the mapped pages of the parts and of the lists file would all stay resident.
+    # It also shifts ids wrongly for parts of unequal sizes (faiss 1.15: off by 2 on 7 parts).
+    merged_sizes = np.ascontiguousarray(sizes.sum(axis=0))
+    lists.update_totsize(int(merged_sizes.sum()) * (8 + ivf.code_size))  # ids are 8-byte idx_t
+    lists.set_all_lists_sizes(faiss.swig_ptr(merged_sizes))
+    mapped = [*part_paths, lists_path]
+    for number in range(ivf.nlist):
+        filled = 0
+        for source, start in zip(part_lists, starts.tolist(), strict=True):
+            count = source.list_size(number)
+            if count:
+                ids = faiss.rev_swig_ptr(source.get_ids(number), count) + start
+                lists.update_entries(number, filled, count, faiss.swig_ptr(ids), source.get_codes(number))
+                filled += count
+        if number % 256 == 255:
+            release_file_mappings(mapped)
+    release_file_mappings(mapped)
+    merged.ntotal = ivf.ntotal = int(merged_sizes.sum())
     ivf.replace_invlists(lists, True)
     lists.this.disown()  # the index owns the lists now
     # A bare name, not the temporary path it was written under: the index file's bytes depend on
     # its contents alone, and the folder can be moved.
     lists.filename = lists_path.name
     return merged
-
-
-def _shift_part_ids(merged_lists, part_lists: list) -> None:
-    # Each part numbered its rows from 0; in the merged index they follow the previous parts' rows.
-    # FAISS's own ``shift_ids`` gets the offsets wrong for parts of unequal sizes (faiss 1.15), so
-    # the ids are shifted here, in place in the mapped file: within a list, each part's entries
-    # follow the previous part's.
-    import faiss
-
-    starts = np.cumsum([0] + [lists.compute_ntotal() for lists in part_lists[:-1]], dtype=np.int64)
-    for number in range(merged_lists.nlist):
-        size = merged_lists.list_size(number)
-        if size:
-            ids = faiss.rev_swig_ptr(merged_lists.get_ids(number), size)
-            ids += np.repeat(starts, [lists.list_size(number) for lists in part_lists])
 
 
 def bytes_per_vector(index) -> int:

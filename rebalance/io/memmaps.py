@@ -36,6 +36,22 @@ def release_mapped_range(address: int, size: int) -> None:
         libc.madvise(ctypes.c_void_p(address), ctypes.c_size_t(size), mmap.MADV_DONTNEED)
 
 
+def release_file_mappings(paths) -> None:
+    """``release_mapped_range`` for every mapping of the files ``paths`` in this process, found in
+    ``/proc/self/maps``: for files native code mapped without saying where (FAISS's
+    ``IO_FLAG_MMAP``). A no-op where there is no ``/proc``."""
+    wanted = {str(Path(path).resolve()) for path in paths}
+    try:
+        with open("/proc/self/maps") as maps:
+            regions = [line.split(maxsplit=5) for line in maps]
+    except OSError:
+        return
+    for fields in regions:
+        if len(fields) == 6 and fields[5].rstrip("\n") in wanted:
+            start, end = (int(bound, 16) for bound in fields[0].split("-"))
+            release_mapped_range(start, end - start)
+
+
 def save_rows(path: Path, rows, chunk_rows: int = CHUNK_ROWS) -> None:
     """Write ``rows`` (an array, a memory map, or anything with ``shape``, ``dtype`` and row
     slicing) as the ``.npy`` file ``np.save`` would write, ``chunk_rows`` rows at a time."""
