@@ -13,7 +13,7 @@ import numpy as np
 
 from rebalance.core.artifacts.base import positions_of
 from rebalance.errors import DataError
-from rebalance.io.memmaps import save_rows
+from rebalance.io.memmaps import release_mapped_pages, save_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,10 +104,13 @@ class VectorIndex:
         return self.meta["encoder"]
 
     def write(self, directory: Path) -> None:
+        np.save(directory / "ids.npy", self.ids)
+        self._write_index_and_meta(directory)
+
+    def _write_index_and_meta(self, directory: Path) -> None:
         import faiss
 
         faiss.write_index(self.index, str(directory / "index.faiss"))
-        np.save(directory / "ids.npy", self.ids)
         (directory / "meta.json").write_text(json.dumps(self.meta, indent=2, sort_keys=True))
 
     @classmethod
@@ -124,7 +127,9 @@ class VectorIndex:
             with contextlib.suppress(RuntimeError):
                 index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
         index = index if index is not None else faiss.read_index(path)
-        return cls(index, np.load(directory / "ids.npy"), json.loads((directory / "meta.json").read_text()))
+        # Memory-mapped: at 400M vectors the ids alone are 3.2 GB, and a search reads a few of them.
+        ids = np.load(directory / "ids.npy", mmap_mode="r")
+        return cls(index, ids, json.loads((directory / "meta.json").read_text()))
 
     @classmethod
     def write_concatenated(cls, part_dirs: list[Path], directory: Path) -> int:
@@ -147,8 +152,16 @@ class VectorIndex:
         trained.reset()
         filled = [part / "index.faiss" for part, count in zip(part_dirs, counts, strict=True) if count]
         index = vector_index.merge_on_disk(trained, filled, directory / ON_DISK_LISTS)
-        ids = np.concatenate([np.load(part / "ids.npy") for part in part_dirs])
-        cls(index, ids, {**first.meta, "vectors": len(ids), "lists_on_disk": True}).write(directory)
+        # The ids are concatenated into their file a part at a time, never all in memory.
+        ids = np.lib.format.open_memmap(
+            directory / "ids.npy", mode="w+", dtype=np.int64, shape=(sum(counts),)
+        )
+        for part, start, count in zip(part_dirs, np.cumsum([0, *counts[:-1]]).tolist(), counts, strict=True):
+            ids[start : start + count] = np.load(part / "ids.npy", mmap_mode="r")
+            release_mapped_pages(ids)
+        ids.flush()
+        meta = {**first.meta, "vectors": len(ids), "lists_on_disk": True}
+        cls(index, ids, meta)._write_index_and_meta(directory)
         return len(ids)
 
     @classmethod
