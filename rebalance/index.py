@@ -206,6 +206,18 @@ def merge_on_disk(trained, part_paths: list[Path], lists_path: Path):
     return merged
 
 
+def drop_lists(index) -> None:
+    """Empty the trained IVF ``index`` in place, its lists replaced by empty ones without reading
+    them (``faiss.Index.reset`` would touch every list; a clone would copy every code)."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    empty = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    ivf.replace_invlists(empty, True)
+    empty.this.disown()  # the index owns the empty lists now
+    index.ntotal = ivf.ntotal = 0
+
+
 def bytes_per_vector(index) -> int:
     """Bytes one stored vector takes in ``index``: its code, plus an 8-byte id in IVF lists."""
     import faiss

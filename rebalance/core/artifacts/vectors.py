@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -117,16 +116,14 @@ class VectorIndex:
     def read(cls, directory: Path) -> Self:
         import faiss
 
-        path = str(directory / "index.faiss")
-        index = None
+        path = directory / "index.faiss"
         if (directory / ON_DISK_LISTS).exists():
             # The lists stay in their file, found beside the index wherever the folder now is.
-            index = faiss.read_index(path, faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
-        elif (directory / "index.faiss").stat().st_size > MMAP_INDEX_BYTES:
-            # Index types without mmap support load into memory.
-            with contextlib.suppress(RuntimeError):
-                index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-        index = index if index is not None else faiss.read_index(path)
+            index = faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
+        elif path.stat().st_size > MMAP_INDEX_BYTES:
+            index = _mapped_index(path)
+        else:
+            index = faiss.read_index(str(path))
         # Memory-mapped: at 400M vectors the ids alone are 3.2 GB, and a search reads a few of them.
         ids = np.load(directory / "ids.npy", mmap_mode="r")
         return cls(index, ids, json.loads((directory / "meta.json").read_text()))
@@ -136,22 +133,23 @@ class VectorIndex:
         """Write the parts' concatenation into ``directory`` and return its rows: merged in memory
         while the merged vectors fit the build's cap (``max_memory_gb``), else merged list by list
         into ``index.ivfdata``, which is memory-mapped when searched and never loaded whole."""
-        import faiss
 
         from rebalance import index as vector_index
 
-        first = cls.read(part_dirs[0])  # one shard: its size is bounded by executor.shard_rows
+        # The first part's structure, its lists left in its file: a part can be larger than the
+        # memory left, and loading it (and cloning it to get an empty index) would hold it twice.
+        first = _mapped_index(part_dirs[0] / "index.faiss")
+        meta = json.loads((part_dirs[0] / "meta.json").read_text())
         counts = [len(np.load(part / "ids.npy", mmap_mode="r")) for part in part_dirs]
-        merged_bytes = sum(counts) * vector_index.bytes_per_vector(first.index)
-        cap_bytes = first.meta.get("max_memory_gb", math.inf) * 2**30
-        if not vector_index.is_ivf(first.index) or merged_bytes <= cap_bytes:
-            merged = cls.concat([first, *(cls.read(part) for part in part_dirs[1:])])
+        merged_bytes = sum(counts) * vector_index.bytes_per_vector(first)
+        cap_bytes = meta.get("max_memory_gb", math.inf) * 2**30
+        if not vector_index.is_ivf(first) or merged_bytes <= cap_bytes:
+            merged = cls.concat([cls.read(part) for part in part_dirs])
             merged.write(directory)
             return merged.num_rows
-        trained = faiss.clone_index(first.index)
-        trained.reset()
+        vector_index.drop_lists(first)  # now the trained index the parts were filled from
         filled = [part / "index.faiss" for part, count in zip(part_dirs, counts, strict=True) if count]
-        index = vector_index.merge_on_disk(trained, filled, directory / ON_DISK_LISTS)
+        index = vector_index.merge_on_disk(first, filled, directory / ON_DISK_LISTS)
         # The ids are concatenated into their file a part at a time, never all in memory.
         ids = np.lib.format.open_memmap(
             directory / "ids.npy", mode="w+", dtype=np.int64, shape=(sum(counts),)
@@ -160,8 +158,7 @@ class VectorIndex:
             ids[start : start + count] = np.load(part / "ids.npy", mmap_mode="r")
             release_mapped_pages(ids)
         ids.flush()
-        meta = {**first.meta, "vectors": len(ids), "lists_on_disk": True}
-        cls(index, ids, meta)._write_index_and_meta(directory)
+        cls(index, ids, {**meta, "vectors": len(ids), "lists_on_disk": True})._write_index_and_meta(directory)
         return len(ids)
 
     @classmethod
@@ -174,3 +171,14 @@ class VectorIndex:
         return cls(
             merge_indexes([part.index for part in filled]), ids, {**filled[0].meta, "vectors": len(ids)}
         )
+
+
+def _mapped_index(path: Path):
+    """The index file ``path`` memory-mapped read-only; loaded into memory for the index types
+    FAISS cannot map."""
+    import faiss
+
+    try:
+        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+    except RuntimeError:
+        return faiss.read_index(str(path))
