@@ -317,7 +317,7 @@ def _annotations(path: Path, rows: list[_Annotation], images: pa.Table, category
 
 def _checked_mask(path: Path, row: _Annotation, image_size: tuple[Any, Any]) -> str | None:
     """The annotation's segmentation as JSON text, after checking it is a well-formed mask."""
-    if not len(row.segmentation):
+    if not len(row.segmentation) or bytes(row.segmentation) == b"null":  # box-only data
         return None
     try:
         mask = _MASK.decode(row.segmentation)
@@ -340,10 +340,11 @@ def _checked_mask(path: Path, row: _Annotation, image_size: tuple[Any, Any]) -> 
 
 def _check_rle(path: Path, annotation_id: int, rle: _RLE, image_size: tuple[Any, Any]) -> None:
     height, width = (None if v is None or v != v else int(v) for v in image_size)
-    if len(rle.size) != 2 or min(rle.size) < 0 or (height is not None and rle.size != [height, width]):
+    known = height is not None and width is not None
+    if len(rle.size) != 2 or min(rle.size) < 0 or (known and rle.size != [height, width]):
         raise DataError(
             f"{path}: annotation {annotation_id}: RLE size {rle.size} is not its image's "
-            f"[height, width] ({[height, width] if height is not None else 'two non-negative integers'})"
+            f"[height, width] ({[height, width] if known else 'two non-negative integers'})"
         )
     runs = _rle_runs(rle.counts) if isinstance(rle.counts, str) else rle.counts
     if runs is None or any(r < 0 for r in runs) or sum(runs) != rle.size[0] * rle.size[1]:

@@ -3,12 +3,14 @@ rows kept apart, repeat factors in the layout detectron2's and mmdet's samplers 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import msgspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from PIL import Image
 
@@ -108,8 +110,12 @@ def test_lvis_export_loads_in_lvis_api_and_pycocotools_with_masks_byte_for_byte(
     category_ids = dataset.categories["category_id"].to_pylist()
     assert [from_files[c] for c in category_ids] == images.tolist()
     assert [summary["per_category"][name]["images"] for name in dataset.class_names()] == images.tolist()
+    # LVIS's image_count: images with a box for the class, as the file's own annotations count them.
     assert [lvis.cats[c]["image_count"] for c in category_ids] == [
-        summary["per_category"][n]["images"] for n in dataset.class_names()
+        len(set(lvis.cat_img_map.get(c, []))) for c in category_ids
+    ]
+    assert [lvis.cats[c]["image_count"] for c in category_ids] == [
+        summary["per_category"][n]["box_images"] for n in dataset.class_names()
     ]
     assert sum(instances) - 2 == len(lvis.anns)  # the two retrieved/synthetic labels have no box
 
@@ -165,3 +171,31 @@ def test_coco_format_has_iscrowd_and_no_lvis_fields(tmp_path: Path) -> None:
     assert not (out / "images").exists()
     assert str(tmp_path / "pool/a.png") in [image["file_name"] for image in labels["images"]]
     assert CocoExport.read(out).num_rows == 8
+
+
+def test_negatives_stay_sizes_are_filled_and_lvis_loader_limits_are_noted(tmp_path: Path) -> None:
+    """An image without any label stays in instances.json (a negative, as in the input); a missing
+    size is read from the file, after EXIF rotation; what detectron2's LVIS loader rejects (the
+    fixture's RLE masks, an image without coco_url) is listed in export.json."""
+    dataset, _ = rebalanced_lvis(tmp_path)
+    rotated = tmp_path / "coco" / "train2017" / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90°: detectron2 loads it 24 wide, 32 high
+    Image.new("RGB", (32, 24)).save(rotated, exif=exif)
+    negative = dataset.add_images(
+        {"file_name": pa.array(["train2017/rotated.jpg"]), "source": pa.array(["original"])}, np.array([1])
+    )
+    last = negative.images["image_id"].to_numpy()[-1]
+    negative = dataclasses.replace(
+        negative,
+        annotations=negative.annotations.filter(pc.not_equal(negative.annotations["image_id"], last)),
+    )
+    out = tmp_path / "export"
+    out.mkdir()
+    export_coco(negative).write(out)
+    entries = {image["id"]: image for image in json.loads((out / "instances.json").read_text())["images"]}
+    assert (entries[last]["width"], entries[last]["height"]) == (24, 32)
+    notes = json.loads((out / "export.json").read_text())["notes"]
+    assert any("with an RLE mask" in note for note in notes)
+    assert any(f"without coco_url (first ids: [{last}])" in note for note in notes)
+    assert "format: coco" in notes[-1]

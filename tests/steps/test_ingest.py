@@ -64,6 +64,7 @@ def test_masks_are_kept_as_written_and_iscrowd_when_present(tmp_path: Path) -> N
         ({"size": [28, 28], "counts": "n08d00je"}, r"annotation 109: the RLE counts .* \(undecodable"),
         ("a mask", r"annotation 109: segmentation is neither polygons"),
     ],
+    ids=["odd polygon", "RLE size", "RLE counts", "RLE string", "not a mask"],
 )
 def test_malformed_masks_name_the_file_and_annotation(tmp_path: Path, segmentation, expected: str) -> None:
     annotations, image_root = build_lvis(tmp_path)
@@ -73,6 +74,27 @@ def test_malformed_masks_name_the_file_and_annotation(tmp_path: Path, segmentati
     annotations.write_text(json.dumps(payload))
     with pytest.raises(DataError, match=rf"lvis_v1_train\.json: {expected}"):
         ingest_coco(annotations=annotations, image_root=image_root)
+
+
+def test_null_masks_are_absent_and_an_rle_is_checked_against_the_known_size_only(tmp_path: Path) -> None:
+    annotations, image_root = build_lvis(tmp_path)
+    payload = json.loads(annotations.read_text())
+    payload["annotations"][0]["segmentation"] = None  # box-only data from some converters
+    payload["annotations"][1]["segmentation"] = {"size": [28, 27], "counts": [756]}
+    image = next(i for i in payload["images"] if i["id"] == payload["annotations"][1]["image_id"])
+    del image["width"]  # the image's width unknown: the RLE's size cannot be checked against it
+    annotations.write_text(json.dumps(payload))
+    masks = dict(
+        zip(
+            *(
+                ingest_coco(annotations=annotations, image_root=image_root).annotations[c].to_pylist()
+                for c in ("annotation_id", "segmentation")
+            ),
+            strict=True,
+        )
+    )
+    assert masks[payload["annotations"][0]["id"]] is None
+    assert json.loads(masks[payload["annotations"][1]["id"]])["size"] == [28, 27]
 
 
 def test_compressed_rle_runs_equal_pycocotools() -> None:

@@ -119,8 +119,8 @@ class HFDatasetExport:
 @dataclasses.dataclass(frozen=True)
 class CocoExport:
     """COCO / LVIS instances files for detector trainers: ``documents`` (file name -> its bytes:
-    the JSON files and the README) beside ``images`` (file name under ``images/`` -> where its bytes
-    are now), copied one at a time when written, so no image is held in memory."""
+    the JSON files) beside ``images`` (file name under ``images/`` -> where its bytes are now),
+    copied one at a time when written, so no image is held in memory."""
 
     documents: dict[str, bytes]
     images: dict[str, ImageRef] = dataclasses.field(default_factory=dict)
