@@ -69,9 +69,13 @@ def export_hf(
             f"the test split's classes {test.class_names()[:5]}... differ from train's {class_names[:5]}..."
         )
     vectors = {"train": embeddings, "test": test_embeddings}
+    # One `objects` layout for every split: a field any split's annotations have (masks) is in all.
+    annotation_columns = {name for data in splits.values() for name in data.annotations.column_names}
     exported = datasets.DatasetDict(
         {
-            name: _to_hf(split_data, name, resolved, class_names, embed_images, vectors[name])
+            name: _to_hf(
+                split_data, name, resolved, class_names, embed_images, vectors[name], annotation_columns
+            )
             for name, split_data in splits.items()
         }
     )
@@ -114,7 +118,10 @@ def _to_hf(
     class_names: list[str],
     embed_images: bool,
     embeddings: Embeddings | None,
+    annotation_columns: set[str],
 ) -> Any:
+    """One split as a ``datasets.Dataset``; ``annotation_columns``: those of every split's
+    annotations, which decide the ``objects`` fields."""
     import datasets
 
     # Synthetic feature rows have no image file; their vector is the `embedding` (or `feature`).
@@ -169,7 +176,7 @@ def _to_hf(
         object_features = {
             name: feature
             for name, feature in object_features.items()
-            if _OBJECT_COLUMNS[name] in data.annotations.column_names
+            if _OBJECT_COLUMNS[name] in annotation_columns
         }
         columns["objects"] = _objects(data, images["image_id"].to_pylist(), label_of, list(object_features))
         features["objects"] = datasets.List(object_features)
@@ -200,8 +207,9 @@ def _objects(
     data: LabeledDataset, image_ids: list[int], label_of: dict[int, int], fields: list[str]
 ) -> list[list[dict[str, Any]]]:
     grouped: dict[int, list[dict[str, Any]]] = {image_id: [] for image_id in image_ids}
-    for row in data.annotations.select(["image_id", *(_OBJECT_COLUMNS[f] for f in fields)]).to_pylist():
-        obj = {field: row[_OBJECT_COLUMNS[field]] for field in fields}
+    present = [f for f in fields if _OBJECT_COLUMNS[f] in data.annotations.column_names]
+    for row in data.annotations.select(["image_id", *(_OBJECT_COLUMNS[f] for f in present)]).to_pylist():
+        obj = {field: row.get(_OBJECT_COLUMNS[field]) for field in fields}
         obj["category"] = label_of[obj["category"]]
         grouped[row["image_id"]].append(obj)
     return [grouped[image_id] for image_id in image_ids]

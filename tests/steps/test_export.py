@@ -59,6 +59,15 @@ def test_detection_export_groups_objects(tmp_path: Path) -> None:
     exported = {o["id"]: json.loads(o["segmentation"]) for row in train for o in row["objects"]}
     assert exported == {i: mask_of(i - 100) for i in range(100, 110)}
     assert "iscrowd" not in train.features["objects"].feature  # LVIS has no crowd flag
+    # A test split without masks still gets the same `objects` layout, its masks null.
+    payload = json.loads(annotations.read_text())
+    for annotation in payload["annotations"]:
+        del annotation["segmentation"]
+    (tmp_path / "boxes_only.json").write_text(json.dumps(payload))
+    test = ingest_coco(annotations=tmp_path / "boxes_only.json", image_root=root, split="test")
+    both = export_hf(dataset, test=test, embed_images=False).dataset
+    assert both["test"].features == both["train"].features
+    assert {o["segmentation"] for row in both["test"] for o in row["objects"]} == {None}
     assert Path(train.cast_column("image", datasets.Image(decode=False))[0]["image"]["path"]).is_file()
     assert first["neg_category_ids"] == [3]
 
