@@ -6,6 +6,7 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import PositiveInt, confloat
 
 from rebalance import index as vector_index
@@ -209,7 +210,19 @@ def _queries(
 
 def _pool_positions(pool: LabeledDataset, index: VectorIndex) -> np.ndarray:
     """For each index row, the pool row holding that image id."""
-    found, missing = positions_of(pool.images["image_id"].to_numpy(), index.ids)
+    pool_ids, rows = pool.images["image_id"], pool.num_rows
+    if rows and pc.min(pool_ids).as_py() == 0 and pc.max(pool_ids).as_py() == rows - 1:
+        # Ids sorted and unique (the dataset's invariant) from 0 to n - 1 are the row numbers, as
+        # the pool ingests number them: an index id is its pool row, and the index's ids (memory-
+        # mapped, 8 bytes a pool image) are neither copied nor sorted.
+        low, high = (int(np.min(index.ids)), int(np.max(index.ids))) if len(index.ids) else (0, 0)
+        if low < 0 or high >= rows:
+            raise DataError(
+                f"the index holds ids {low}..{high}, the pool's are 0..{rows - 1}: some indexed ids "
+                "are not in the pool; index the same pool"
+            )
+        return index.ids
+    found, missing = positions_of(pool_ids.to_numpy(), index.ids)
     if len(missing):
         raise DataError(
             f"{len(missing)} indexed id(s) are not in the pool (first: {missing[:5].tolist()}); index the same pool"

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,23 @@ def test_tail_only_retrieves_for_the_concept_tail(scene) -> None:
         dataset, pool, build_index(pool_embeddings), embeddings, frequency, tail_only=True, target=7
     )
     assert class_counts(result)[0].tolist() == [9, 7, 1]
+
+
+def test_index_ids_are_pool_rows_when_the_pool_numbers_its_images_so(scene) -> None:
+    """Pool ids 0..n-1 are looked up as rows (no sort of the index's ids); any other numbering goes
+    through the general lookup and retrieves the same images; ids outside the pool are an error."""
+    dataset, embeddings, pool, pool_embeddings = scene
+    by_row = retrieve(dataset, pool, build_index(pool_embeddings), embeddings)
+    shifted = pool.images["image_id"].to_numpy() + 100
+    shifted_pool = dataclasses.replace(pool, images=pool.images.set_column(0, "image_id", pa.array(shifted)))
+    shifted_index = build_index(Embeddings(shifted, pool_embeddings.vectors, "test-encoder"))
+    looked_up = retrieve(dataset, shifted_pool, shifted_index, embeddings)
+    assert looked_up.images["pool_file_name"].to_pylist() == by_row.images["pool_file_name"].to_pylist()
+    assert len(by_row.images) > dataset.num_rows
+    vectors = np.asarray(pool_embeddings.vectors)
+    larger = Embeddings(np.arange(len(vectors) + 5), np.concatenate([vectors, vectors[:5]]), "test-encoder")
+    with pytest.raises(DataError, match=r"the index holds ids 0\.\.44, the pool's are 0\.\.39"):
+        retrieve(dataset, pool, build_index(larger), embeddings)
 
 
 def test_mismatched_encoders_and_bad_vectors_are_clear_errors(scene) -> None:
