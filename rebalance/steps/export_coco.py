@@ -19,8 +19,11 @@ from rebalance.io.references import ImageRef, open_image
 
 Format = Literal["lvis", "coco"]
 
-# Image columns that are the entry's own COCO / LVIS keys, or too large for a JSON entry.
-_NOT_PROVENANCE = {*IMAGES_SCHEMA.names, "coco_url", "repeat_factor", "feature", *LVIS_IMAGE_LISTS}
+# Image columns that are the entry's own COCO / LVIS keys, or too large for a JSON entry; the rest,
+# `source` first, say where the row comes from.
+_NOT_PROVENANCE = {*IMAGES_SCHEMA.names, "coco_url", "repeat_factor", "feature", *LVIS_IMAGE_LISTS} - {
+    "source"
+}
 _LVIS_FREQUENCY = {"rare": "r", "common": "c", "frequent": "f"}
 _EXIF_ORIENTATION = 0x0112
 
@@ -63,9 +66,8 @@ def export_coco(
     """
     categories = dataset.categories
     annotations = dataset.annotations
-    images = dataset.images.drop_columns(
-        [c for c in ("feature",) if c in dataset.images.column_names]
-    ).to_pylist()
+    images = dataset.images
+    images = (images.drop_columns(["feature"]) if "feature" in images.column_names else images).to_pylist()
     boxed = pc.is_valid(annotations["bbox"]).to_numpy(zero_copy_only=False)
     boxes = annotations.filter(pa.array(boxed))
     labels = annotations.filter(pa.array(~boxed))
@@ -94,8 +96,8 @@ def export_coco(
             if copy_images:
                 ref = dataset.image_ref(row["file_name"])
                 extension, (entry["width"], entry["height"]) = _format_and_size(row, ref)
-                entry["file_name"] = f"images/{row['image_id']:012d}.{extension}"
-                copies[entry["file_name"].removeprefix("images/")] = ref
+                copied = f"{row['image_id']:012d}.{extension}"
+                entry["file_name"], copies[copied] = f"images/{copied}", ref
                 entry.pop("coco_url", None)
             label_images.append(entry)
 
@@ -152,7 +154,7 @@ def _image_entry(row: dict[str, Any], format: Format) -> dict[str, Any]:
     entry["repeat_factor"] = 1.0 if factor is None else float(factor)
     entry["rebalance"] = {
         name: value for name, value in row.items() if name not in _NOT_PROVENANCE and value is not None
-    } | {"source": row["source"]}
+    }
     return entry
 
 
