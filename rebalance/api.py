@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import os
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rebalance.core.cache import Cache, CacheEntry
-from rebalance.core.config import PipelineConfig, load_pipeline
+import pydantic
+
+from rebalance.core.cache import Cache, CacheEntry, EntryCheck
+from rebalance.core.config import PipelineConfig, did_you_mean, load_pipeline
 from rebalance.core.progress import Reporter
 from rebalance.core.registry import StepSpec, all_steps
-from rebalance.core.runner import RunResult, StepPlan, plan_pipeline, run_pipeline
+from rebalance.core.runner import RunResult, StepPlan, keep_outputs, plan_pipeline, run_pipeline
+from rebalance.errors import ConfigError, ConfigIssue
+from rebalance.train.choices import HeadConfig
 
 __all__ = [
     "cache_clear",
     "cache_entries",
+    "cache_keep",
+    "cache_verify",
     "compare",
     "plan",
     "report_figures",
@@ -58,9 +65,25 @@ def cache_entries(cache_dir: str | os.PathLike[str]) -> list[CacheEntry]:
     return Cache(Path(cache_dir)).entries()
 
 
-def cache_clear(cache_dir: str | os.PathLike[str], step: str | None = None) -> int:
-    """Remove cached entries (all, or one step's); returns how many were removed."""
-    return Cache(Path(cache_dir)).clear(step)
+def cache_clear(
+    cache_dir: str | os.PathLike[str], step: str | None = None, entries: Sequence[str] = ()
+) -> int:
+    """Remove cached entries (all, one step's, or the ``step/key`` entries named); returns how many
+    were removed."""
+    return Cache(Path(cache_dir)).clear(step, tuple(entries))
+
+
+def cache_verify(cache_dir: str | os.PathLike[str]) -> list[EntryCheck]:
+    """Re-hash every cache entry against the digests recorded when it was written."""
+    return Cache(Path(cache_dir)).verify()
+
+
+def cache_keep(
+    pipeline: str | os.PathLike[str], steps: Sequence[str], overrides: Sequence[str] = ()
+) -> list[StepPlan]:
+    """Keep the previous run's outputs of ``steps`` although their code changed (see
+    ``rebalance.core.runner.keep_outputs``); returns the plans of the steps kept."""
+    return keep_outputs(load_pipeline(pipeline, overrides), list(steps))
 
 
 def train(
@@ -77,15 +100,45 @@ def train(
     ``zero_shot`` names the CLIP encoder that made the export's ``embedding`` column (e.g.
     ``open_clip:ViT-B-32@laion2b_s34b_b79k``): the linear probe starts from its zero-shot classifier.
     """
+    config = training_options(options)
     from rebalance.train.hf import train_on_export
-    from rebalance.train.trainer import HeadConfig
 
     return train_on_export(
         Path(dataset),
-        HeadConfig(**options),
+        config,
         checkpoint=Path(checkpoint) if checkpoint else None,
         zero_shot_encoder=zero_shot,
     )
+
+
+def training_options(options: dict[str, Any]) -> HeadConfig:
+    """``rebalance train``'s options as a validated ``HeadConfig``; every bad one is a
+    ``ConfigError`` naming its flag, with the allowed values and a did-you-mean."""
+    try:
+        return HeadConfig(**options)
+    except pydantic.ValidationError as error:
+        fields = HeadConfig.__pydantic_fields__
+        issues = []
+        for detail in error.errors():
+            name = str(detail["loc"][0]) if detail["loc"] else ""
+            flag = f"--{name.replace('_', '-')}"
+            if name not in fields:
+                allowed = [f"--{field.replace('_', '-')}" for field in fields]
+                issues.append(
+                    ConfigIssue("rebalance train", flag, "unknown option", did_you_mean(flag, allowed))
+                )
+                continue
+            choices = typing.get_args(fields[name].annotation)
+            if typing.get_origin(fields[name].annotation) is typing.Literal:
+                hint = did_you_mean(str(detail["input"]), [str(choice) for choice in choices])
+                issues.append(
+                    ConfigIssue("rebalance train", flag, f"unknown value {detail['input']!r}", hint)
+                )
+            else:
+                issues.append(
+                    ConfigIssue("rebalance train", flag, f"{detail['msg']}, got {detail['input']!r}")
+                )
+        raise ConfigError(issues, "the options of rebalance train") from None
 
 
 def compare(

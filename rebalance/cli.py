@@ -100,7 +100,7 @@ def steps() -> None:
         flags = " [dim](sharded)[/dim]" if spec.shardable else ""
         bypass = f", bypassed by {spec.bypass}" if spec.bypass else ""
         out.print(
-            f"[bold]{name}[/bold] v{spec.version}{flags} [dim]({spec.role}{bypass})[/dim] "
+            f"[bold]{name}[/bold]{f' v{spec.version}' if spec.version != 1 else ''}{flags} [dim]({spec.role}{bypass})[/dim] "
             f"-> {spec.output_type.__name__}: {spec.summary}"
         )
         for spec_input in spec.inputs:
@@ -232,10 +232,58 @@ def cache_ls(cache_dir: CacheDir = "cache") -> None:
 def cache_clear(
     cache_dir: CacheDir = "cache",
     step: Annotated[str | None, typer.Option(help="Only this step's entries.")] = None,
+    entry: Annotated[
+        list[str] | None,
+        typer.Option(help="Only this entry, STEP/KEY as `cache verify` lists it; repeatable."),
+    ] = None,
 ) -> None:
-    """Remove cache entries (all, or one step's)."""
-    removed = api.cache_clear(cache_dir, step)
+    """Remove cache entries (all, one step's, or the entries named)."""
+    removed = api.cache_clear(cache_dir, step, entry or [])
     out.print(f"removed {removed} cache entr{'y' if removed == 1 else 'ies'}")
+
+
+@cache_app.command("verify")
+@user_errors
+def cache_verify(cache_dir: CacheDir = "cache") -> None:
+    """Re-hash every entry against the digests recorded when it was written; list the corrupt and
+    partial ones with the command that drops them. Exits 1 when an entry is corrupt."""
+    checks = api.cache_verify(cache_dir)
+    bad = [check for check in checks if check.state in ("corrupt", "partial")]
+    counts = {
+        state: sum(c.state == state for c in checks) for state in ("ok", "corrupt", "partial", "unverified")
+    }
+    out.print(", ".join(f"{n} {state}" for state, n in counts.items()) + f" in {os.path.abspath(cache_dir)}")
+    for check in checks:
+        if check.state != "ok":
+            out.print(
+                f"{check.state:<10} {check.entry.step}/{check.entry.key}: {'; '.join(check.problems)}",
+                highlight=False,
+            )
+    if bad:
+        drop = " ".join(f"--entry {c.entry.step}/{c.entry.key}" for c in bad)
+        out.print(
+            f"drop them with: rebalance cache clear --cache-dir {cache_dir} {drop}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if counts["corrupt"]:
+        raise typer.Exit(1)
+
+
+@cache_app.command("keep")
+@user_errors
+def cache_keep(
+    pipeline: Pipeline,
+    steps_and_overrides: Annotated[
+        list[str], typer.Argument(help="Step ids to keep, then any key.path=value overrides of the run.")
+    ],
+) -> None:
+    """Keep the previous run's outputs of these steps although their code changed (a change you know
+    leaves the output as it was); their downstream steps stay cached too."""
+    step_ids = [word for word in steps_and_overrides if "=" not in word]
+    overrides = [word for word in steps_and_overrides if "=" in word]
+    for plan in api.cache_keep(pipeline, step_ids, overrides):
+        out.print(f"kept {plan.step.id} ({plan.step.spec.name}): {plan.reason}", highlight=False)
 
 
 def _size(num_bytes: int) -> str:

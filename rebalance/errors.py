@@ -37,10 +37,10 @@ class ConfigError(RebalanceError):
 
     exit_code = 2
 
-    def __init__(self, issues: list[ConfigIssue]):
+    def __init__(self, issues: list[ConfigIssue], subject: str = "the pipeline config"):
         self.issues = list(issues)
         count = len(self.issues)
-        lines = [f"{count} problem{'s' if count != 1 else ''} in the pipeline config:"]
+        lines = [f"{count} problem{'s' if count != 1 else ''} in {subject}:"]
         lines += [f"  - {issue}" for issue in self.issues]
         super().__init__("\n".join(lines))
 

@@ -48,7 +48,28 @@ def test_validate_and_steps_listing() -> None:
     for name in ("ingest_image_folder", "ingest_coco", "verify_images", "class_stats", "export_hf"):
         assert name in listing
     assert "extensions: tuple[str, ...]" in listing and "on_error: 'drop' | 'fail' = 'drop'" in listing
-    assert "retrieve v1 (adds_rows, bypassed by dataset)" in " ".join(listing.split())
+    assert "retrieve (adds_rows, bypassed by dataset)" in " ".join(listing.split())
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (
+            ["--sampler", "repeat-factor"],
+            "--sampler: unknown value 'repeat-factor' (did you mean 'repeat_factor'?",
+        ),
+        (["--loss", "ldam"], "--loss: unknown value 'ldam' (did you mean 'ldam_drw'?"),
+        (["--epochs", "0"], "--epochs: Input should be greater than 0, got 0"),
+        (["--device", "mps"], "--device: unknown value 'mps' (allowed: auto, cpu, cuda)"),
+    ],
+)
+def test_train_options_are_validated_before_anything_is_read(
+    tmp_path: Path, flags: list[str], expected: str
+) -> None:
+    result = invoke("train", str(tmp_path / "nowhere"), *flags)
+    assert result.exit_code == 2, result.output
+    assert "problem in the options of rebalance train" in result.output and expected in result.output
+    assert "Traceback" not in result.output
 
 
 def test_train_on_an_exported_run(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import graphlib
 
+from rebalance.core.fingerprint import imported_names
 from tests.conftest import REPO
 
 PACKAGE = REPO / "rebalance"
@@ -23,25 +24,7 @@ def import_graph() -> dict[str, set[str]]:
     }
     named_by: dict[str, set[str]] = {}
     for module, path in modules.items():
-        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-        named: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                named.update(alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    parts = package.split(".")
-                    base = ".".join([*parts[: len(parts) - node.level + 1], base]).strip(".")
-                named.add(base)
-                named.update(f"{base}.{alias.name}" for alias in node.names)
-            elif (
-                isinstance(node, ast.Call)
-                and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
-                and node.args
-                and isinstance(node.args[0], ast.Constant)
-            ):
-                named.add(str(node.args[0].value))  # importlib.import_module("rebalance....")
+        named = imported_names(ast.parse(path.read_text()), module, path.name == "__init__.py")
         named_by[module] = {name for name in named if name in modules and name != module}
 
     def gathers_only_its_own(package: str) -> bool:

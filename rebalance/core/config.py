@@ -90,6 +90,7 @@ class PipelineConfig:
     executor: ExecutorConfig
     steps: dict[str, StepConfig]  # in topological order
     source: Path
+    overrides: tuple[str, ...] = ()  # as given on the command line: the resume hint repeats them
 
     def consumers(self, step_id: str) -> list[str]:
         return [s.id for s in self.steps.values() if step_id in s.inputs.values()]
@@ -305,6 +306,7 @@ def load_pipeline(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -
         executor=executor,
         steps=_with_lineage(ordered, seed),
         source=pipeline_path.resolve(),
+        overrides=tuple(overrides),
     )
 
 

@@ -144,7 +144,10 @@ def step(
 
     Args:
         name: the name pipeline YAML files use (``step: <name>``).
-        version: bump when the step's output changes for the same inputs; it keys the cache.
+        version: an explicit override, rarely needed: the cache key already holds a fingerprint of
+            the step's code and of the modules it imports (``rebalance.core.fingerprint``); bump it
+            when the output changes for a reason that code cannot show (a data file the step reads
+            from its own package, say).
         shardable: the step is row-wise over its first input and may run per shard in parallel.
         role: what the step does to the data (``Role``).
         bypass: the input that stands in for the step's output when an ablation switches the step

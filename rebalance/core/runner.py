@@ -1,9 +1,11 @@
 """The runner: plans a pipeline, runs what is not cached, writes the manifest.
 
-Cache key of a step = sha256(step name, step version, validated params, content hashes of its
-input paths, cache keys of its upstream steps). A rerun with nothing changed executes no step; a
-change re-runs exactly the steps downstream of it. Sharded steps keep every finished shard, so a
-killed run redoes only unfinished shards.
+Cache key of a step = sha256(step name, its optional version override, the fingerprint of its code
+(``rebalance.core.fingerprint``), validated params, content hashes of its input paths, cache keys of
+its upstream steps). A rerun with nothing changed executes no step; a change re-runs exactly the
+steps downstream of it. Sharded steps keep every finished shard, so a killed run redoes only
+unfinished shards. A key that ``rebalance cache keep`` pinned to an earlier entry is served that
+entry, and its downstream keys are those of the kept entry.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import shutil
 import time
 import traceback
@@ -25,6 +28,7 @@ from rebalance.core.artifacts import Artifact
 from rebalance.core.cache import MARKER, Cache, read_marker, write_concatenated, write_entry
 from rebalance.core.config import LINEAGE_PARAM, PipelineConfig, StepConfig
 from rebalance.core.executors import Executor, make_executor
+from rebalance.core.fingerprint import CodeFingerprinter
 from rebalance.core.fs import atomic_dir, remove_stale_temps, write_json_atomic
 from rebalance.core.hashing import ContentHasher, stable_hash
 from rebalance.core.progress import Reporter, SilentReporter
@@ -45,15 +49,27 @@ _VERSIONED_PACKAGES = (
 )
 
 
+# One per process: a file is parsed again only when its size or mtime changed, so the many runs
+# of `rebalance compare` share the work.
+_FINGERPRINTS = CodeFingerprinter()
+
+
 @dataclasses.dataclass(frozen=True)
 class StepPlan:
-    """What the runner will do for one step, and why."""
+    """What the runner will do for one step, and why.
+
+    ``key`` names the cache entry the step reads or writes. ``kept`` is set when ``rebalance cache
+    keep`` pinned this step's current key (``kept["code_key"]``) to that earlier entry.
+    """
 
     step: StepConfig
     key: str
     components: dict[str, Any]
     cached: bool
     reason: str
+    kept: dict[str, Any] | None = None
+    # The code files whose change makes this step (or a step upstream of it) run; for the reason.
+    code_changed: tuple[str, ...] = ()
 
 
 def plan_pipeline(config: PipelineConfig, previous_manifest: dict[str, Any] | None = None) -> list[StepPlan]:
@@ -66,12 +82,13 @@ def plan_pipeline(config: PipelineConfig, previous_manifest: dict[str, Any] | No
         previous_manifest = _read_manifest(config.output_dir)
     previous = {s["id"]: s for s in previous_manifest.get("steps", [])}
     keys: dict[str, str] = {}
-    plans = []
+    plans: dict[str, StepPlan] = {}
     with ContentHasher(config.cache_dir / ".hashes.sqlite") as hasher:
         for step in config.steps.values():
             components = {
                 "step": step.spec.name,
                 "version": step.spec.version,
+                "code": _FINGERPRINTS.fingerprint(step.spec.fn.__module__),
                 "params": json.loads(json.dumps(step.params, default=str, sort_keys=True)),
                 "files": {
                     p.name: hasher.hash_path(Path(step.params[p.name]))
@@ -82,31 +99,96 @@ def plan_pipeline(config: PipelineConfig, previous_manifest: dict[str, Any] | No
                 "inputs": {name: keys[upstream] for name, upstream in step.inputs.items()},
             }
             key = stable_hash(components)[:20]
+            kept = cache.kept(step.spec.name, key)
+            if kept is not None:
+                kept = {"code_key": key, **kept}
+                key = kept["key"]
             keys[step.id] = key
             complete = cache.has(step.spec.name, key)
             # A complete entry whose rows point at images in a cleared entry is recomputed, not served.
             cleared = cache.cleared_sources(step.spec.name, key) if complete else []
             cached = complete and not cleared
-            reason = (
-                "cached"
-                if cached
-                else "reads images of a cleared cache entry: "
-                + ", ".join("/".join(Path(c).parts[-2:]) for c in cleared)
-                if cleared
-                else _why_changed(components, previous.get(step.id), config)
+            code_changed: tuple[str, ...] = ()
+            if kept is not None and cached:
+                reason = "kept by `rebalance cache keep` (code changed: " + _files(kept["code_changed"]) + ")"
+            elif cached:
+                reason = "cached"
+            elif cleared:
+                reason = "reads images of a cleared cache entry: " + ", ".join(
+                    "/".join(Path(c).parts[-2:]) for c in cleared
+                )
+            else:
+                reason, code_changed = _why_changed(components, previous.get(step.id), config, plans)
+            plans[step.id] = StepPlan(step, key, components, cached, reason, kept, code_changed)
+    return list(plans.values())
+
+
+def keep_outputs(config: PipelineConfig, step_ids: list[str]) -> list[StepPlan]:
+    """Serve each step's output of the previous run although the step's code changed since.
+
+    For a change its author knows leaves the output as it was (a refactor, a faster kernel) on a
+    step too expensive to rerun. Only a step whose code alone changed can be kept: its parameters,
+    input files and inputs must be those of the previous run recorded in ``manifest.json``, so a
+    step downstream of a changed one is kept only after it (list both). Downstream steps then see
+    the kept entry's key and stay cached. The manifest of the next run records each keep.
+    """
+    unknown = [step_id for step_id in step_ids if step_id not in config.steps]
+    if unknown:
+        raise RebalanceError(
+            f"no step {unknown[0]!r} in {config.source}: steps are {', '.join(config.steps)}"
+        )
+    previous = {s["id"]: s for s in _read_manifest(config.output_dir).get("steps", [])}
+    cache = Cache(config.cache_dir)
+    kept = []
+    for step_id in [s for s in config.steps if s in step_ids]:
+        # Planned again after each keep: a kept upstream gives its consumers their earlier inputs.
+        plan = next(p for p in plan_pipeline(config) if p.step.id == step_id)
+        if plan.cached:
+            raise RebalanceError(f"step {step_id!r} is {plan.reason}: there is nothing to keep")
+        before = previous.get(step_id)
+        if before is None or not cache.has(plan.step.spec.name, before["key"]):
+            raise RebalanceError(
+                f"step {step_id!r}: no earlier output to keep ({config.output_dir / MANIFEST} records "
+                "none, or its cache entry was cleared)"
             )
-            plans.append(StepPlan(step, key, components, cached, reason))
-    return plans
+        then, now = before["components"], plan.components
+        changed = code_changes(now["code"], then.get("code", {}))
+        if not changed or any(
+            now[part] != then.get(part) for part in ("step", "version", "params", "files", "inputs")
+        ):
+            raise RebalanceError(
+                f"step {step_id!r} would run because {plan.reason}: `rebalance cache keep` keeps an output "
+                "only when the step's own code is all that changed (keep the upstream steps first)"
+            )
+        cache.keep(plan.step.spec.name, plan.key, {"key": before["key"], "code_changed": changed})
+        kept.append(plan)
+    return kept
 
 
-def _why_changed(now: dict[str, Any], before: dict[str, Any] | None, config: PipelineConfig) -> str:
+def _files(paths: list[str] | tuple[str, ...], most: int = 3) -> str:
+    shown = ", ".join(paths[:most])
+    return shown + (f" and {len(paths) - most} more" if len(paths) > most else "")
+
+
+def code_changes(now: dict[str, str], then: dict[str, str]) -> list[str]:
+    """The files of two code fingerprints that differ, were added or are gone, sorted."""
+    return sorted(path for path in now.keys() | then.keys() if now.get(path) != then.get(path))
+
+
+def _why_changed(
+    now: dict[str, Any], before: dict[str, Any] | None, config: PipelineConfig, plans: dict[str, StepPlan]
+) -> tuple[str, tuple[str, ...]]:
+    """Why a step is not cached, and the code files behind it when a code change is the cause."""
     if before is None:
-        return "new"
+        return "new", ()
     then = before["components"]
     if then["step"] != now["step"]:
-        return f"step changed ({then['step']} -> {now['step']})"
+        return f"step changed ({then['step']} -> {now['step']})", ()
     if then["version"] != now["version"]:
-        return f"step version changed ({then['version']} -> {now['version']})"
+        return f"step version changed ({then['version']} -> {now['version']})", ()
+    changed_code = code_changes(now["code"], then.get("code", {}))
+    if changed_code:
+        return "code changed: " + _files(changed_code), tuple(changed_code)
     # lineage is derived from upstream configs: a change there is reported as an upstream change.
     changed = sorted(
         k
@@ -114,14 +196,19 @@ def _why_changed(now: dict[str, Any], before: dict[str, Any] | None, config: Pip
         if k != LINEAGE_PARAM and now["params"].get(k) != then["params"].get(k)
     )
     if changed:
-        return "changed parameter: " + ", ".join(changed)
+        return "changed parameter: " + ", ".join(changed), ()
     files = sorted(k for k in now["files"] if now["files"][k] != then["files"].get(k))
     if files:
-        return "changed input file: " + ", ".join(files)
+        return "changed input file: " + ", ".join(files), ()
     upstream = sorted(k for k in now["inputs"] if now["inputs"][k] != then["inputs"].get(k))
     if upstream:
-        return "upstream changed: " + ", ".join(config.steps[before["id"]].inputs[k] for k in upstream)
-    return "not in cache"
+        ids = [config.steps[before["id"]].inputs[k] for k in upstream]
+        causes = [plans[i].code_changed for i in ids]
+        if all(causes):  # every changed input changed because code did: say which
+            code = tuple(sorted({path for cause in causes for path in cause}))
+            return f"upstream changed: {', '.join(ids)} (code changed: {_files(code)})", code
+        return "upstream changed: " + ", ".join(ids), ()
+    return "not in cache", ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,6 +321,8 @@ def _run_step(
         "components": plan.components,
         "rows_in": rows_in,
     }
+    if plan.kept is not None:
+        record["kept"] = plan.kept
     started = time.perf_counter()
     shards = {"total": 0, "reused": 0}
     if plan.cached:
@@ -359,7 +448,21 @@ def _publish(
 
 
 def _resume_hint(config: PipelineConfig) -> str:
-    return f"Finished steps are cached: fix the cause and rerun `rebalance run {config.source}` to resume."
+    return f"Finished steps are cached: fix the cause and rerun `{run_command(config)}` to resume."
+
+
+def run_command(config: PipelineConfig) -> str:
+    """The command line that runs ``config`` again: its file, its overrides and its scheduler."""
+    overrides = list(config.overrides)
+    words = ["rebalance", "run", str(config.source)]
+    scheduler = next((o for o in overrides if o.startswith("executor.scheduler=")), None)
+    if scheduler is not None and "executor.kind=dask" in overrides:
+        overrides.remove(scheduler)
+        overrides.remove("executor.kind=dask")
+    words += overrides
+    if scheduler is not None and scheduler not in overrides:
+        words += ["--scheduler", scheduler.partition("=")[2]]
+    return shlex.join(words)
 
 
 def _read_manifest(output_dir: Path) -> dict[str, Any]:

@@ -34,7 +34,7 @@ def thinnable_images(
     return (lengths > 0) & (outside == 0)
 
 
-@step("semdedup", version=2, role="removes_rows", bypass="dataset")
+@step("semdedup", role="removes_rows", bypass="dataset")
 def semdedup_step(
     dataset: LabeledDataset,
     embeddings: Embeddings,
@@ -81,7 +81,7 @@ def semdedup_step(
     return dataset.drop(drop, "semdedup", reasons)
 
 
-@step("entity_thinning", version=3, role="removes_rows", bypass="dataset")
+@step("entity_thinning", role="removes_rows", bypass="dataset")
 def entity_thinning(
     dataset: LabeledDataset,
     statistics: EntityStatistics | None = None,

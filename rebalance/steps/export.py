@@ -32,7 +32,7 @@ from rebalance.io.references import in_container
 Task = Literal["auto", "classification", "detection"]
 
 
-@step("export_hf", version=8, role="exports")
+@step("export_hf", role="exports")
 def export_hf(
     dataset: LabeledDataset,
     original: LabeledDataset | None = None,

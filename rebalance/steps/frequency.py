@@ -27,7 +27,7 @@ from rebalance.text.inflection import surface_forms
 from rebalance.text.normalize import readable
 
 
-@step("mine_synonyms", version=2, role="describes")
+@step("mine_synonyms", role="describes")
 def mine_synonyms(
     dataset: LabeledDataset,
     *,
@@ -122,7 +122,7 @@ def caption_corpus(*, captions: InputPath, column: str = "caption") -> CaptionCo
     return CaptionCorpus(pa.table(columns, schema=schema), column)
 
 
-@step("count_captions", version=2, shardable=True, role="describes")
+@step("count_captions", shardable=True, role="describes")
 def count_captions(
     corpus: CaptionCorpus,
     synonyms: Synonyms,
@@ -144,7 +144,7 @@ def count_captions(
     return _count(synonyms, captions(), per_caption)
 
 
-@step("concept_frequency", version=2, role="describes")
+@step("concept_frequency", role="describes")
 def concept_frequency(
     synonyms: Synonyms,
     counts: ConceptCounts | None = None,
@@ -241,7 +241,7 @@ def with_tail(
     return ConceptFrequency(table, summary, plot(names, counts, tail))
 
 
-@step("llm_filter", version=2, role="describes")
+@step("llm_filter", role="describes")
 def llm_filter(
     frequency: ConceptFrequency,
     synonyms: Synonyms,

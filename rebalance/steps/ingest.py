@@ -21,7 +21,7 @@ from rebalance.io.tables import read_side_table
 from rebalance.io.webdataset import IMAGE_SUFFIXES, scan_webdataset
 
 
-@step("ingest_image_folder", version=2, role="reads")
+@step("ingest_image_folder", role="reads")
 def ingest_image_folder(
     *,
     root: InputPath,
@@ -62,7 +62,7 @@ def ingest_image_folder(
     )
 
 
-@step("ingest_coco", version=3, role="reads")
+@step("ingest_coco", role="reads")
 def ingest_coco(
     *,
     annotations: InputPath,

@@ -8,7 +8,7 @@ from rebalance.core.artifacts import ConceptFrequency, LabeledDataset, Report, T
 from rebalance.core.registry import step
 
 
-@step("report", version=2, role="reports")
+@step("report", role="reports")
 def report(
     original: LabeledDataset,
     final: LabeledDataset,

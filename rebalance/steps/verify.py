@@ -14,7 +14,7 @@ from rebalance.errors import DataError
 from rebalance.io.images import probe_image
 
 
-@step("verify_images", version=2, shardable=True, role="checks")
+@step("verify_images", shardable=True, role="checks")
 def verify_images(dataset: LabeledDataset, *, on_error: Literal["drop", "fail"] = "drop") -> LabeledDataset:
     """Decode every image, fill width/height, and drop (or fail on) missing or corrupt files.
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import pickle
 import warnings
@@ -14,30 +13,10 @@ from torch import nn
 
 from rebalance.core.fs import write_bytes_atomic
 from rebalance.errors import RebalanceError
-from rebalance.models.device import Device, resolve_device
+from rebalance.models.device import resolve_device
 from rebalance.sampling import class_balanced_factors, epoch_indices
-from rebalance.train.choices import BALANCED_LOSSES, LossName, SamplerName
+from rebalance.train.choices import BALANCED_LOSSES, HeadConfig
 from rebalance.train.losses import Loss, make_loss, tau_normalise
-
-
-@dataclasses.dataclass(frozen=True)
-class HeadConfig:
-    """How to train: loss and its options, sampler, architecture (hidden = 0 is a linear probe)."""
-
-    loss: LossName = "ce"
-    sampler: SamplerName = "uniform"
-    hidden: int = 0
-    epochs: int = 30
-    batch_size: int = 256
-    lr: float = 0.01
-    weight_decay: float = 1e-4
-    tau: float = 1.0
-    beta: float = 0.9999
-    gamma: float = 2.0
-    tau_norm: float | None = None
-    crt_epochs: int = 0
-    device: Device = "auto"
-    seed: int = 0
 
 
 class Head(nn.Module):

@@ -10,7 +10,8 @@ def install_plugin(
     site: Path, distribution: str, modules: dict[str, str], sources: dict[str, str] | None = None
 ) -> Path:
     """Write ``distribution``'s metadata into ``site`` with an entry point per ``name: module``, and
-    each ``module: source`` in ``sources`` as a module file; returns ``site`` (put it on the path)."""
+    each ``module: source`` in ``sources`` as a module file (``package.module`` as a file of the
+    package's folder); returns ``site`` (put it on the path)."""
     # As pip names it: the name's dashes escaped, or the folder would read as another distribution.
     dist_info = site / f"{distribution.replace('-', '_')}-0.1.dist-info"
     dist_info.mkdir(parents=True, exist_ok=True)
@@ -19,5 +20,7 @@ def install_plugin(
         "[rebalance.steps]\n" + "".join(f"{name} = {module}\n" for name, module in modules.items())
     )
     for module, source in (sources or {}).items():
-        (site / f"{module}.py").write_text(source)
+        path = site.joinpath(*module.split(".")).with_suffix(".py")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(source)
     return site

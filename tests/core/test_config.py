@@ -3,10 +3,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from rebalance.core.config import load_pipeline
 from rebalance.errors import ConfigError
-from tests.conftest import TINY, TINY_STEPS
+from tests.conftest import REPO, TINY, TINY_STEPS
 
 
 def write(tmp_path: Path, text: str, name: str = "pipeline.yaml") -> Path:
@@ -164,9 +165,22 @@ def test_extends_loop_is_an_error(tmp_path: Path) -> None:
 
 def test_shipped_pipelines_are_valid() -> None:
     # lvis.yaml needs the user's data paths: tests/test_lvis_pipeline.py runs it with overrides.
-    for pipeline in sorted((TINY.parent).glob("*.yaml")):
-        if pipeline.name != "lvis.yaml":
-            assert load_pipeline(pipeline).steps
+    shipped = sorted(p for p in TINY.parent.glob("*.yaml") if p.name != "lvis.yaml")
+    assert [p.name for p in shipped] == ["demo.yaml", "demo_full.yaml", "tiny.yaml"]
+    for pipeline in shipped:
+        config = load_pipeline(pipeline)
+        # Every step its files declare (through extends), each after the steps it reads.
+        declared = set(yaml.safe_load(pipeline.read_text())["steps"])
+        assert declared <= set(config.steps), pipeline
+        order = list(config.steps)
+        for position, step in enumerate(config.steps.values()):
+            assert all(order.index(upstream) < position for upstream in step.inputs.values()), step.id
+        # Every file a step reads ships with the repository, resolved from the YAML's folder.
+        for step in config.steps.values():
+            for param in step.spec.params:
+                value = step.params[param.name]
+                if param.content_hashed and value is not None:
+                    assert value.is_absolute() and value.is_relative_to(REPO) and value.exists()
 
 
 def test_lineage_holds_the_exact_config_of_a_step_and_its_ancestors(tmp_path: Path) -> None:

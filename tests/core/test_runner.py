@@ -12,6 +12,8 @@ import pytest
 
 from rebalance import api
 from rebalance.core.cache import MARKER
+from rebalance.core.config import load_pipeline
+from rebalance.core.runner import run_command
 from rebalance.errors import DataError
 from tests.conftest import REPO, TINY, TINY_STEPS, tree_digest
 
@@ -177,9 +179,23 @@ def test_failed_step_keeps_finished_work_and_says_how_to_resume(tmp_path: Path, 
         "  v: {step: verify_images, inputs: {dataset: d}, on_error: fail}\n"
     )
     with pytest.raises(DataError) as caught:
-        api.run(pipeline, run_dirs)
+        api.run(pipeline, [*run_dirs, "seed=3"])
     assert "step 'v' (verify_images)" in str(caught.value) and "bad.png" in str(caught.value)
-    assert "rerun `rebalance run" in str(caught.value)
+    # The hint repeats the overrides: without them the rerun would start over in ./cache.
+    assert f"rerun `rebalance run {pipeline} {' '.join(run_dirs)} seed=3` to resume" in str(caught.value)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["status"] == "failed" and [s["id"] for s in manifest["steps"]] == ["d"]
-    assert [p.cached for p in api.plan(pipeline, run_dirs)] == [True, False]
+    assert [p.cached for p in api.plan(pipeline, [*run_dirs, "seed=3"])] == [True, False]
+
+
+def test_the_resume_command_repeats_overrides_and_scheduler_quoted_for_a_shell(tmp_path: Path) -> None:
+    overrides = [
+        "steps.export.title=Two words",
+        "executor.kind=dask",
+        "executor.scheduler=tcp://10.0.0.1:8786",
+    ]
+    config = load_pipeline(TINY, overrides)
+    assert run_command(config) == (
+        f"rebalance run {TINY} 'steps.export.title=Two words' --scheduler tcp://10.0.0.1:8786"
+    )
+    assert run_command(load_pipeline(TINY)) == f"rebalance run {TINY}"
