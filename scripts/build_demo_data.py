@@ -67,7 +67,17 @@ def main() -> None:
     parser.add_argument("--test-per-class", type=int, default=100)
     parser.add_argument("--pool-per-class", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--order",
+        nargs="+",
+        choices=CLASS_NAMES,
+        default=CLASS_NAMES,
+        metavar="CLASS",
+        help="the classes from head to tail (all ten, once each); default: Fashion-MNIST's label order",
+    )
     args = parser.parse_args()
+    if sorted(args.order) != sorted(CLASS_NAMES):
+        parser.error(f"--order must name each of the ten classes once: {' '.join(CLASS_NAMES)}")
 
     train_x, train_y = read_idx(
         args.source / "train-images-idx3-ubyte.gz", args.source / "train-labels-idx1-ubyte.gz"
@@ -76,15 +86,19 @@ def main() -> None:
         args.source / "t10k-images-idx3-ubyte.gz", args.source / "t10k-labels-idx1-ubyte.gz"
     )
     rng = np.random.default_rng(args.seed)
-    counts = long_tailed_counts(args.n_max, args.imbalance, len(CLASS_NAMES))
+    # The same images are drawn whatever the order (one permutation per label, in label order);
+    # only how many of them each class keeps follows its place in the order.
+    counts = dict(
+        zip(args.order, long_tailed_counts(args.n_max, args.imbalance, len(CLASS_NAMES)), strict=True)
+    )
 
     if args.out.exists():
         shutil.rmtree(args.out)
     pool_rows = []
     for label, name in enumerate(CLASS_NAMES):
         train_idx = rng.permutation(np.flatnonzero(train_y == label))
-        chosen_train = np.sort(train_idx[: counts[label]])
-        chosen_pool = np.sort(train_idx[counts[label] : counts[label] + args.pool_per_class])
+        chosen_train = np.sort(train_idx[: counts[name]])
+        chosen_pool = np.sort(train_idx[counts[name] : counts[name] + args.pool_per_class])
         chosen_test = np.sort(rng.permutation(np.flatnonzero(test_y == label))[: args.test_per_class])
         for split, indices, pixels in (("train", chosen_train, train_x), ("test", chosen_test, test_x)):
             folder = args.out / split / name
@@ -100,7 +114,7 @@ def main() -> None:
         writer = csv.writer(handle)
         writer.writerow(["file_name", "label"])
         writer.writerows(sorted(pool_rows))
-    print(f"train per class: {dict(zip(CLASS_NAMES, counts, strict=True))}")
+    print(f"train per class: {counts}")
     print(f"wrote {args.out}")
 
 

@@ -46,6 +46,7 @@ def lvis_overrides(tmp_path: Path) -> list[str]:
         "steps.generated.min_clip_score=null",
         "steps.generated.real_similarity=null",
         "steps.retrieved.duplicate_threshold=null",
+        "steps.retrieved.min_precision=null",  # the precision gate, likewise
         "steps.retrieved.max_per_class=3",  # a small pool: synthesis fills the rest
         "steps.rebalanced.epochs=5",
         "steps.baseline.epochs=5",

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import PositiveInt, confloat
+from pydantic import NonNegativeInt, PositiveInt, confloat
 
 from rebalance import index as vector_index
 from rebalance.core.artifacts import ConceptFrequency, Embeddings, LabeledDataset, VectorIndex, positions_of
@@ -18,6 +19,7 @@ from rebalance.errors import DataError
 from rebalance.index import unit_rows
 from rebalance.models.device import Device
 from rebalance.models.encoders import text_queries
+from rebalance.precision import RetrievalPrecision, estimate_and_gate
 from rebalance.retrieval import Assignment, Target, knn_vote_filter, retrieve_with_quotas
 
 # CLIP's prompt ensemble, shortened (Radford et al., 2021): averaging a few templates is steadier
@@ -28,6 +30,8 @@ DEFAULT_TEMPLATES = (
     "a close-up photo of a {}.",
     "a photo of one {}.",
 )
+# Chosen with the panels of the demo and the confusable split (docs/retrieval_precision.md).
+DEFAULT_MIN_PRECISION = 0.8
 
 
 @step("retrieve", role="adds_rows", bypass="dataset")
@@ -37,6 +41,7 @@ def retrieve(
     index: VectorIndex,
     embeddings: Embeddings | None = None,
     frequency: ConceptFrequency | None = None,
+    outside: Embeddings | None = None,
     *,
     query: Literal["image", "text", "both"] = "image",
     image_query: Literal["centroid", "examples"] = "centroid",
@@ -46,6 +51,10 @@ def retrieve(
     tail_only: bool = False,
     min_score: confloat(ge=-1, le=1) | None = None,
     vote_k: PositiveInt | None = None,
+    min_precision: confloat(ge=0, le=1) | None = DEFAULT_MIN_PRECISION,
+    canaries_per_class: PositiveInt = 500,
+    composition_sample: PositiveInt = 20_000,
+    seed: NonNegativeInt = 0,
     duplicate_threshold: confloat(gt=0, le=1) | None = 0.995,
     nprobe: PositiveInt | None = None,
     backend: vector_index.Backend = "auto",
@@ -68,6 +77,16 @@ def retrieve(
     class c only when c wins the vote of its ``vote_k`` nearest dataset images over *all* classes
     (``rebalance.retrieval.knn_vote_filter``): a precision filter that keeps, say, a coat found
     near a shirt example out of the shirts.
+
+    Precision before quantity: each class's precision is estimated without pool labels
+    (``rebalance.precision``: every labelled image, at most ``canaries_per_class`` a class, goes
+    through the same rule as a canary left out of its own vote and queries; ``outside`` holds
+    embeddings of images known to lie outside the label set; the pool's class mix is estimated from
+    ``composition_sample`` pool items), and a class keeps its best-ranked candidates only as far as
+    the estimate stays at or above ``min_precision`` (null: keep all, still estimate). The
+    categories table records per class the quota, the candidates, what was kept, the estimate with
+    its 90 % interval and why a quota went unmet. Needs the dataset's ``embeddings`` (the canaries);
+    a text-only retrieval is not estimated.
 
     Retrieved rows are new images with ``source = retrieved`` and provenance columns
     ``retrieval_query``, ``retrieval_score``, ``pool_image_id`` and ``pool_file_name`` (plus the
@@ -136,8 +155,86 @@ def retrieve(
     found = retrieve_with_quotas(
         search, queries, query_classes, quotas, index.num_rows, excluded=excluded, agrees=agrees
     )
+    precision = None
+    if dataset_vectors is not None:
+        if outside is not None and outside.encoder != index.encoder:
+            raise DataError(
+                f"the outside canaries were embedded by {outside.encoder!r} but the pool index by "
+                f"{index.encoder!r}; embed both with the same encoder"
+            )
+        _enable_reconstruct(index.index)
+        image_queries = query == "image" and image_query == "examples"
+        precision = estimate_and_gate(
+            dataset_vectors,
+            (pair_rows, pair_classes),
+            len(dataset.class_names()),
+            queries,
+            query_classes,
+            pair_rows if image_queries else np.full(len(queries), -1),
+            (found.classes, found.scores),
+            quotas,
+            lambda rows: unit_rows(index.index.reconstruct_batch(rows.astype(np.int64))),
+            index.num_rows,
+            vote_k=vote_k,
+            min_score=min_score,
+            min_precision=min_precision,
+            outside=None if outside is None else _normalised(outside.vectors, outside.ids),
+            canaries_per_class=canaries_per_class,
+            composition_sample=composition_sample,
+            seed=seed,
+        )
+        found = _kept(found, precision.kept)
     frozen = freeze_buckets(dataset, rare_max_images=rare_max_images, common_max_images=common_max_images)
+    frozen = _with_precision_ledger(frozen, quotas, found, precision)
     return _with_retrieved(frozen, pool, pool_positions, index, found, descriptions)
+
+
+def _kept(found: Assignment, kept: np.ndarray) -> Assignment:
+    """The first ``kept[c]`` items of each class (an assignment lists a class's items best first)."""
+    starts = np.searchsorted(found.classes, np.arange(len(kept)))
+    rank = np.arange(len(found)) - starts[found.classes]
+    keep = rank < kept[found.classes]
+    return Assignment(found.classes[keep], found.rows[keep], found.scores[keep], found.queries[keep])
+
+
+def _with_precision_ledger(
+    dataset: LabeledDataset, quotas: np.ndarray, found: Assignment, precision: RetrievalPrecision | None
+) -> LabeledDataset:
+    """The dataset whose categories table says, per class, what retrieval was asked for and gave."""
+    num_classes = len(quotas)
+    taken = np.bincount(found.classes, minlength=num_classes)
+    missing = np.full(num_classes, np.nan)
+    columns = {
+        "retrieval_quota": pa.array(quotas, pa.int64()),
+        "retrieval_candidates": pa.array(taken if precision is None else precision.candidates, pa.int64()),
+        "retrieval_kept": pa.array(taken, pa.int64()),
+        "precision_estimate": _floats(missing if precision is None else precision.estimate),
+        "precision_low": _floats(missing if precision is None else precision.low),
+        "precision_high": _floats(missing if precision is None else precision.high),
+        "retrieval_shortfall": pa.array(
+            [
+                None
+                if precision is None and taken[c] >= quotas[c]
+                else (
+                    precision.shortfall[c]
+                    if precision is not None
+                    else f"the pool offered {taken[c]} of {quotas[c]} wanted"
+                )
+                for c in range(num_classes)
+            ],
+            pa.string(),
+        ),
+    }
+    categories = dataset.categories
+    for name, values in columns.items():
+        if name in categories.column_names:
+            categories = categories.drop_columns([name])
+        categories = categories.append_column(name, values)
+    return dataclasses.replace(dataset, categories=categories)
+
+
+def _floats(values: np.ndarray) -> pa.Array:
+    return pa.array([None if np.isnan(v) else round(float(v), 4) for v in values], pa.float64())
 
 
 def _normalised(vectors: np.ndarray, ids: np.ndarray) -> np.ndarray:

@@ -94,8 +94,11 @@ def test_open_clip_embeds_in_shards_caches_and_retrieves(tiny_models, tmp_path: 
         f"    encoder: open_clip\n    model: {tiny_models['config']}\n"
         f"    pretrained: {tiny_models['checkpoint']}\n    device: cpu\n"
     )
-    # A random model maps all images close together: the near-copy check would reject every item.
-    pipeline = write_pipeline(tmp_path, encoder, "    query: both\n    duplicate_threshold: null")
+    # A random model maps all images close together: the near-copy check would reject every item,
+    # and the precision gate would stop every class.
+    pipeline = write_pipeline(
+        tmp_path, encoder, "    query: both\n    duplicate_threshold: null\n    min_precision: null"
+    )
     first = api.run(pipeline)
     assert first.executed == ["train", "pool", "embedded", "pool_embedded", "pool_index", "retrieved"]
     entry = next((tmp_path / "cache" / "embed_images").glob("*/ids.npy")).parent
