@@ -66,13 +66,15 @@ class Canaries:
 
 @dataclasses.dataclass(frozen=True)
 class ClassPrecision:
-    """The estimate for one class: its retrieved items' estimated precision and 90 % interval,
-    the precision curve over its ranked candidates, and the items the gate keeps."""
+    """The estimate for one class: its retrieved items' estimated precision and 90 % interval, the
+    point estimate and the interval's lower end over its ranked candidates (the gate reads the
+    lower end), and the items kept."""
 
     estimate: float
     low: float
     high: float
     curve: np.ndarray
+    low_curve: np.ndarray
     keep: int
 
 
@@ -220,7 +222,7 @@ def estimate_class(
     ranked_scores = np.asarray(ranked_scores, dtype=np.float32)
     taken = len(ranked_scores)
     if taken == 0:
-        return ClassPrecision(float("nan"), float("nan"), float("nan"), np.zeros(0), 0)
+        return ClassPrecision(float("nan"), float("nan"), float("nan"), np.zeros(0), np.zeros(0), 0)
     sources = [j for j in range(num_classes) if j != target] + (
         [-1] if (canaries.true_class < 0).any() else []
     )
@@ -238,36 +240,48 @@ def estimate_class(
         # Canaries of `source` scoring at least each candidate's score.
         events[position] = len(above) - np.searchsorted(above, ranked_scores, side="left")
         expected += _count_of(composition, source) * events[position] / sizes[position]
-    curve = np.clip(1.0 - expected / np.arange(1, taken + 1), 0.0, 1.0)
-    meets = np.nonzero(curve >= min_precision)[0]
-    keep = int(meets[-1]) + 1 if len(meets) else 0
-    at = max(keep, 1) - 1 if keep else taken - 1  # the estimate of what is kept (or was offered)
-    draws = np.zeros(len(composition_draws))
+    ranks = np.arange(1, taken + 1)
+    curve = np.clip(1.0 - expected / ranks, 0.0, 1.0)
+    # A source with a single canary borrows the spread of every canary's score for the class.
+    every = canaries.scores[:, target]
+    spread = float(np.std(every[np.isfinite(every)])) if np.isfinite(every).sum() > 1 else 1.0
+    # Draws of the false positives above every rank at once (rates drawn per rank).
+    false_draws = np.zeros((len(composition_draws), taken))
     for position, source in enumerate(sources):
         if not sizes[position]:
             continue
         # Prior weight of one canary, centred on how often a `source` image would score this high
         # at all: near classes keep a wide interval, classes that never come close add nothing.
-        reach = _score_reach(canaries.scores[canaries.true_class == source, target], ranked_scores[at])
-        hits = events[position, at]
-        rates = rng.beta(hits + reach + 1e-9, sizes[position] - hits + 1.0 - reach + 1e-9, len(draws))
-        draws += composition_draws[:, source if source >= 0 else num_classes] * rates
-    precision_draws = np.clip(1.0 - draws / (at + 1), 0.0, 1.0)
-    low, high = np.percentile(precision_draws, INTERVAL)
-    estimate = float(curve[at])
-    return ClassPrecision(estimate, float(min(low, estimate)), float(max(high, estimate)), curve, keep)
+        reach = _score_reach(canaries.scores[canaries.true_class == source, target], ranked_scores, spread)
+        if not events[position].any() and reach.max() < 1e-6:
+            continue
+        hits = events[position]
+        rates = rng.beta(
+            hits + reach + 1e-9, sizes[position] - hits + 1.0 - reach + 1e-9, (len(false_draws), taken)
+        )
+        false_draws += composition_draws[:, [source if source >= 0 else num_classes]] * rates
+    low_curve, high_curve = np.percentile(np.clip(1.0 - false_draws / ranks, 0.0, 1.0), INTERVAL, axis=0)
+    low_curve, high_curve = np.minimum(low_curve, curve), np.maximum(high_curve, curve)
+    # The gate asks for confidence: the interval's lower end must reach min_precision.
+    meets = np.nonzero(low_curve >= min_precision)[0]
+    keep = int(meets[-1]) + 1 if len(meets) else 0
+    at = keep - 1 if keep else taken - 1  # the estimate of what is kept (or, kept none, was offered)
+    return ClassPrecision(
+        float(curve[at]), float(low_curve[at]), float(high_curve[at]), curve, low_curve, keep
+    )
 
 
-def _score_reach(scores: np.ndarray, threshold: float) -> float:
-    """P(score >= threshold) under a normal fitted to a source's canary scores for the class, its
-    spread widened by ``REACH_WIDENING``."""
+def _score_reach(scores: np.ndarray, thresholds: np.ndarray, fallback_spread: float) -> np.ndarray:
+    """P(score >= each threshold) under a normal fitted to a source's canary scores for the class
+    (one canary: its score, with ``fallback_spread``), the spread widened by ``REACH_WIDENING``."""
     from scipy.stats import norm
 
     scores = scores[np.isfinite(scores)]
-    if len(scores) < 2:
-        return 1.0 if len(scores) == 0 or scores[0] >= threshold else 0.5
-    spread = max(float(scores.std()), 1e-3) * REACH_WIDENING
-    return float(norm.sf(threshold, loc=scores.mean(), scale=spread))
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    if len(scores) == 0:
+        return np.ones_like(thresholds)
+    spread = float(scores.std()) if len(scores) > 1 else fallback_spread
+    return norm.sf(thresholds, loc=scores.mean(), scale=max(spread, 1e-3) * REACH_WIDENING)
 
 
 def _count_of(composition: np.ndarray, source: int) -> float:
@@ -411,7 +425,8 @@ def estimate_and_gate(
         if result.keep < offered[cls]:
             shortfall[cls] = (
                 f"precision gate: kept {result.keep} of {offered[cls]} candidates; the next would bring the "
-                f"estimated precision to {result.curve[result.keep]:.2f} < min_precision {min_precision:.2f}"
+                f"lower end of its estimated precision to {result.low_curve[result.keep]:.2f} < min_precision "
+                f"{min_precision:.2f}"
             )
     for cls in np.nonzero((offered < quotas) & (kept == offered))[0]:
         shortfall[cls] = (

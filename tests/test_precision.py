@@ -71,12 +71,18 @@ def test_the_estimate_counts_expected_false_positives_above_each_rank() -> None:
     composition = np.array([40.0, 10.0, 0.0])
     draws = np.tile(composition, (50, 1))
     ranked = np.array([0.95, 0.85, 0.6, 0.4])
-    result = estimate_class(canaries, 0, ranked, composition, draws, 0.6, np.random.default_rng(0))
+    result = estimate_class(canaries, 0, ranked, composition, draws, 0.0, np.random.default_rng(0))
     # FP at each rank: 10 · (canaries of class 1 at or above the score) / 10 = 0, 1, 1, 2.
     assert result.curve.tolist() == pytest.approx([1.0, 0.5, 2 / 3, 0.5])
-    assert result.keep == 3  # the longest best-first run whose estimate is >= 0.6
-    assert result.estimate == pytest.approx(2 / 3)
+    assert result.keep == 4 and result.estimate == pytest.approx(0.5)
     assert result.low <= result.estimate <= result.high
+    assert np.all(result.low_curve <= result.curve)
+    # The gate reads the interval's lower end: it keeps the longest best-first run whose lower end
+    # reaches min_precision, and reports the estimate of what it kept.
+    gate = 0.9 * result.low_curve[0]
+    gated = estimate_class(canaries, 0, ranked, composition, draws, gate, np.random.default_rng(0))
+    assert gated.keep == int(np.nonzero(gated.low_curve >= gate)[0][-1]) + 1
+    assert gated.estimate == pytest.approx(gated.curve[gated.keep - 1])
 
 
 def planted(seed: int = 0, confusable: float = 0.0):
@@ -166,8 +172,8 @@ def test_the_gate_stops_a_confusable_class_and_says_why() -> None:
     found, gate = retrieve_planted(labelled, labelled_classes, pool, np.array([0, 0, 100, 100]), 0.9)
     assert gate.kept[3] < gate.candidates[3]
     assert gate.shortfall[3].startswith("precision gate: kept")
-    assert gate.estimate[3] >= 0.9
-    # Taking more would have brought the estimate below the gate; the kept items are the best ranked.
+    assert gate.low[3] >= 0.9 or gate.kept[3] == 0
+    # Taking more would have brought the interval's lower end below the gate.
     _, more = gate.shortfall[3].rsplit("precision to ", 1)
     assert float(more.split(" ")[0]) < 0.9
     # Without a gate every candidate stays, and an unmet quota names the pool as the reason.

@@ -57,7 +57,7 @@ def retrieval_pipeline(tmp_path: Path, pool_step: str, extra_steps: str = "") ->
         "  pool_embedded: {step: embed_pixels_pca, inputs: {dataset: checked, fit: train}}\n"
         "  index: {step: build_index, inputs: {embeddings: pool_embedded}}\n"
         "  retrieved: {step: retrieve, inputs: {dataset: train, pool: checked, index: index, embeddings: embedded},"
-        " query: image, image_query: examples, target: max, max_per_class: 5}\n"
+        " query: image, image_query: examples, target: max, max_per_class: 5, min_precision: null}\n"
         "  export: {step: export_hf, inputs: {dataset: retrieved, original: train}}\n" + extra_steps
     )
     return pipeline

@@ -114,3 +114,82 @@ def retrieval_summary(dataset: LabeledDataset) -> dict[str, Any]:
 
 def _same_name(left: str, right: str) -> bool:
     return left.replace("_", " ").casefold() == right.replace("_", " ").casefold()
+
+
+RETRIEVAL_HEADER = [
+    "class",
+    "quota",
+    "candidates",
+    "kept",
+    "estimated precision (90% interval)",
+    "reference precision",
+    "unmet quota",
+]
+
+
+def retrieval_by_class(dataset: LabeledDataset) -> list[dict[str, Any]]:
+    """Per class that retrieval was asked to fill: its quota, the candidates it was offered, what the
+    precision gate kept, the estimated precision of what was kept with its 90 % interval, the
+    precision by the pool's reference labels where the pool had them (of the retrieved rows still in
+    ``dataset``), and why the quota went unmet. Empty when no retrieval recorded its ledger."""
+    categories = dataset.categories
+    if "retrieval_quota" not in categories.column_names:
+        return []
+    images = dataset.images
+    measured: dict[int, list[bool]] = {}
+    if "reference_label" in images.column_names:
+        retrieved = images.filter(
+            pc.and_(pc.equal(images["source"], "retrieved"), pc.is_valid(images["reference_label"]))
+        )
+        names = dict(zip(categories["category_id"].to_pylist(), dataset.class_names(), strict=True))
+        reference = dict(
+            zip(retrieved["image_id"].to_pylist(), retrieved["reference_label"].to_pylist(), strict=True)
+        )
+        annotations = dataset.annotations.filter(
+            pc.is_in(dataset.annotations["image_id"], value_set=retrieved["image_id"])
+        )
+        for image_id, category_id in zip(
+            annotations["image_id"].to_pylist(), annotations["category_id"].to_pylist(), strict=True
+        ):
+            measured.setdefault(category_id, []).append(_same_name(reference[image_id], names[category_id]))
+    rows = []
+    for row in categories.to_pylist():
+        if not row["retrieval_quota"]:
+            continue
+        hits = measured.get(row["category_id"])
+        rows.append(
+            {
+                "class": row["name"],
+                "quota": row["retrieval_quota"],
+                "candidates": row["retrieval_candidates"],
+                "kept": row["retrieval_kept"],
+                "estimate": row["precision_estimate"],
+                "low": row["precision_low"],
+                "high": row["precision_high"],
+                "reference": sum(hits) / len(hits) if hits else None,
+                "shortfall": row["retrieval_shortfall"],
+            }
+        )
+    return rows
+
+
+def retrieval_table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """``retrieval_by_class`` as table cells under ``RETRIEVAL_HEADER``."""
+
+    def share(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2f}"
+
+    return [
+        [
+            row["class"],
+            str(row["quota"]),
+            str(row["candidates"]),
+            str(row["kept"]),
+            "n/a"
+            if row["estimate"] is None
+            else f"{row['estimate']:.2f} [{row['low']:.2f}, {row['high']:.2f}]",
+            share(row["reference"]),
+            row["shortfall"] or "",
+        ]
+        for row in rows
+    ]

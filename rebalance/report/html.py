@@ -9,7 +9,13 @@ import numpy as np
 from rebalance import plots
 from rebalance.core.artifacts import ConceptFrequency, LabeledDataset, Report, TrainReport
 from rebalance.domain.classes import BUCKETS, class_buckets, class_counts, expected_draws_per_epoch
-from rebalance.domain.ledger import retrieval_summary, stage_changes
+from rebalance.domain.ledger import (
+    RETRIEVAL_HEADER,
+    retrieval_by_class,
+    retrieval_summary,
+    retrieval_table_rows,
+    stage_changes,
+)
 from rebalance.report.templates import render
 
 
@@ -63,6 +69,7 @@ def build_report(
             "rows": [[k, f"{int(v.sum()):+d}"] for k, v in changes.items()],
         },
         "retrieval": None,
+        "retrieval_by_class": None,
         "frequency": None,
         "accuracy": None,
     }
@@ -78,6 +85,9 @@ def build_report(
                 else "."
             )
         )
+    by_class = retrieval_by_class(final)
+    if by_class:
+        context["retrieval_by_class"] = {"header": RETRIEVAL_HEADER, "rows": retrieval_table_rows(by_class)}
     if frequency is not None:
         images["concept_frequency"] = frequency.plot
         rows = [
@@ -94,6 +104,7 @@ def build_report(
         }
     figures: dict[str, Any] = {
         "retrieval": retrieval,
+        "retrieval_by_class": by_class,
         "stages": {k: v.tolist() for k, v in stages.items()},
         "changes": {k: int(v.sum()) for k, v in changes.items()},
         "classes": names,

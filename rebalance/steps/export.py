@@ -25,7 +25,13 @@ from rebalance.domain.classes import (
     compute_class_stats,
     expected_draws_per_epoch,
 )
-from rebalance.domain.ledger import retrieval_summary, stage_changes
+from rebalance.domain.ledger import (
+    RETRIEVAL_HEADER,
+    retrieval_by_class,
+    retrieval_summary,
+    retrieval_table_rows,
+    stage_changes,
+)
 from rebalance.errors import DataError
 from rebalance.io.references import in_container
 
@@ -329,6 +335,19 @@ def _card(
                 "carry the class they were retrieved for."
             )
         sections.append(line + "\n")
+    by_class = retrieval_by_class(dataset)
+    if by_class:
+        cells = retrieval_table_rows(by_class)
+        sections += [
+            "### Retrieval precision per class\n\n"
+            "Estimated without pool labels (leave-one-out canaries through the same rule, the pool's class "
+            "mix by black-box shift estimation; see rebalance's docs/retrieval_precision.md); a class keeps "
+            "its best-ranked candidates while the estimate stays at or above the gate. `reference precision` "
+            "uses the pool's reference labels, which retrieval never read.\n",
+            markdown_table(
+                pa.table({name: [row[i] for row in cells] for i, name in enumerate(RETRIEVAL_HEADER)})
+            ),
+        ]
     if lineage is not None:
         config = yaml.safe_dump(lineage, sort_keys=False, allow_unicode=True)
         sections.append(

@@ -31,7 +31,7 @@ DEFAULT_TEMPLATES = (
     "a photo of one {}.",
 )
 # Chosen with the panels of the demo and the confusable split (docs/retrieval_precision.md).
-DEFAULT_MIN_PRECISION = 0.8
+DEFAULT_MIN_PRECISION = 0.5
 
 
 @step("retrieve", role="adds_rows", bypass="dataset")

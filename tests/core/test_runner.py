@@ -43,11 +43,13 @@ def test_changing_one_parameter_reruns_only_downstream(run_dirs: list[str]) -> N
         "synonyms": "cached",
         "frequency": "cached",
         "pool": "cached",
+        "outside": "cached",
         "embedded": "upstream changed: verified",
         "test_embedded": "upstream changed: verified",
         "pool_embedded": "upstream changed: verified",
+        "outside_embedded": "upstream changed: verified",
         "pool_index": "upstream changed: pool_embedded",
-        "retrieved": "upstream changed: verified, embedded, pool_index",
+        "retrieved": "upstream changed: verified, embedded, pool_index, outside_embedded",
         "retrieved_embedded": "upstream changed: retrieved, embedded, pool_embedded",
         "synthesized": "upstream changed: retrieved, retrieved_embedded",
         "synthesized_embedded": "upstream changed: synthesized, embedded, pool_embedded",
@@ -63,7 +65,7 @@ def test_changing_one_parameter_reruns_only_downstream(run_dirs: list[str]) -> N
         "report": "upstream changed: baseline, cnn_baseline, cnn_rebalanced, sampled, verified, rebalanced",
     }
     assert api.run(TINY, changed).executed == [
-        s for s in TINY_STEPS[2:] if s not in ("synonyms", "frequency", "pool")
+        s for s in TINY_STEPS[2:] if s not in ("synonyms", "frequency", "pool", "outside")
     ]
 
 

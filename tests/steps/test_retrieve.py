@@ -94,6 +94,7 @@ def test_knn_queries_and_the_quota_cap(scene) -> None:
         image_query="examples",
         target="max",
         max_per_class=3,
+        min_precision=None,  # the quota mechanics; tests/steps/test_retrieve_precision.py tests the gate
     )
     added = result.images.filter(pc.equal(result.images["source"], "retrieved"))
     # max = 9: ship wants 4, truck 8, both capped at 3; ship has no planted items, so it takes the best noise.
@@ -125,10 +126,19 @@ def test_tail_only_retrieves_for_the_concept_tail(scene) -> None:
     dataset, embeddings, pool, pool_embeddings = scene
     table = pa.table({"concept": CLASSES, "tail": [False, True, False]})
     frequency = ConceptFrequency(table, {}, b"")
-    result = retrieve(dataset, pool, build_index(pool_embeddings), embeddings, frequency, tail_only=True)
+    result = retrieve(
+        dataset, pool, build_index(pool_embeddings), embeddings, frequency, tail_only=True, min_precision=None
+    )
     assert class_counts(result)[0].tolist() == [9, 5, 1]  # ship is the concept tail but already at the median
     result = retrieve(
-        dataset, pool, build_index(pool_embeddings), embeddings, frequency, tail_only=True, target=7
+        dataset,
+        pool,
+        build_index(pool_embeddings),
+        embeddings,
+        frequency,
+        tail_only=True,
+        target=7,
+        min_precision=None,
     )
     assert class_counts(result)[0].tolist() == [9, 7, 1]
 

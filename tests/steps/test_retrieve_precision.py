@@ -46,18 +46,38 @@ steps:
 """
 
 
-@pytest.fixture(scope="module")
-def demo_retrieval(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("precision")
+def open_retrieval(folder: Path, split: str = "fashion_mnist_lt") -> Path:
+    """The demo's retrieval on ``split`` with the gate off, run under ``folder``."""
     pipeline = folder / "precision.yaml"
     pipeline.write_text(PIPELINE.format(configs=REPO / "configs", data=REPO / "data"))
     overrides = [
         f"cache_dir={folder / 'cache'}",
         f"output_dir={folder / 'out'}",
         "steps.retrieved.min_precision=null",
+        f"steps.train.root={REPO / 'data' / split / 'train'}",
+        f"steps.pool.root={REPO / 'data' / split / 'pool'}",
+        f"steps.pool.reference_labels={REPO / 'data' / split / 'pool_labels.csv'}",
     ]
     api.run(pipeline, overrides)
     return folder
+
+
+@pytest.fixture(scope="module")
+def demo_retrieval(tmp_path_factory) -> Path:
+    return open_retrieval(tmp_path_factory.mktemp("precision"))
+
+
+def overall(measured: dict[str, tuple[int, float]]) -> tuple[int, float]:
+    count = sum(n for n, _ in measured.values())
+    return count, sum(n * share for n, share in measured.values()) / count
+
+
+def test_the_confusable_split_defeats_image_only_retrieval_without_the_gate(tmp_path: Path) -> None:
+    # The README's figures for data/fashion_mnist_lt_confusable: 208 images, 64 % right, shirt 28 %.
+    measured = reference_precision(retrieved(open_retrieval(tmp_path, "fashion_mnist_lt_confusable")))
+    count, precision = overall(measured)
+    assert abs(count - 208) <= 4 and abs(precision - 0.644) <= 0.02
+    assert abs(measured["shirt"][1] - 0.28) <= 0.03
 
 
 def retrieved(folder: Path) -> LabeledDataset:
@@ -90,11 +110,16 @@ def test_the_estimate_agrees_with_the_reference_labels_on_the_demo(demo_retrieva
     dataset = retrieved(demo_retrieval)
     table = dataset.categories.to_pylist()
     measured = reference_precision(dataset)
+    # The README's figures for the demo with the gate off: 205 images, 91.7 % right.
+    count, precision = overall(measured)
+    assert abs(count - 205) <= 4 and abs(precision - 0.917) <= 0.02
     rows = [row for row in table if measured.get(row["name"], (0, 0))[0] >= 20]
     assert len(rows) >= 4
     errors = [abs(row["precision_estimate"] - measured[row["name"]][1]) for row in rows]
     inside = [row["precision_low"] <= measured[row["name"]][1] <= row["precision_high"] for row in rows]
+    # README: within 8.1 points on average, every reference precision inside its interval.
     assert float(np.mean(errors)) <= 0.10, list(zip([r["name"] for r in rows], errors, strict=True))
+    assert abs(float(np.mean(errors)) - 0.081) <= 0.02
     assert float(np.mean(inside)) >= 0.8
     for row in table:  # without a gate, every class kept what it was offered
         assert row["retrieval_kept"] == row["retrieval_candidates"] <= row["retrieval_quota"]

@@ -67,6 +67,21 @@ def test_tiny_run_trains_both_heads_and_renders_the_report(run_dirs: list[str], 
     assert "![class counts before and after](plots/class_counts.png)" in card
     assert (tmp_path / "out" / "export" / "plots" / "class_counts.png").stat().st_size > 1000
     assert "## Pipeline" in card and "step: semdedup" in card and "epsilon: 0.03" in card
+    # Retrieval's per-class ledger: the same rows in the card, the report page and report.json.
+    by_class = figures["retrieval_by_class"]
+    assert by_class and {row["class"] for row in by_class} <= set(figures["classes"])
+    for row in by_class:
+        assert row["kept"] <= row["candidates"] <= row["quota"]
+        assert (row["shortfall"] is None) == (row["kept"] == row["quota"])
+        assert row["estimate"] is None or row["low"] <= row["estimate"] <= row["high"]
+        line = next(
+            line for line in card.splitlines() if line.startswith(f"| {row['class']} | {row['quota']} |")
+        )
+        assert f"| {row['candidates']} | {row['kept']} |" in line
+    assert (
+        "Retrieval precision per class" in parser.cells
+        and "estimated precision (90% interval)" in parser.cells
+    )
 
 
 PLAIN_TRAINING = """
@@ -76,6 +91,7 @@ folder = sys.argv[1]
 from_disk = datasets.load_from_disk(folder)
 from_parquet = datasets.load_dataset("parquet", data_files={"train": folder + "/data/train-*.parquet"})["train"]
 assert from_parquet.num_rows == from_disk["train"].num_rows
+from_parquet = from_parquet.filter(lambda row: row["image"] is not None)  # feature-only synthetic rows have none
 names = from_parquet.features["label"].names
 def collate(rows):
     pixels = np.stack([np.asarray(r["image"], dtype=np.float32).reshape(-1) / 255 for r in rows])
