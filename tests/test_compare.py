@@ -118,6 +118,7 @@ class _Cells(HTMLParser):
         self.cells.append(data)
 
 
+@pytest.mark.slow
 def test_compare_panel_on_the_tiny_pipeline(run_dirs: list[str], tmp_path: Path) -> None:
     result = api.compare(TINY, run_dirs, seeds=2)
     assert result["seeds"] == [0, 1]
@@ -160,6 +161,7 @@ def test_compare_needs_a_report_with_two_runs(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "compare needs a `report` step" in result.output
 
 
+@pytest.mark.slow
 def test_ablation_turns_each_stage_off_for_both_models(run_dirs: list[str], tmp_path: Path) -> None:
     result = api.compare(TINY, run_dirs, seeds=1, ablation=True)
     assert [row["variant"] for row in result["ablation"]] == [

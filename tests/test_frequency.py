@@ -114,6 +114,7 @@ def test_hand_labelled_corpus_counts_as_labelled_and_equals_the_reference() -> N
         assert counted(captions, synonyms, per_caption) == reference_counts(captions, synonyms, per_caption)
 
 
+@pytest.mark.slow
 def test_counts_equal_the_reference_on_100k_real_sentences() -> None:
     data = Path(__file__).parent.parent / "data"
     cupl = pq.read_table(data / "captions" / "cupl_imagenet.parquet")

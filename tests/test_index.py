@@ -108,6 +108,8 @@ def test_an_index_filled_in_parts_and_merged_is_the_index_built_at_once() -> Non
         merge_indexes([build_index(database[:100], "HNSW8"), build_index(database[100:200], "HNSW8")])
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_the_index_trained_once_and_filled_on_a_local_cluster_searches_like_one_built_at_once(
     tmp_path,
 ) -> None:

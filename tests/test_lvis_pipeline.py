@@ -96,6 +96,7 @@ def test_lvis_pipeline_without_its_data_names_every_missing_path() -> None:
         assert f"{key}: path does not exist" in message
 
 
+@pytest.mark.slow
 def test_the_lvis_pipeline_runs_end_to_end_on_the_fixture(tmp_path: Path) -> None:
     overrides = lvis_overrides(tmp_path)
     first = api.run(LVIS, overrides)

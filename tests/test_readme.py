@@ -129,6 +129,8 @@ def test_agreement_flags_a_moved_mean_a_flipped_sign_and_another_best() -> None:
     assert any("best loss-only" in p for p in agreement_problems(readme, other, seeds=3))
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 @pytest.mark.timeout(1800)  # 21 pipeline runs (7 variants × 3 seeds), 42 trainings
 def test_readme_panel_holds_on_this_machine_at_the_pinned_seeds(tmp_path: Path) -> None:
     result = api.compare(DEMO, [f"cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'out'}"], seeds=3)
@@ -172,6 +174,8 @@ def seed_problems(readme: dict[str, dict], seed0: dict[str, dict]) -> list[str]:
     return problems
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 @pytest.mark.timeout(900)  # 7 variants at seed 0, 14 trainings
 def test_readme_confusable_panel_holds_at_seed_0(tmp_path: Path) -> None:
     # The second panel is checked at one of its three seeds, so that the suite stays under 15 minutes.

@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from dask.distributed import Client
 
 from rebalance import api
@@ -19,6 +20,8 @@ from tests.conftest import REPO, TINY, tree_digest
 from tests.core.plugins import install_plugin
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_dask_local_cluster_gives_the_same_output_as_local(tmp_path: Path) -> None:
     api.run(TINY, [f"cache_dir={tmp_path / 'lc'}", f"output_dir={tmp_path / 'lo'}"])
     distributed = api.run(
@@ -44,6 +47,8 @@ def test_a_fully_cached_run_starts_no_cluster(tmp_path: Path) -> None:
     assert result.executed == [] and executor._client is None
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_scheduler_address_runs_on_an_existing_cluster(tmp_path: Path) -> None:
     from dask.distributed import LocalCluster
 
@@ -56,6 +61,8 @@ def test_scheduler_address_runs_on_an_existing_cluster(tmp_path: Path) -> None:
     assert tree_digest(tmp_path / "o") == tree_digest(tmp_path / "lo")
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_a_cluster_of_separate_dask_processes_survives_a_killed_worker(tmp_path: Path) -> None:
     """A scheduler and two workers started with the `dask` CLI; one worker is killed mid-step."""
 
@@ -148,6 +155,7 @@ def test_a_cluster_of_separate_dask_processes_survives_a_killed_worker(tmp_path:
             process.wait()
 
 
+@pytest.mark.slow
 def test_a_step_can_set_its_own_shard_size_without_changing_its_output(tmp_path: Path) -> None:
     default = api.run(
         TINY, [f"cache_dir={tmp_path / 'c1'}", f"output_dir={tmp_path / 'o1'}", "executor.kind=local"]

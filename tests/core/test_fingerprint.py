@@ -11,6 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from rebalance.core.fingerprint import CodeFingerprinter, normalised_digest
 from rebalance.core.registry import all_steps
 from tests.conftest import REPO
@@ -183,6 +185,7 @@ def copy_of_the_package(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_keys_are_the_same_from_clones_in_other_folders_and_only_code_that_computes_reruns(
     tmp_path: Path,
 ) -> None:

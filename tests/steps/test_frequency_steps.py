@@ -207,6 +207,8 @@ def test_a_missing_language_model_is_a_clear_error(tmp_path: Path) -> None:
         YesNoJudge(str(tmp_path / "no-such-model"))
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_counting_sharded_over_a_dask_cluster_equals_counting_in_process(tmp_path: Path) -> None:
     """A corpus of parquet row groups, JSON lines and text, counted in shards on a real LocalCluster."""
     from rebalance import api
