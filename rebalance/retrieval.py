@@ -1,7 +1,8 @@
 """Retrieval of extra real examples for under-represented classes (REAL-Linear style).
 
 Two pure pieces the ``retrieve`` step composes: ``class_quotas`` (how many items each class should
-get to reach a balance target) and ``retrieve_with_quotas`` (search a pool index per class and
+get to reach a balance target, in ``rebalance.domain.classes`` with the other class maths, and
+importable from here) and ``retrieve_with_quotas`` (search a pool index per class and
 assign every pool item to at most one class, best score first, until each quota is met).
 """
 
@@ -9,43 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Literal
 
 import numba
 import numpy as np
 
-Target = Literal["median", "mean", "max"]
+from rebalance.domain.classes import Target, class_quotas  # noqa: F401  (this module's public API)
+
 VOTE_CHUNK = 8192  # pool items voted on at once: bounds the dense (items × classes) vote matrix
-
-
-def class_quotas(
-    counts: np.ndarray,
-    target: Target | int,
-    *,
-    reference: np.ndarray | None = None,
-    max_per_class: int | None = None,
-    eligible: np.ndarray | None = None,
-) -> np.ndarray:
-    """Items to add per class: quota_c = min(cap, max(0, T − n_c)) for eligible classes, else 0.
-
-    T is the median / mean / max (rounded up) of the ``reference`` counts (default: ``counts``),
-    or a fixed number. ``eligible`` (bool per class) restricts it, e.g. to REAL's concept tail.
-    """
-    counts = np.asarray(counts, dtype=np.int64)
-    reference = counts if reference is None else np.asarray(reference, dtype=np.int64)
-    if isinstance(target, str):
-        goal = (
-            {"median": np.median, "mean": np.mean, "max": np.max}[target](reference) if len(reference) else 0
-        )
-        goal = int(np.ceil(goal))
-    else:
-        goal = int(target)
-    quotas = np.maximum(goal - counts, 0)
-    if max_per_class is not None:
-        quotas = np.minimum(quotas, max_per_class)
-    if eligible is not None:
-        quotas = np.where(eligible, quotas, 0)
-    return quotas
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,16 +4,49 @@ and the quotas every adding stage fills towards one balance target."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from rebalance.core.artifacts import ClassStats, LabeledDataset
-from rebalance.retrieval import Target, class_quotas
 
 BUCKETS = ("rare", "common", "frequent")
 _LVIS_CODES = {"r": "rare", "c": "common", "f": "frequent"}
+
+
+Target = Literal["median", "mean", "max"]
+
+
+def class_quotas(
+    counts: np.ndarray,
+    target: Target | int,
+    *,
+    reference: np.ndarray | None = None,
+    max_per_class: int | None = None,
+    eligible: np.ndarray | None = None,
+) -> np.ndarray:
+    """Items to add per class: quota_c = min(cap, max(0, T − n_c)) for eligible classes, else 0.
+
+    T is the median / mean / max (rounded up) of the ``reference`` counts (default: ``counts``),
+    or a fixed number. ``eligible`` (bool per class) restricts it, e.g. to REAL's concept tail.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    reference = counts if reference is None else np.asarray(reference, dtype=np.int64)
+    if isinstance(target, str):
+        goal = (
+            {"median": np.median, "mean": np.mean, "max": np.max}[target](reference) if len(reference) else 0
+        )
+        goal = int(np.ceil(goal))
+    else:
+        goal = int(target)
+    quotas = np.maximum(goal - counts, 0)
+    if max_per_class is not None:
+        quotas = np.minimum(quotas, max_per_class)
+    if eligible is not None:
+        quotas = np.where(eligible, quotas, 0)
+    return quotas
 
 
 def class_counts(dataset: LabeledDataset) -> tuple[np.ndarray, np.ndarray]:
