@@ -31,7 +31,7 @@ _REPORT = """{% extends "page" %}{% block body -%}
 {% if changes.rows %}{{ table(changes.header, changes.rows) }}{% else %}<p>No stage added or removed images.</p>{% endif %}
 {% if retrieval %}<p>{{ retrieval }}</p>{% endif %}
 {% if retrieval_by_class %}<h3>Retrieval precision per class</h3>
-<p>Estimated without pool labels; a class keeps its best-ranked candidates while the estimate stays at or above the gate. Reference precision uses the pool's reference labels, which retrieval never read.</p>
+<p>Estimated without pool labels; a class keeps its best-ranked candidates while the lower end of the estimate's 90% interval stays at or above <code>min_precision</code>. Reference precision uses the pool's reference labels, which retrieval never read.</p>
 {{ table(retrieval_by_class.header, retrieval_by_class.rows) }}{% endif %}
 {% if frequency %}<h2>Concept frequency in captions</h2>
 <p>{{ frequency.text }}</p>

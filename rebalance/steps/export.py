@@ -342,7 +342,8 @@ def _card(
             "### Retrieval precision per class\n\n"
             "Estimated without pool labels (leave-one-out canaries through the same rule, the pool's class "
             "mix by black-box shift estimation; see rebalance's docs/retrieval_precision.md); a class keeps "
-            "its best-ranked candidates while the estimate stays at or above the gate. `reference precision` "
+            "its best-ranked candidates while the lower end of the estimate's 90% interval stays at or above "
+            "`min_precision`. `reference precision` "
             "uses the pool's reference labels, which retrieval never read.\n",
             markdown_table(
                 pa.table({name: [row[i] for row in cells] for i, name in enumerate(RETRIEVAL_HEADER)})

@@ -83,7 +83,8 @@ def retrieve(
     through the same rule as a canary left out of its own vote and queries; ``outside`` holds
     embeddings of images known to lie outside the label set; the pool's class mix is estimated from
     ``composition_sample`` pool items), and a class keeps its best-ranked candidates only as far as
-    the estimate stays at or above ``min_precision`` (null: keep all, still estimate). The
+    the lower end of the estimate's 90 % interval stays at or above ``min_precision`` (null: keep
+    all, still estimate). The
     categories table records per class the quota, the candidates, what was kept, the estimate with
     its 90 % interval and why a quota went unmet. Needs the dataset's ``embeddings`` (the canaries);
     a text-only retrieval is not estimated.
