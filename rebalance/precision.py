@@ -25,7 +25,8 @@ and the pool sample; it is widened to hold the point estimate. The Beta prior is
 centred on the chance that an image of class j scores above s at all (a normal fitted to j's canary
 scores for c, its spread doubled): a class whose few canaries saw no event but come close keeps a wide interval, one
 that never comes close adds nothing. The gate keeps, per
-class, the longest run of best-ranked items whose estimated precision is at least ``min_precision``.
+class, the longest run of best-ranked items whose interval's lower end is at least ``min_precision``:
+the point estimate at the top ranks rests on the few canaries that score that high.
 
 Hand-written rather than taken from a library: no maintained package estimates the precision of a
 kNN-vote retrieval under label shift; BBSE itself is a non-negative least-squares solve (scipy).
