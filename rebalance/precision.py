@@ -40,6 +40,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from rebalance.retrieval import class_membership, vote_counts
+
 FAR_QUANTILE = 0.05  # canaries whose nearest labelled image is this unusual count as "far"
 INTERVAL = (5.0, 95.0)  # percentiles of the 90 % interval
 DRAWS = 400
@@ -77,27 +79,6 @@ class ClassPrecision:
     curve: np.ndarray
     low_curve: np.ndarray
     keep: int
-
-
-def vote_counts(
-    neighbours: np.ndarray, labels: tuple[np.ndarray, np.ndarray], num_labelled: int, num_classes: int
-) -> np.ndarray:
-    """votes[i, c] = how many of item i's neighbours (labelled rows, −1 for none) have class c."""
-    from scipy import sparse
-
-    rows, classes = labels
-    membership = sparse.csr_matrix(
-        (np.ones(len(rows), dtype=np.float32), (rows, classes)), shape=(num_labelled, num_classes)
-    )
-    valid = neighbours >= 0
-    voters = sparse.csr_matrix(
-        (
-            np.ones(int(valid.sum()), dtype=np.float32),
-            (np.nonzero(valid)[0], neighbours[valid]),
-        ),
-        shape=(len(neighbours), num_labelled),
-    )
-    return (voters @ membership).toarray()
 
 
 def balanced_prediction(votes: np.ndarray, class_sizes: np.ndarray) -> np.ndarray:
@@ -364,7 +345,8 @@ def estimate_and_gate(
         canary_classes.append(np.full(len(members), cls))
     canary_rows, canary_classes = np.concatenate(canary_rows), np.concatenate(canary_classes)
     neighbours, similarities = leave_one_out_neighbours(search, labelled[canary_rows], canary_rows, k)
-    votes = vote_counts(neighbours, labels, len(labelled), num_classes)
+    membership = class_membership(labels, len(labelled), num_classes)
+    votes = vote_counts(neighbours, membership)
     scores = class_scores(
         labelled[canary_rows],
         queries,
@@ -380,7 +362,7 @@ def estimate_and_gate(
         parts.append(
             (
                 np.full(len(outside), -1),
-                vote_counts(outside_neighbours, labels, len(labelled), num_classes),
+                vote_counts(outside_neighbours, membership),
                 class_scores(outside, queries, query_classes, num_classes),
                 outside_similarities[:, 0],
             )
@@ -396,7 +378,7 @@ def estimate_and_gate(
     sample = np.sort(rng.choice(pool_size, min(pool_size, composition_sample), replace=False))
     pool_similarities, pool_neighbours = search(pool_vectors(sample), k)
     pool_predicted = predicted_outcome(
-        vote_counts(pool_neighbours, labels, len(labelled), num_classes),
+        vote_counts(pool_neighbours, membership),
         pool_similarities[:, 0],
         class_sizes,
         far,

@@ -186,12 +186,8 @@ def knn_vote_filter(
         vectors_of: pool rows -> their unit vectors.
     """
     import faiss
-    from scipy import sparse
 
-    rows, classes = image_classes
-    membership = sparse.csr_matrix(
-        (np.ones(len(rows), dtype=np.float32), (rows, classes)), shape=(len(labelled), num_classes)
-    )
+    membership = class_membership(image_classes, len(labelled), num_classes)
     nearest = faiss.IndexFlatIP(labelled.shape[1])
     nearest.add(np.ascontiguousarray(labelled, dtype=np.float32))
     k = min(k, len(labelled))
@@ -213,17 +209,31 @@ def knn_vote_filter(
         for start in range(0, len(unique), VOTE_CHUNK):
             chunk = unique[start : start + VOTE_CHUNK]
             _, neighbours = nearest.search(np.ascontiguousarray(vectors_of(chunk), dtype=np.float32), k)
-            # votes[i, c] = how many of item i's neighbours have class c.
-            voters = sparse.csr_matrix(
-                (
-                    np.ones(neighbours.size, dtype=np.float32),
-                    (np.repeat(np.arange(len(chunk)), k), neighbours.ravel()),
-                ),
-                shape=(len(chunk), len(labelled)),
-            )
-            votes = (voters @ membership).toarray()
+            votes = vote_counts(neighbours, membership)
             items, classes = np.nonzero(votes == votes.max(axis=1, keepdims=True))
             keys.append(chunk[items].astype(np.int64) * num_classes + classes)
         return np.concatenate(keys)
 
     return agrees
+
+
+def class_membership(labels: tuple[np.ndarray, np.ndarray], num_labelled: int, num_classes: int):
+    """membership[r, c] = 1 where labelled row r has class c (sparse: rows × C)."""
+    from scipy import sparse
+
+    rows, classes = labels
+    return sparse.csr_matrix(
+        (np.ones(len(rows), dtype=np.float32), (rows, classes)), shape=(num_labelled, num_classes)
+    )
+
+
+def vote_counts(neighbours: np.ndarray, membership) -> np.ndarray:
+    """votes[i, c] = how many of item i's neighbours (labelled rows, −1 for none) have class c."""
+    from scipy import sparse
+
+    valid = neighbours >= 0
+    voters = sparse.csr_matrix(
+        (np.ones(int(valid.sum()), dtype=np.float32), (np.nonzero(valid)[0], neighbours[valid])),
+        shape=(len(neighbours), membership.shape[0]),
+    )
+    return (voters @ membership).toarray()

@@ -12,8 +12,8 @@ from rebalance.precision import (
     estimate_class,
     leave_one_out_neighbours,
     pool_composition,
-    vote_counts,
 )
+from rebalance.retrieval import class_membership, vote_counts
 
 
 def test_class_scores_take_each_class_best_query_and_skip_the_canary_own_query() -> None:
@@ -40,7 +40,7 @@ def test_leave_one_out_drops_the_canary_itself_or_else_the_farthest() -> None:
 
 def test_votes_count_every_class_of_each_neighbour() -> None:
     labels = (np.array([0, 1, 1, 2]), np.array([0, 0, 1, 1]))  # row 1 has both classes
-    votes = vote_counts(np.array([[0, 1], [2, -1]]), labels, 3, 2)
+    votes = vote_counts(np.array([[0, 1], [2, -1]]), class_membership(labels, 3, 2))
     assert votes.tolist() == [[2.0, 1.0], [0.0, 1.0]]
 
 
