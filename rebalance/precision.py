@@ -347,6 +347,13 @@ def estimate_and_gate(
     neighbours, similarities = leave_one_out_neighbours(search, labelled[canary_rows], canary_rows, k)
     membership = class_membership(labels, len(labelled), num_classes)
     votes = vote_counts(neighbours, membership)
+    # Only the classes that retrieved need scores: the rest would cost canaries × all queries.
+    scored = np.isin(query_classes, np.nonzero(np.asarray(quotas) > 0)[0])
+    queries, query_classes, query_rows = (
+        queries[scored],
+        np.asarray(query_classes)[scored],
+        query_rows[scored],
+    )
     scores = class_scores(
         labelled[canary_rows],
         queries,
