@@ -11,7 +11,7 @@ Two corpora of 500,000 captions each, 1,000 classes:
   the 1,000 ImageNet class names with up to two more WordNet lemmas each.
 
 All methods count, per class, the captions that mention any written form of its synonyms (each
-synonym and the plurals of its head noun, ``rebalance.text.inflection``; whole words, after the
+synonym and the plurals of its head noun, ``rebalance.methods.inflection``; whole words, after the
 same normalisation); counts are checked to be identical. The naive loop (one regex per form) is
 timed on the first 2,000 captions only and reported per caption. pyahocorasick and polars get the
 synthetic text as it is (already normal) and the real text pre-normalised, outside their timing;
@@ -33,10 +33,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rebalance.frequency import CompiledSynonyms, count_concepts
+from rebalance.domain.text import normalize
 from rebalance.io.wordnet import WordNet
-from rebalance.text.inflection import surface_forms
-from rebalance.text.normalize import normalize
+from rebalance.methods.frequency import CompiledSynonyms, count_concepts
+from rebalance.methods.inflection import surface_forms
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from rebalance.dedup import semdedup
+from rebalance.methods.dedup import semdedup
 
 
 def blobs_with_copies(rows: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

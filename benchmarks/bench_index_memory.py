@@ -29,7 +29,7 @@ from pathlib import Path
 kind, folder, factory = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 started = time.perf_counter()
 if kind == "rebalance":
-    from rebalance.core.artifacts import Embeddings
+    from rebalance.domain.artifacts import Embeddings
     from rebalance.steps.index import build_index
     vectors = np.load(folder / "pool.npy", mmap_mode="r")
     index = build_index(Embeddings(np.arange(len(vectors)), vectors, "bench"), factory=factory, max_memory_gb=2.0).index

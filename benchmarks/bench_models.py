@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rebalance.models.device import resolve_device
+from rebalance.core.device import resolve_device
 from rebalance.models.diffusion import DiffusionGenerator
 from rebalance.models.encoders import EncoderSpec, load_encoder
 from rebalance.models.tiny import save_tiny_open_clip, save_tiny_stable_diffusion

@@ -72,11 +72,11 @@ def end_phase(name):
     rss_by_phase[name] = round(peak_kb["VmRSS"] / 2**20, 2)
     peak_kb.update(RssAnon=0, VmRSS=0)
 folder, factory, cap, shards = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
-from rebalance.core.artifacts import Embeddings, LabeledDataset, VectorIndex
+from rebalance.domain.artifacts import Embeddings, LabeledDataset, VectorIndex
 from rebalance.steps.embed import precomputed_embeddings
 from rebalance.steps.index import fill_index, train_index
-from rebalance import index as vector_index
-from rebalance.retrieval import retrieve_with_quotas
+from rebalance.methods import index as vector_index
+from rebalance.methods.retrieval import retrieve_with_quotas
 times = {}
 started = time.perf_counter()
 keys = pa.concat_arrays([pq.read_table(p, columns=["key"])["key"].combine_chunks()

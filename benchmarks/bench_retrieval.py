@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 
-from rebalance.index import auto_factory, build_index, exact_search_torch, search
-from rebalance.retrieval import retrieve_with_quotas
+from rebalance.methods.index import auto_factory, build_index, exact_search_torch, search
+from rebalance.methods.retrieval import retrieve_with_quotas
 
 
 def unit_rows(count: int, dim: int, rng: np.random.Generator) -> np.ndarray:

@@ -17,7 +17,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from rebalance.sampling import repeat_factors
+from rebalance.methods.sampling import repeat_factors
 
 
 def mmengine_repeat_factors(image_categories: list[list[int]], repeat_thr: float) -> list[float]:
@@ -78,7 +78,7 @@ def main() -> None:
     identical = np.array_equal(factors, np.asarray(expected))
     print(f"mmengine ClassBalancedDataset loop:   {loop_s:8.3f} s  (baseline)")
     print(
-        f"rebalance.sampling.repeat_factors:     {fast_s:8.3f} s  -> {loop_s / fast_s:.0f}x faster; identical factors: {identical}"
+        f"rebalance.methods.sampling.repeat_factors:     {fast_s:8.3f} s  -> {loop_s / fast_s:.0f}x faster; identical factors: {identical}"
     )
     list_s, _ = best_of(1, lambda: repeat_factors(labels, threshold=args.threshold))
     print(f"  same, from Python lists (incl. conversion): {list_s:.3f} s -> {loop_s / list_s:.0f}x")

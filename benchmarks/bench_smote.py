@@ -18,8 +18,8 @@ import time
 import numpy as np
 import torch
 
-from rebalance.retrieval import class_quotas
-from rebalance.synthesis.features import calibrated_gaussian, smote
+from rebalance.methods.feature_synthesis import calibrated_gaussian, smote
+from rebalance.methods.retrieval import class_quotas
 
 
 def long_tailed_blobs(rows: int, dim: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

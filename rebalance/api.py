@@ -11,11 +11,11 @@ from typing import Any
 import pydantic
 
 from rebalance.core.cache import Cache, CacheEntry, EntryCheck
-from rebalance.core.config import PipelineConfig, did_you_mean, load_pipeline
+from rebalance.core.config import PipelineConfig, load_pipeline
 from rebalance.core.progress import Reporter
 from rebalance.core.registry import StepSpec, all_steps
 from rebalance.core.runner import RunResult, StepPlan, keep_outputs, plan_pipeline, run_pipeline
-from rebalance.errors import ConfigError, ConfigIssue
+from rebalance.errors import ConfigError, ConfigIssue, did_you_mean
 from rebalance.train.choices import HeadConfig
 
 __all__ = [

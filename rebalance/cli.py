@@ -181,7 +181,7 @@ def report(run_dir: Annotated[str, typer.Argument(help="A run's output folder.")
     if panel.is_file():
         out.print(f"baselines panel (rebalance compare): {panel.resolve()}", highlight=False)
     if "accuracy" in figures:
-        from rebalance.compare import HEADERS, METRICS
+        from rebalance.report.panel import HEADERS, METRICS
 
         table = Table("run", *HEADERS, title="test accuracy per frequency bucket")
         for run, values in figures["accuracy"].items():

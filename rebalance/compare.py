@@ -35,9 +35,8 @@ from typing import Any, Literal
 from rebalance.core.config import PipelineConfig, StepConfig, load_pipeline
 from rebalance.core.runner import run_pipeline
 from rebalance.errors import RebalanceError
+from rebalance.report.panel import METRICS
 
-METRICS = ("rare", "common", "frequent", "top1")
-HEADERS = ("rare", "common", "frequent", "top-1")
 # Report inputs that name the training runs to compare, one (original, rebalanced) pair a model.
 MODEL_INPUTS = (("baseline", "rebalanced"), ("cnn_baseline", "cnn_rebalanced"))
 CRT_EPOCHS = 10

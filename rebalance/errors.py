@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -61,3 +63,10 @@ class StorageError(RebalanceError):
     """The cache or output folder could not be written (disk full, quota, permissions)."""
 
     exit_code = 5
+
+
+def did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """The close match to ``word`` among ``choices`` (if any) and the allowed values, for a message."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    allowed = ", ".join(choices) if len(choices) <= 12 else f"{len(choices)} choices"
+    return (f"did you mean {close[0]!r}? " if close else "") + f"allowed: {allowed}"

@@ -1,6 +1,6 @@
 """Build the shipped outside canaries: handwritten digits made to look like Fashion-MNIST.
 
-Retrieval's precision estimate (``rebalance.precision``) needs images known to lie outside the label
+Retrieval's precision estimate (``rebalance.methods.precision``) needs images known to lie outside the label
 set, so that it sees what a pool item of no class does. Source: scikit-learn's bundled copy of the
 UCI optical-recognition digits (``sklearn.datasets.load_digits``: 1,797 8×8 images, 17 grey
 levels; UCI, CC BY 4.0), installed with scikit-learn, so nothing is downloaded. Each digit is scaled

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rebalance.dedup import semdedup
+from rebalance.methods.dedup import semdedup
 
 
 def planted(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -4,8 +4,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from rebalance.entities import adr_keep_probabilities, check_entities, count_entities
 from rebalance.errors import DataError
+from rebalance.methods.entities import adr_keep_probabilities, check_entities, count_entities
 
 ENTITIES = {"dog": ["dog", "puppy"], "cat": ["cat"], "bird": ["bird"], "bear": ["bear"]}
 CAPTIONS = pa.array(

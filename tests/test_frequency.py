@@ -10,11 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from rebalance.domain.text import tokens
 from rebalance.errors import DataError
-from rebalance.frequency import count_concepts, sample_matching_captions
 from rebalance.io.wordnet import WordNet
-from rebalance.text.inflection import surface_forms
-from rebalance.text.normalize import tokens
+from rebalance.methods.frequency import count_concepts, sample_matching_captions
+from rebalance.methods.inflection import surface_forms
 
 HAND_LABELLED = json.loads((Path(__file__).parent / "data" / "hand_labelled_captions.json").read_text())
 

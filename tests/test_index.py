@@ -4,9 +4,15 @@ import faiss
 import numpy as np
 import pytest
 
-from rebalance import index as vector_index
 from rebalance.errors import DataError, RebalanceError
-from rebalance.index import auto_factory, build_index, exact_search_torch, search, training_sample_size
+from rebalance.methods import index as vector_index
+from rebalance.methods.index import (
+    auto_factory,
+    build_index,
+    exact_search_torch,
+    search,
+    training_sample_size,
+)
 
 
 def unit_rows(count: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -90,7 +96,7 @@ def test_a_float16_memory_map_is_indexed_chunk_by_chunk_as_if_whole(tmp_path) ->
 def test_an_index_filled_in_parts_and_merged_is_the_index_built_at_once() -> None:
     import faiss
 
-    from rebalance.index import add_vectors, merge_indexes, train_index
+    from rebalance.methods.index import add_vectors, merge_indexes, train_index
 
     database = unit_rows(4_000, 16, seed=6)
     for factory in ("Flat", "IVF32,Flat", "IVF32,PQ4"):
@@ -116,7 +122,7 @@ def test_the_index_trained_once_and_filled_on_a_local_cluster_searches_like_one_
     import faiss
 
     from rebalance import api
-    from rebalance.core.artifacts import VectorIndex
+    from rebalance.domain.artifacts import VectorIndex
     from tests.conftest import REPO
 
     pool = REPO / "data" / "fashion_mnist_lt" / "pool"
@@ -176,7 +182,7 @@ def test_lists_larger_than_the_cap_are_merged_on_disk_and_search_like_the_index_
     import shutil
 
     from rebalance import api
-    from rebalance.core.artifacts import VectorIndex
+    from rebalance.domain.artifacts import VectorIndex
 
     # 2,000 vectors × (64 dims × 4 bytes + an 8-byte id) = 528 kB of lists, over a 0.1 MiB cap.
     pipeline = _index_pipeline(tmp_path, max_memory_gb=0.0001)
@@ -226,7 +232,7 @@ def test_an_index_build_killed_with_kill_9_resumes_with_its_finished_shards(tmp_
     import sys
 
     from rebalance import api
-    from rebalance.core.artifacts import VectorIndex
+    from rebalance.domain.artifacts import VectorIndex
     from tests.conftest import REPO
 
     pipeline = _index_pipeline(tmp_path, max_memory_gb=8)
@@ -235,7 +241,7 @@ def test_an_index_build_killed_with_kill_9_resumes_with_its_finished_shards(tmp_
     # deterministic point in the middle of the build, with three shards finished.
     script = (
         "import os, signal, sys\n"
-        "from rebalance import index\n"
+        "from rebalance.methods import index\n"
         "real, calls = index.add_vectors, []\n"
         "def add_then_die(*args, **kwargs):\n"
         "    calls.append(1)\n"
@@ -263,7 +269,7 @@ def test_list_by_list_search_equals_faiss_search_for_residual_codes_too(tmp_path
     # centroid + residual (faiss's big_batch_search scores residual · residual, right only for L2).
     import faiss
 
-    from rebalance.index import _search_list_by_list, merge_on_disk
+    from rebalance.methods.index import _search_list_by_list, merge_on_disk
 
     vectors, queries = unit_rows(6_000, 32, seed=3), unit_rows(200, 32, seed=4)
     trained = faiss.index_factory(32, factory, faiss.METRIC_INNER_PRODUCT)

@@ -10,8 +10,8 @@ import datasets
 import pytest
 
 from rebalance import api
-from rebalance.core.artifacts import LabeledDataset
 from rebalance.core.config import load_pipeline
+from rebalance.domain.artifacts import LabeledDataset
 from rebalance.domain.classes import class_counts
 from rebalance.errors import ConfigError
 from tests.conftest import REPO, tree_digest

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rebalance.precision import (
+from rebalance.methods.precision import (
     Canaries,
     class_scores,
     estimate_and_gate,
@@ -13,7 +13,7 @@ from rebalance.precision import (
     leave_one_out_neighbours,
     pool_composition,
 )
-from rebalance.retrieval import class_membership, vote_counts
+from rebalance.methods.retrieval import class_membership, vote_counts
 
 
 def test_class_scores_take_each_class_best_query_and_skip_the_canary_own_query() -> None:
@@ -107,7 +107,7 @@ def planted(seed: int = 0, confusable: float = 0.0):
 
 def retrieve_planted(labelled, labelled_classes, pool, quotas, min_precision, outside=None):
     """The retrieval rule by hand: vote of 10 nearest labelled images, best score per class."""
-    from rebalance.retrieval import knn_vote_filter, retrieve_with_quotas
+    from rebalance.methods.retrieval import knn_vote_filter, retrieve_with_quotas
 
     rows = np.arange(len(labelled))
     agrees = knn_vote_filter(labelled, (rows, labelled_classes), 4, 10, lambda r: pool[r])

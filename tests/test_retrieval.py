@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from rebalance.index import build_index, search
-from rebalance.retrieval import class_quotas, knn_vote_filter, retrieve_with_quotas
+from rebalance.methods.index import build_index, search
+from rebalance.methods.retrieval import class_quotas, knn_vote_filter, retrieve_with_quotas
 
 
 def test_quotas_raise_classes_to_the_target_with_a_cap() -> None:

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from benchmarks.bench_sampling import lvis_like_labels, mmengine_repeat_factors
-from rebalance.sampling import RepeatFactorSampler, class_balanced_factors, epoch_indices, repeat_factors
+from rebalance.methods.sampling import (
+    RepeatFactorSampler,
+    class_balanced_factors,
+    epoch_indices,
+    repeat_factors,
+)
 
 # Five images; image 3 has two instances of category 2, image 4 has no annotation.
 FIVE = [[0], [0, 1], [0], [2, 2], []]

@@ -12,7 +12,7 @@ import datasets
 import pytest
 
 from rebalance import api
-from rebalance.core.artifacts import LabeledDataset
+from rebalance.domain.artifacts import LabeledDataset
 from rebalance.errors import DataError
 from rebalance.io.references import image_ref
 from rebalance.io.webdataset import scan_webdataset
@@ -263,7 +263,7 @@ def test_precomputed_vectors_are_gathered_into_pool_order_a_chunk_at_a_time(tmp_
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from rebalance.core.artifacts import Embeddings
+    from rebalance.domain.artifacts import Embeddings
     from rebalance.io.memmaps import save_rows
     from rebalance.steps.embed import precomputed_embeddings
 

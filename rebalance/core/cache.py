@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from rebalance.core.artifacts import Artifact
+from rebalance.core.artifact import Artifact
 from rebalance.core.fs import atomic_dir, remove_stale_temps, write_json_atomic
 
 MARKER = "_COMPLETE.json"

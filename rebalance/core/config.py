@@ -8,7 +8,6 @@ steps; it never imports code.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import graphlib
 import hashlib
 import heapq
@@ -22,7 +21,7 @@ import pydantic
 import yaml
 
 from rebalance.core.registry import StepSpec, all_steps
-from rebalance.errors import ConfigError, ConfigIssue
+from rebalance.errors import ConfigError, ConfigIssue, did_you_mean
 
 COMMAND_LINE = "command line"
 # A step that declares this keyword parameter receives the resolved config of itself and every step
@@ -121,12 +120,6 @@ def _own_params(step: StepConfig) -> dict[str, Any]:
 
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str, sort_keys=True))
-
-
-def did_you_mean(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    allowed = ", ".join(choices) if len(choices) <= 12 else f"{len(choices)} choices"
-    return (f"did you mean {close[0]!r}? " if close else "") + f"allowed: {allowed}"
 
 
 # --- loading -------------------------------------------------------------------------------------

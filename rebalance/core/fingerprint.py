@@ -25,10 +25,13 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from rebalance.core.moved import current_name
+
 RUNTIME = ("rebalance.core", "rebalance.errors", "rebalance.cli", "rebalance.api")
 """Module prefixes that never count: the runner, cache, config, registry, executors and errors."""
-COUNTED_UNDER_RUNTIME = ("rebalance.core.artifacts",)
-"""Exceptions to ``RUNTIME``: the artifact types write the bytes a step's output is made of."""
+COUNTED_UNDER_RUNTIME = ("rebalance.core.artifact", "rebalance.core.markdown")
+"""Exceptions to ``RUNTIME``: the artifact protocol and its parquet / markdown writers make the bytes
+a step's output is written as."""
 
 
 def imported_names(tree: ast.AST, module: str, is_package: bool) -> set[str]:
@@ -129,7 +132,8 @@ class CodeFingerprinter:
         return under(self._counted) or not under(self._runtime)
 
     def _parse(self, module: str) -> _Parsed | None:
-        located = _module_file(module)
+        # A plugin may still import a module by the path it had before it moved: read it where it is.
+        located = _module_file(current_name(module))
         if located is None:
             self._parsed[module] = None
             return None

@@ -24,7 +24,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from rebalance.core.artifacts import Artifact
+from rebalance.core.artifact import Artifact
 from rebalance.core.cache import MARKER, Cache, read_marker, write_concatenated, write_entry
 from rebalance.core.config import LINEAGE_PARAM, PipelineConfig, StepConfig
 from rebalance.core.executors import Executor, make_executor

@@ -1,5 +1,5 @@
-"""The domain library below the steps: classes, their buckets and quotas, the stage ledger, prompts.
+"""The domain below the methods and the steps: the dataset tables and artifact types, classes with
+their buckets and quotas, the stage ledger, prompts and text normalisation.
 
-Steps, the report, the trainers and compare import it; it imports only ``core`` artifacts and the
-numeric libraries (``rebalance.retrieval``), never a step.
+It imports only the runtime's artifact protocol and io, never a method or a step.
 """

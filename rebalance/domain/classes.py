@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rebalance.core.artifacts import ClassStats, LabeledDataset
+from rebalance.domain.artifacts import ClassStats, LabeledDataset
 
 BUCKETS = ("rare", "common", "frequent")
 _LVIS_CODES = {"r": "rare", "c": "common", "f": "frequent"}

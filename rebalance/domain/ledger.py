@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rebalance.core.artifacts import LabeledDataset
+from rebalance.domain.artifacts import LabeledDataset
 
 
 def stage_changes(original: LabeledDataset, final: LabeledDataset) -> dict[str, np.ndarray]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from rebalance.core.artifacts import ConceptFrequency, LabeledDataset
-from rebalance.text.normalize import readable
+from rebalance.domain.artifacts import ConceptFrequency, LabeledDataset
+from rebalance.domain.text import readable
 
 
 def class_prompt_names(dataset: LabeledDataset, frequency: ConceptFrequency | None) -> list[str]:

@@ -21,8 +21,8 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 
-from rebalance.core.artifacts import ANNOTATIONS_SCHEMA, CATEGORIES_SCHEMA, IMAGES_SCHEMA
 from rebalance.errors import DataError
+from rebalance.io.schemas import ANNOTATIONS_SCHEMA, CATEGORIES_SCHEMA, IMAGES_SCHEMA
 
 # LVIS per-image lists for federated evaluation, kept when present.
 LVIS_IMAGE_LISTS = ("neg_category_ids", "not_exhaustive_category_ids")

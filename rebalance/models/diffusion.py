@@ -11,8 +11,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
+from rebalance.core.device import resolve_device
 from rebalance.errors import RebalanceError
-from rebalance.models.device import resolve_device
 
 
 class DiffusionGenerator:

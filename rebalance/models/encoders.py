@@ -19,10 +19,10 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from rebalance.core.device import resolve_device
+from rebalance.domain.artifacts.vectors import unit_rows
 from rebalance.errors import DataError, RebalanceError
-from rebalance.index import unit_rows
 from rebalance.io.references import ImageSource, open_image
-from rebalance.models.device import resolve_device
 
 EncoderKind = Literal["open_clip", "transformers", "sentence"]
 MINILM = "all-MiniLM-L6-v2"

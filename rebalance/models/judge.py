@@ -10,8 +10,8 @@ import functools
 
 import numpy as np
 
+from rebalance.core.device import resolve_device
 from rebalance.errors import RebalanceError
-from rebalance.models.device import resolve_device
 
 PROMPT = (
     "Does the following text mention a {concept} ({definition})?\n"

@@ -6,8 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from rebalance import plots
-from rebalance.core.artifacts import ConceptFrequency, LabeledDataset, Report, TrainReport
+from rebalance.domain.artifacts import ConceptFrequency, LabeledDataset, Report, TrainReport
 from rebalance.domain.classes import BUCKETS, class_buckets, class_counts, expected_draws_per_epoch
 from rebalance.domain.ledger import (
     RETRIEVAL_HEADER,
@@ -16,6 +15,7 @@ from rebalance.domain.ledger import (
     retrieval_table_rows,
     stage_changes,
 )
+from rebalance.report import plots
 from rebalance.report.templates import render
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from rebalance.compare import HEADERS, METRICS
 from rebalance.report.templates import render
+
+# The accuracy figures a panel shows (keys of compare's results) and their column headers.
+METRICS = ("rare", "common", "frequent", "top1")
+HEADERS = ("rare", "common", "frequent", "top-1")
 
 
 def _mean_std(row: dict[str, Any], metric: str) -> str:

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import NonNegativeInt, PositiveInt, confloat
 
-from rebalance.core.artifacts import Embeddings, EntityStatistics, LabeledDataset, positions_of
 from rebalance.core.registry import step
+from rebalance.domain.artifacts import Embeddings, EntityStatistics, LabeledDataset, positions_of
 from rebalance.domain.classes import class_buckets, class_counts
 from rebalance.errors import DataError
 
@@ -51,9 +51,9 @@ def semdedup_step(
 
     Spherical k-means into ceil(n / images_per_cluster) clusters; within a cluster and class, items
     are visited farthest-from-centroid first and dropped when too similar to a kept item (see
-    rebalance.dedup). Only images whose classes are all in thin_buckets can be removed.
+    rebalance.methods.dedup). Only images whose classes are all in thin_buckets can be removed.
     """
-    from rebalance.dedup import semdedup
+    from rebalance.methods.dedup import semdedup
 
     vectors = embeddings.aligned_to(dataset.images["image_id"].to_numpy())
     groups = pc.dictionary_encode(
@@ -98,7 +98,7 @@ def entity_thinning(
     can be removed; Bernoulli draws come from seed.
 
     With ``statistics`` (``entity_statistics``: the entities each image's own captions mention),
-    ADR's caption-level rule (``rebalance.entities.adr_keep_probabilities``): an image may be
+    ADR's caption-level rule (``rebalance.methods.entities.adr_keep_probabilities``): an image may be
     dropped only when every entity it mentions is over-represented (N_e > tau) and so is every
     pair of them (N_ef > pair_tau); it is kept with p = min(1, max(tau / min N_e, pair_tau /
     min N_ef)). An image that mentions a tail entity or pair, or none, is always kept. tau and
@@ -149,7 +149,7 @@ def _thin_by_caption_entities(
     pair_tau: int | None,
     seed: int,
 ) -> LabeledDataset:
-    from rebalance.entities import EntityCounts, adr_keep_probabilities
+    from rebalance.methods.entities import EntityCounts, adr_keep_probabilities
 
     image_ids = dataset.images["image_id"].to_numpy()
     rows, missing = positions_of(statistics.mentions["image_id"].to_numpy(), image_ids)

@@ -9,12 +9,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import PositiveInt
 
-from rebalance.core.artifacts import Embeddings, LabeledDataset
+from rebalance.core.device import Device
 from rebalance.core.registry import InputPath, ModelRef, step
+from rebalance.domain.artifacts import Embeddings, LabeledDataset
 from rebalance.errors import DataError
 from rebalance.io.images import load_pixels
 from rebalance.io.memmaps import CHUNK_ROWS, release_mapped_pages
-from rebalance.models.device import Device
 from rebalance.models.encoders import MINILM, EncoderSpec, load_encoder
 from rebalance.models.pixels import pca_project
 

@@ -11,14 +11,14 @@ import pyarrow.compute as pc
 import yaml
 from pydantic import PositiveInt
 
-from rebalance.core.artifacts import (
+from rebalance.core.registry import step
+from rebalance.domain.artifacts import (
     Embeddings,
     HFDatasetExport,
     LabeledDataset,
     markdown_table,
     markdown_text,
 )
-from rebalance.core.registry import step
 from rebalance.domain.classes import (
     class_buckets,
     class_counts,
@@ -242,7 +242,7 @@ def _card(
     embed_images: bool = True,
 ) -> tuple[str, dict[str, bytes]]:
     """The dataset card (README.md) and its plots; ``buckets`` per class, from the original counts."""
-    from rebalance.plots import class_distribution
+    from rebalance.report.plots import class_distribution
 
     stats = compute_class_stats(dataset)
     after = stats.table["images"].to_numpy()

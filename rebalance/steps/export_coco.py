@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rebalance.core.artifacts import IMAGES_SCHEMA, CocoExport, LabeledDataset
 from rebalance.core.registry import step
+from rebalance.domain.artifacts import IMAGES_SCHEMA, CocoExport, LabeledDataset
 from rebalance.domain.classes import frequency_buckets
 from rebalance.errors import DataError
 from rebalance.io.coco import LVIS_IMAGE_LISTS

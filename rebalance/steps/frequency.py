@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import NonNegativeInt, PositiveInt, confloat
 
-from rebalance.core.artifacts import (
+from rebalance.core.registry import InputPath, ModelRef, step
+from rebalance.domain.artifacts import (
     CaptionCorpus,
     ConceptCounts,
     ConceptFrequency,
@@ -19,12 +20,10 @@ from rebalance.core.artifacts import (
     LabeledDataset,
     Synonyms,
 )
-from rebalance.core.config import did_you_mean
-from rebalance.core.registry import InputPath, ModelRef, step
-from rebalance.errors import DataError
+from rebalance.domain.text import readable
+from rebalance.errors import DataError, did_you_mean
 from rebalance.io.wordnet import Synset, WordNet
-from rebalance.text.inflection import surface_forms
-from rebalance.text.normalize import readable
+from rebalance.methods.inflection import surface_forms
 
 
 @step("mine_synonyms", role="describes")
@@ -132,7 +131,7 @@ def count_captions(
 ) -> ConceptCounts:
     """Count the captions that mention each class by any synonym; runs per corpus shard on the executor.
 
-    The same counter as ``concept_frequency`` (``rebalance.frequency.count_concepts``); shard counts
+    The same counter as ``concept_frequency`` (``rebalance.methods.frequency.count_concepts``); shard counts
     add up to the count over the whole corpus. Feed the result to ``concept_frequency`` (``counts``).
     """
     from rebalance.io.captions import iter_piece
@@ -186,7 +185,7 @@ def concept_frequency(
 
 
 def _count(synonyms: Synonyms, captions, per_caption: bool) -> ConceptCounts:
-    from rebalance.frequency import count_concepts
+    from rebalance.methods.frequency import count_concepts
 
     names = synonyms.table["concept"].to_pylist()
     mapping = dict(zip(names, synonyms.table["synonyms"].to_pylist(), strict=True))
@@ -212,7 +211,7 @@ def with_tail(
     table: pa.Table, count_column: str, summary: dict, tail_quantile: float, head_quantile: float
 ) -> ConceptFrequency:
     """Add frequency, tail and bucket columns from ``count_column``, and the rank plot."""
-    from rebalance.plots import concept_frequency as plot
+    from rebalance.report.plots import concept_frequency as plot
 
     names = table["concept"].to_pylist()
     counts = table[count_column].to_numpy()
@@ -266,8 +265,8 @@ def llm_filter(
     checks ≥ 1000 or stops at enough positives). estimated_count = count × yes_ratio over the
     captions checked, and the tail and buckets are recomputed on it. Classes with no match keep 0.
     """
-    from rebalance.frequency import sample_matching_captions
     from rebalance.io.captions import iter_captions
+    from rebalance.methods.frequency import sample_matching_captions
     from rebalance.models.judge import PROMPT, load_judge
 
     names = synonyms.table["concept"].to_pylist()
@@ -331,7 +330,7 @@ def entity_statistics(
     Captions come from ``caption_column`` (see the ingest steps' ``captions``); an image's lines
     are separate captions. Feed the result to ``entity_thinning`` (input ``statistics``).
     """
-    from rebalance.entities import check_entities, count_entities
+    from rebalance.methods.entities import check_entities, count_entities
 
     if (synonyms is None) == (entities is None):
         raise DataError("entity_statistics needs exactly one of the `synonyms` input or an `entities` file")

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 
-from rebalance import index as vector_index
-from rebalance.core.artifacts import Embeddings, VectorIndex
 from rebalance.core.registry import step
+from rebalance.domain.artifacts import Embeddings, VectorIndex
 from rebalance.errors import DataError
+from rebalance.methods import index as vector_index
 
 
 @step("build_index", role="embeds")
@@ -24,7 +24,7 @@ def build_index(
     """Index a pool's embeddings with FAISS (inner product = cosine on normalised vectors).
 
     ``factory`` is any ``faiss.index_factory`` string; when omitted it is chosen by size
-    (``rebalance.index.auto_factory``: exact ``Flat`` up to 50k vectors, then IVF, with PQ codes
+    (``rebalance.methods.index.auto_factory``: exact ``Flat`` up to 50k vectors, then IVF, with PQ codes
     when the raw vectors exceed ``max_memory_gb``). Trained on a seeded sample, built on the CPU
     (the same index file whether or not a GPU is present), searched on a GPU when one is usable.
     """

@@ -8,11 +8,11 @@ from collections import Counter
 import pyarrow as pa
 from pydantic import PositiveInt
 
-from rebalance.core.artifacts import (
+from rebalance.core.registry import InputPath, step
+from rebalance.domain.artifacts import (
     REMOVED_SCHEMA,
     LabeledDataset,
 )
-from rebalance.core.registry import InputPath, step
 from rebalance.errors import DataError
 from rebalance.io.coco import read_coco, read_coco_captions
 from rebalance.io.image_folder import IMAGE_EXTENSIONS, scan_image_folder, scan_pool_folder

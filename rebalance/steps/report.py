@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import PositiveInt
 
-from rebalance.core.artifacts import ConceptFrequency, LabeledDataset, Report, TrainReport
 from rebalance.core.registry import step
+from rebalance.domain.artifacts import ConceptFrequency, LabeledDataset, Report, TrainReport
 
 
 @step("report", role="reports")

@@ -10,17 +10,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import NonNegativeInt, PositiveInt, confloat
 
-from rebalance import index as vector_index
-from rebalance.core.artifacts import ConceptFrequency, Embeddings, LabeledDataset, VectorIndex, positions_of
+from rebalance.core.device import Device
 from rebalance.core.registry import step
+from rebalance.domain.artifacts import ConceptFrequency, Embeddings, LabeledDataset, VectorIndex, positions_of
+from rebalance.domain.artifacts.vectors import unit_rows
 from rebalance.domain.classes import balance_quotas, freeze_buckets
 from rebalance.domain.prompts import class_prompt_names
 from rebalance.errors import DataError
-from rebalance.index import unit_rows
-from rebalance.models.device import Device
+from rebalance.methods import index as vector_index
+from rebalance.methods.precision import RetrievalPrecision, estimate_and_gate
+from rebalance.methods.retrieval import Assignment, Target, knn_vote_filter, retrieve_with_quotas
 from rebalance.models.encoders import text_queries
-from rebalance.precision import RetrievalPrecision, estimate_and_gate
-from rebalance.retrieval import Assignment, Target, knn_vote_filter, retrieve_with_quotas
 
 # CLIP's prompt ensemble, shortened (Radford et al., 2021): averaging a few templates is steadier
 # than any one of them.
@@ -75,11 +75,11 @@ def retrieve(
     already in the dataset (same file, or cosine ≥ ``duplicate_threshold`` to a dataset image; null
     turns the near-copy check off), and never below ``min_score``. With ``vote_k``, an item joins
     class c only when c wins the vote of its ``vote_k`` nearest dataset images over *all* classes
-    (``rebalance.retrieval.knn_vote_filter``): a precision filter that keeps, say, a coat found
+    (``rebalance.methods.retrieval.knn_vote_filter``): a precision filter that keeps, say, a coat found
     near a shirt example out of the shirts.
 
     Precision before quantity: each class's precision is estimated without pool labels
-    (``rebalance.precision``: every labelled image, at most ``canaries_per_class`` a class, goes
+    (``rebalance.methods.precision``: every labelled image, at most ``canaries_per_class`` a class, goes
     through the same rule as a canary left out of its own vote and queries; ``outside`` holds
     embeddings of images known to lie outside the label set; the pool's class mix is estimated from
     ``composition_sample`` pool items), and a class keeps its best-ranked candidates only as far as

@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 
-from rebalance.core.artifacts import EpochIndex, LabeledDataset
 from rebalance.core.registry import step
+from rebalance.domain.artifacts import EpochIndex, LabeledDataset
 from rebalance.errors import DataError
 
 SamplingMethod = Literal["rfs", "irfs", "class_balanced", "sqrt", "power"]
@@ -32,7 +32,7 @@ def repeat_factors_step(
     N · p_c / n_c with p_c ∝ n_c^q, q = 0, 0.5 or ``power``. Rows are not duplicated here: the
     factor travels with the dataset to the export and the sampler.
     """
-    from rebalance.sampling import class_balanced_factors, repeat_factors
+    from rebalance.methods.sampling import class_balanced_factors, repeat_factors
 
     if method in ("rfs", "irfs"):
         factors = repeat_factors(dataset.category_lists(), threshold=threshold, method=method)
@@ -65,7 +65,7 @@ def epoch_index(
     detectron2's RepeatFactorTrainingSampler; ceil: ceil(r) copies, as mmengine's
     ClassBalancedDataset. Needs a repeat_factors step upstream.
     """
-    from rebalance.sampling import epoch_indices
+    from rebalance.methods.sampling import epoch_indices
 
     if "repeat_factor" not in dataset.images.column_names:
         raise DataError(

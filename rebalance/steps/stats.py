@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import PositiveInt
 
-from rebalance.core.artifacts import ClassStats, LabeledDataset
 from rebalance.core.registry import step
+from rebalance.domain.artifacts import ClassStats, LabeledDataset
 from rebalance.domain.classes import compute_class_stats
 
 

@@ -11,15 +11,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import NonNegativeInt, PositiveInt, confloat
 
-from rebalance.core.artifacts import REMOVED_SCHEMA, ConceptFrequency, Embeddings, LabeledDataset
+from rebalance.core.device import Device
 from rebalance.core.registry import ModelRef, step
+from rebalance.domain.artifacts import REMOVED_SCHEMA, ConceptFrequency, Embeddings, LabeledDataset
+from rebalance.domain.artifacts.vectors import unit_rows
 from rebalance.domain.classes import balance_quotas, class_buckets, freeze_buckets
 from rebalance.errors import DataError
-from rebalance.index import unit_rows
 from rebalance.io.references import open_image
-from rebalance.models.device import Device
-from rebalance.retrieval import Target
-from rebalance.synthesis.features import calibrated_gaussian, smote
+from rebalance.methods.feature_synthesis import calibrated_gaussian, smote
+from rebalance.methods.retrieval import Target
 
 
 @step("synthesize_features", role="adds_rows", bypass="dataset")
@@ -44,7 +44,7 @@ def synthesize_features(
     Quotas come from the same target as retrieval, over the original counts
     (``rebalance.steps.stats.balance_quotas``), so this makes only what retrieval could not fill.
     ``smote``: x_i + λ(x_nn − x_i) between a class sample and one of its k nearest same-class
-    neighbours (``rebalance.synthesis.features.smote``; neighbours by torch on CUDA when ``device``
+    neighbours (``rebalance.methods.feature_synthesis.smote``; neighbours by torch on CUDA when ``device``
     resolves to it, else FAISS). ``gaussian``: samples from a class
     Gaussian whose statistics tail classes borrow from their ``borrow`` nearest frequent classes,
     after LOF outlier removal (RCAL / distribution calibration).

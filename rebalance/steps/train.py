@@ -9,11 +9,11 @@ import numpy as np
 import pyarrow as pa
 from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 
-from rebalance.core.artifacts import ConceptFrequency, Embeddings, LabeledDataset, TrainReport
+from rebalance.core.device import Device
 from rebalance.core.registry import ModelRef, step
+from rebalance.domain.artifacts import ConceptFrequency, Embeddings, LabeledDataset, TrainReport
 from rebalance.domain.classes import class_buckets
 from rebalance.errors import DataError
-from rebalance.models.device import Device
 from rebalance.train.choices import LossName, SamplerName
 
 ClassPrior = Literal["training", "original"]
@@ -69,7 +69,7 @@ def train_probe(
     ``training`` they shrink the correction as if they were new independent draws (measured in the
     README: common-class accuracy falls).
     """
-    from rebalance.models.device import resolve_device
+    from rebalance.core.device import resolve_device
     from rebalance.train.metrics import classification_metrics, multilabel_metrics
     from rebalance.train.trainer import HeadConfig, class_scores, predict, train_head
 
@@ -199,7 +199,7 @@ def finetune_encoder(
     by name or local path) is trained too, at ``encoder_lr``, with the same losses and samplers.
     Rows without an image file (synthetic feature rows) cannot be trained on and are left out.
     """
-    from rebalance.models.device import resolve_device
+    from rebalance.core.device import resolve_device
     from rebalance.models.encoders import EncoderSpec, load_encoder
     from rebalance.train.finetune import finetune
     from rebalance.train.trainer import HeadConfig
@@ -285,7 +285,7 @@ def train_cnn(
     re-weighting. Same losses, samplers and cRT as ``train_probe``; rows without an image file
     (synthetic feature rows) are left out. Buckets come from ``original`` when given.
     """
-    from rebalance.models.device import resolve_device
+    from rebalance.core.device import resolve_device
     from rebalance.train.cnn import CNNConfig, load_pixels
     from rebalance.train.cnn import train_cnn as fit_cnn
     from rebalance.train.trainer import HeadConfig

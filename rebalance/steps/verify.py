@@ -8,8 +8,8 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-from rebalance.core.artifacts import LabeledDataset
 from rebalance.core.registry import step
+from rebalance.domain.artifacts import LabeledDataset
 from rebalance.errors import DataError
 from rebalance.io.images import probe_image
 

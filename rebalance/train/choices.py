@@ -8,7 +8,7 @@ from typing import Literal
 
 import pydantic
 
-from rebalance.models.device import Device
+from rebalance.core.device import Device
 
 LossName = Literal["ce", "balanced_softmax", "logit_adjustment", "class_balanced", "focal", "ldam_drw"]
 BALANCED_LOSSES = ("balanced_softmax", "logit_adjustment", "class_balanced", "ldam_drw")

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from rebalance.core.device import resolve_device
 from rebalance.errors import DataError
 from rebalance.io.references import ImageRef, open_image
-from rebalance.models.device import resolve_device
-from rebalance.sampling import class_balanced_factors
+from rebalance.methods.sampling import class_balanced_factors
 from rebalance.train.losses import make_loss
 from rebalance.train.trainer import HeadConfig, epoch_order, require_factors
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rebalance.models.device import resolve_device
+from rebalance.core.device import resolve_device
 from rebalance.models.encoders import ImageTower, open_rgb
 from rebalance.train.losses import make_loss
 from rebalance.train.trainer import HeadConfig, epoch_order, require_factors

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from rebalance.core.device import resolve_device
 from rebalance.domain.classes import frequency_buckets
 from rebalance.errors import DataError
-from rebalance.models.device import resolve_device
 from rebalance.models.pixels import pca_project
 from rebalance.train.metrics import classification_metrics
 from rebalance.train.trainer import HeadConfig, predict, train_head
@@ -85,8 +85,8 @@ def train_on_export(
         )
     zero_shot = None
     if zero_shot_encoder is not None:
+        from rebalance.domain.text import readable
         from rebalance.models.encoders import text_queries
-        from rebalance.text.normalize import readable
 
         if "embedding" not in train.column_names:
             raise DataError(f"{folder}: a zero-shot start needs the export's CLIP `embedding` column")

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from rebalance.core.device import resolve_device
 from rebalance.core.fs import write_bytes_atomic
 from rebalance.errors import RebalanceError
-from rebalance.models.device import resolve_device
-from rebalance.sampling import class_balanced_factors, epoch_indices
+from rebalance.methods.sampling import class_balanced_factors, epoch_indices
 from rebalance.train.choices import BALANCED_LOSSES, HeadConfig
 from rebalance.train.losses import Loss, make_loss, tau_normalise
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from rebalance.core.artifacts import LabeledDataset
-from rebalance.core.registry import step
+from rebalance.plugin import LabeledDataset, step
 
 
 @step("test_gated_copy", shardable=True)

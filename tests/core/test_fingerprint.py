@@ -64,7 +64,11 @@ def test_a_step_fingerprint_follows_the_modules_that_do_the_work_not_the_runtime
     steps = all_steps()
     retrieve = fingerprints.fingerprint(steps["retrieve"].fn.__module__)
     # Its own module, methods it imports at the top and lazily, and what those import in turn.
-    assert {"rebalance/steps/retrieve.py", "rebalance/retrieval.py", "rebalance/index.py"} <= set(retrieve)
+    assert {
+        "rebalance/steps/retrieve.py",
+        "rebalance/methods/retrieval.py",
+        "rebalance/methods/index.py",
+    } <= set(retrieve)
     assert "rebalance/models/encoders.py" in retrieve and "rebalance/domain/classes.py" in retrieve
     # The runtime decides whether a step runs, not what it writes: never part of a key.
     for fingerprint in (fingerprints.fingerprint(spec.fn.__module__) for spec in steps.values()):
@@ -72,11 +76,13 @@ def test_a_step_fingerprint_follows_the_modules_that_do_the_work_not_the_runtime
             path
             for path in fingerprint
             if path.startswith(("rebalance/core/", "rebalance/errors", "rebalance/cli", "rebalance/api"))
-            and not path.startswith("rebalance/core/artifacts/")
+            and path not in ("rebalance/core/artifact.py", "rebalance/core/markdown.py")
         ]
         assert runtime == []
     # A method module no step of the module imports stays out: counting is not in sampling's key.
-    assert "rebalance/text/counter.py" not in fingerprints.fingerprint(steps["repeat_factors"].fn.__module__)
+    assert "rebalance/methods/counter.py" not in fingerprints.fingerprint(
+        steps["repeat_factors"].fn.__module__
+    )
 
 
 def write_pipeline(path: Path, steps: str) -> Path:
@@ -110,8 +116,7 @@ def executed(output: Path) -> list[str]:
 PLUGIN = {
     "myplug.__init__": "",
     "myplug.steps": '''
-from rebalance.core.artifacts import LabeledDataset
-from rebalance.core.registry import step
+from rebalance.plugin import LabeledDataset, step
 from myplug.helpers import rows_to_drop
 
 
@@ -218,17 +223,17 @@ def test_keys_are_the_same_from_clones_in_other_folders_and_only_code_that_compu
         "from rebalance.errors import DataError",
         "from rebalance.errors import DataError  # noqa",
     )
-    edit("rebalance/dedup.py", "import numpy as np", "import numpy as np\n\n_UNUSED = 1")
+    edit("rebalance/methods/dedup.py", "import numpy as np", "import numpy as np\n\n_UNUSED = 1")
     edit("rebalance/io/image_folder.py", "no class folders found", "found no class folders")
     assert {reason for reason, _ in plan_lines(pipeline, dirs, [two]).values()} == {"cached"}
 
     # A change to the sampling method reruns the step that calls it and what reads its output.
-    edit("rebalance/sampling.py", "import numpy as np", "import numpy as np\n\n_UNUSED = 1")
+    edit("rebalance/methods/sampling.py", "import numpy as np", "import numpy as np\n\n_UNUSED = 1")
     reasons = {step: reason for step, (reason, _) in plan_lines(pipeline, dirs, [two]).items()}
     assert reasons == {
         "train": "cached",
-        "sampled": "code changed: rebalance/sampling.py",
-        "stats": "upstream changed: sampled (code changed: rebalance/sampling.py)",
+        "sampled": "code changed: rebalance/methods/sampling.py",
+        "stats": "upstream changed: sampled (code changed: rebalance/methods/sampling.py)",
     }
 
     # Its author knows the output is unchanged: keep it, and what reads it stays cached.
@@ -237,11 +242,11 @@ def test_keys_are_the_same_from_clones_in_other_folders_and_only_code_that_compu
     reasons = {step: reason for step, (reason, _) in plan_lines(pipeline, dirs, [two]).items()}
     assert reasons == {
         "train": "cached",
-        "sampled": "kept by `rebalance cache keep` (code changed: rebalance/sampling.py)",
+        "sampled": "kept by `rebalance cache keep` (code changed: rebalance/methods/sampling.py)",
         "stats": "cached",
     }
     rebalance("run", str(pipeline), *dirs, pythonpath=[two])
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     sampled = next(step for step in manifest["steps"] if step["id"] == "sampled")
-    assert sampled["cache"] == "hit" and sampled["kept"]["code_changed"] == ["rebalance/sampling.py"]
+    assert sampled["cache"] == "hit" and sampled["kept"]["code_changed"] == ["rebalance/methods/sampling.py"]
     assert sampled["kept"]["key"] == sampled["key"] != sampled["kept"]["code_key"]

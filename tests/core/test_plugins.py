@@ -18,8 +18,7 @@ KEEP_FIRST = '''
 
 import numpy as np
 
-from rebalance.core.artifacts import LabeledDataset
-from rebalance.core.registry import step
+from rebalance.plugin import LabeledDataset, step
 
 
 @step("keep_first_per_class", role="removes_rows", bypass="dataset")

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from rebalance.core.artifacts import ClassStats, Embeddings, LabeledDataset
 from rebalance.core.registry import all_steps, step
+from rebalance.domain.artifacts import ClassStats, Embeddings, LabeledDataset
 
 
 def test_builtin_steps_have_typed_inputs_params_and_summaries() -> None:

@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import pytest
 
 from rebalance import api
-from rebalance.core.artifacts import Embeddings, LabeledDataset, VectorIndex
+from rebalance.domain.artifacts import Embeddings, LabeledDataset, VectorIndex
 from rebalance.domain.classes import class_counts
 from rebalance.errors import RebalanceError
 from rebalance.models.encoders import EncoderSpec, load_encoder

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from rebalance.core.artifacts import LabeledDataset, markdown_table, markdown_text
+from rebalance.domain.artifacts import LabeledDataset, markdown_table, markdown_text
 from rebalance.report.html import build_report
 
 HOSTILE = '<script>alert("x")</script> | [link](http://e.x)'

@@ -8,7 +8,7 @@ import pyarrow.compute as pc
 import pytest
 from PIL import Image
 
-from rebalance.core.artifacts import Embeddings
+from rebalance.domain.artifacts import Embeddings
 from rebalance.domain.classes import class_buckets, class_counts
 from rebalance.errors import DataError
 from rebalance.steps.dedup import entity_thinning, semdedup_step, thinnable_images

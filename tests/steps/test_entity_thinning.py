@@ -12,7 +12,7 @@ import datasets
 import pytest
 
 from rebalance import api
-from rebalance.core.artifacts import EntityStatistics, LabeledDataset
+from rebalance.domain.artifacts import EntityStatistics, LabeledDataset
 from rebalance.errors import DataError
 from rebalance.steps.frequency import entity_statistics
 from rebalance.steps.ingest import ingest_image_folder

@@ -6,7 +6,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from rebalance.core.artifacts import HFDatasetExport
+from rebalance.domain.artifacts import HFDatasetExport
 from rebalance.steps.export import export_hf
 from rebalance.steps.ingest import ingest_coco, ingest_image_folder
 from rebalance.steps.verify import verify_images

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pytest
 from PIL import Image
 
-from rebalance.core.artifacts import CocoExport, LabeledDataset
+from rebalance.domain.artifacts import CocoExport, LabeledDataset
 from rebalance.domain.classes import class_counts
 from rebalance.steps.export_coco import export_coco
 from rebalance.steps.ingest import ingest_coco

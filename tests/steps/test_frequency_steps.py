@@ -7,11 +7,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from rebalance.domain.text import readable, tokens
 from rebalance.errors import DataError
 from rebalance.io.captions import iter_captions
 from rebalance.steps.frequency import concept_frequency, mine_synonyms
 from rebalance.steps.ingest import ingest_coco, ingest_image_folder
-from rebalance.text.normalize import readable, tokens
 from tests.conftest import REPO
 from tests.steps.lvis_fixture import build_lvis
 
@@ -212,7 +212,7 @@ def test_a_missing_language_model_is_a_clear_error(tmp_path: Path) -> None:
 def test_counting_sharded_over_a_dask_cluster_equals_counting_in_process(tmp_path: Path) -> None:
     """A corpus of parquet row groups, JSON lines and text, counted in shards on a real LocalCluster."""
     from rebalance import api
-    from rebalance.core.artifacts import ConceptFrequency
+    from rebalance.domain.artifacts import ConceptFrequency
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()

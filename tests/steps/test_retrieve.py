@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from rebalance.core.artifacts import ConceptFrequency, Embeddings, LabeledDataset
+from rebalance.domain.artifacts import ConceptFrequency, Embeddings, LabeledDataset
 from rebalance.domain.classes import class_counts, compute_class_stats
 from rebalance.errors import DataError, RebalanceError
 from rebalance.steps.embed import embed_texts, gather_embeddings

@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import pytest
 
 from rebalance import api
-from rebalance.core.artifacts import LabeledDataset
+from rebalance.domain.artifacts import LabeledDataset
 from tests.conftest import REPO
 
 # The demo's retrieval, as in pipelines/demo.yaml, with the gate given as a parameter.

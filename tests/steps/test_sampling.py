@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rebalance.errors import DataError
-from rebalance.sampling import repeat_factors
+from rebalance.methods.sampling import repeat_factors
 from rebalance.steps.ingest import ingest_coco, ingest_image_folder
 from rebalance.steps.sampling import epoch_index, repeat_factors_step
 from tests.conftest import REPO

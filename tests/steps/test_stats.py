@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from rebalance.core.artifacts import (
+from rebalance.domain.artifacts import (
     LabeledDataset,
 )
 from rebalance.domain.classes import class_counts, frequency_buckets

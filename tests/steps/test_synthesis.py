@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from rebalance.core.artifacts import Embeddings, LabeledDataset
+from rebalance.domain.artifacts import Embeddings, LabeledDataset
 from rebalance.domain.classes import class_counts
 from rebalance.domain.ledger import stage_changes
 from rebalance.steps.embed import gather_embeddings

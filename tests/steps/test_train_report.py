@@ -140,7 +140,7 @@ def test_one_bucket_definition_reaches_training_export_and_report(
 def test_class_prior_original_corrects_for_the_counts_before_rebalancing() -> None:
     import numpy as np
 
-    from rebalance.core.artifacts import Embeddings, LabeledDataset
+    from rebalance.domain.artifacts import Embeddings, LabeledDataset
     from rebalance.errors import DataError
     from rebalance.steps.train import train_probe
 

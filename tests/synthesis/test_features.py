@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from rebalance.errors import DataError
-from rebalance.synthesis.features import calibrated_gaussian, calibrated_moments, smote
+from rebalance.methods.feature_synthesis import calibrated_gaussian, calibrated_moments, smote
 
 
 def two_classes(seed: int = 0, tail: int = 12) -> tuple[np.ndarray, np.ndarray]:

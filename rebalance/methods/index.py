@@ -9,24 +9,24 @@ hand without changing results for exact indexes.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from rebalance.domain.artifacts.vectors import unit_rows as unit_rows
 from rebalance.errors import DataError, RebalanceError
-from rebalance.io.memmaps import CHUNK_ROWS, release_file_mappings, release_mapped_pages, release_mapped_range
+from rebalance.io.faiss_files import bytes_per_vector as bytes_per_vector
+from rebalance.io.faiss_files import drop_lists as drop_lists
+from rebalance.io.faiss_files import first_line, ivf_lists_of
+from rebalance.io.faiss_files import is_ivf as is_ivf
+from rebalance.io.faiss_files import merge_indexes as merge_indexes
+from rebalance.io.faiss_files import merge_on_disk as merge_on_disk
+from rebalance.io.memmaps import CHUNK_ROWS, release_mapped_pages, release_mapped_range
 
 Backend = Literal["auto", "faiss", "torch"]
 
 EXACT_UP_TO = 50_000
 """Pools up to this size get an exact ``Flat`` index: a full scan is fast enough there."""
-
-
-def unit_rows(matrix: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero), as float32: inner products become cosines."""
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return (matrix / np.where(norms == 0, 1, norms)).astype(np.float32)
 
 
 def auto_factory(num_vectors: int, dim: int, *, max_memory_bytes: int = 8 << 30) -> str:
@@ -98,7 +98,7 @@ def train_index(
     try:
         index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as error:
-        raise RebalanceError(f"faiss cannot build the index {factory!r}: {_first_line(error)}") from None
+        raise RebalanceError(f"faiss cannot build the index {factory!r}: {first_line(error)}") from None
     if not index.is_trained:
         sample = training_sample_size(factory, len(vectors))
         lists = _ivf_lists(factory)
@@ -133,102 +133,6 @@ def add_vectors(
     for start in range(0, len(vectors), chunk_rows):
         index.add(_prepared(vectors, slice(start, start + chunk_rows), normalise, row_names))
         release_mapped_pages(vectors)
-
-
-def merge_indexes(parts: list):
-    """One index holding every part's vectors in order: the parts share one trained index (IVF
-    lists, PQ codebooks), so this is the index ``add_vectors`` would have built from all of them."""
-    import faiss
-
-    try:
-        merged = faiss.clone_index(parts[0])
-        for part in parts[1:]:
-            other = faiss.clone_index(part)  # merge_from empties its argument; the part stays intact
-            # IVF ids are positions: the next part's start where they are explicit, none for flat codes.
-            merged.merge_from(other, merged.ntotal if _ivf_lists_of(merged) else 0)
-    except RuntimeError as error:
-        raise RebalanceError(
-            f"this index cannot be built in shards ({_first_line(error)}); use build_index, or "
-            "smaller shards (executor.shard_rows) when a part is too large to load"
-        ) from None
-    return merged
-
-
-def merge_on_disk(trained, part_paths: list[Path], lists_path: Path):
-    """``trained`` (an empty IVF index) holding every part's vectors in order, its inverted lists in
-    the file ``lists_path`` instead of memory (``faiss.OnDiskInvertedLists``): the parts are read
-    memory-mapped and copied list by list, so neither they nor the merged codes are ever loaded
-    whole. The same search results as ``merge_indexes``; searching maps only the probed lists.
-
-    The index records the lists file by its name only: read it back with
-    ``faiss.IO_FLAG_ONDISK_SAME_DIR`` from the folder holding both.
-    """
-    import faiss
-
-    merged = faiss.clone_index(trained)
-    if merged.ntotal:
-        raise ValueError("merge_on_disk fills an empty trained index")
-    ivf = faiss.extract_index_ivf(merged)
-    # Kept referenced until the merge is done: each part owns the lists being copied.
-    parts = [faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY) for path in part_paths]
-    part_lists = [faiss.extract_index_ivf(part).invlists for part in parts]
-    sizes = np.array(
-        [[lists.list_size(number) for number in range(ivf.nlist)] for lists in part_lists], np.uint64
-    )
-    # Each part numbered its rows from 0; merged, they follow the previous parts' rows.
-    starts = np.cumsum([0, *sizes.sum(axis=1)[:-1].tolist()], dtype=np.int64)
-    lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(lists_path))
-    # The layout FAISS's merge_from_multiple writes (lists in order, each part's entries after the
-    # previous part's), copied here list by list because that one call cannot release what it has
-    # read and written: the mapped pages of the parts and of the lists file would all stay resident.
-    # It also shifts ids wrongly for parts of unequal sizes (faiss 1.15: off by 2 on 7 parts).
-    merged_sizes = np.ascontiguousarray(sizes.sum(axis=0))
-    lists.update_totsize(int(merged_sizes.sum()) * (8 + ivf.code_size))  # ids are 8-byte idx_t
-    lists.set_all_lists_sizes(faiss.swig_ptr(merged_sizes))
-    mapped = [*part_paths, lists_path]
-    for number in range(ivf.nlist):
-        filled = 0
-        for source, start in zip(part_lists, starts.tolist(), strict=True):
-            count = source.list_size(number)
-            if count:
-                ids = faiss.rev_swig_ptr(source.get_ids(number), count) + start
-                lists.update_entries(number, filled, count, faiss.swig_ptr(ids), source.get_codes(number))
-                filled += count
-        if number % 256 == 255:
-            release_file_mappings(mapped)
-    release_file_mappings(mapped)
-    merged.ntotal = ivf.ntotal = int(merged_sizes.sum())
-    ivf.replace_invlists(lists, True)
-    lists.this.disown()  # the index owns the lists now
-    # A bare name, not the temporary path it was written under: the index file's bytes depend on
-    # its contents alone, and the folder can be moved.
-    lists.filename = lists_path.name
-    return merged
-
-
-def drop_lists(index) -> None:
-    """Empty the trained IVF ``index`` in place, its lists replaced by empty ones without reading
-    them (``faiss.Index.reset`` would touch every list; a clone would copy every code)."""
-    import faiss
-
-    ivf = faiss.extract_index_ivf(index)
-    empty = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
-    ivf.replace_invlists(empty, True)
-    empty.this.disown()  # the index owns the empty lists now
-    index.ntotal = ivf.ntotal = 0
-
-
-def bytes_per_vector(index) -> int:
-    """Bytes one stored vector takes in ``index``: its code, plus an 8-byte id in IVF lists."""
-    import faiss
-
-    if _ivf_lists_of(index):
-        return faiss.extract_index_ivf(index).code_size + 8
-    return getattr(faiss.downcast_index(index), "code_size", 4 * index.d)
-
-
-def is_ivf(index) -> bool:
-    return bool(_ivf_lists_of(index))
 
 
 def _prepared(
@@ -266,7 +170,7 @@ def search(
         backend = _auto_backend(index)
     if backend == "torch":
         return exact_search_torch(_flat_vectors(index), queries, k, device=device)
-    if not _ivf_lists_of(index):
+    if not ivf_lists_of(index):
         return _on_gpus(index).search(queries, k)
     if faiss.get_num_gpus() > 0:
         gpu_index = _on_gpus(index)
@@ -357,7 +261,7 @@ def exact_search_torch(
     """
     import torch
 
-    from rebalance.models.device import resolve_device
+    from rebalance.core.device import resolve_device
 
     target = resolve_device(device)
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(target)
@@ -401,21 +305,12 @@ def _on_gpus(index):
     return faiss.index_cpu_to_all_gpus(index) if faiss.get_num_gpus() > 0 else index
 
 
-def _ivf_lists_of(index) -> int:
-    import faiss
-
-    try:
-        return faiss.extract_index_ivf(index).nlist
-    except RuntimeError:
-        return 0
-
-
 def _seed_clustering(index, seed: int) -> None:
     # The coarse quantizer's k-means draws its initial centroids from its own seed (1234 by
     # default); tying it to the pipeline seed keeps "same seed, same bytes" a real promise.
     import faiss
 
-    if _ivf_lists_of(index):
+    if ivf_lists_of(index):
         faiss.extract_index_ivf(index).cp.seed = seed
 
 
@@ -425,7 +320,3 @@ def _ivf_lists(factory: str) -> int:
             digits = "".join(ch for ch in part[3:].split("_")[0] if ch.isdigit())
             return int(digits) if digits else 0
     return 0
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -12,8 +12,8 @@ from typing import Literal
 
 import numpy as np
 
+from rebalance.core.device import resolve_device
 from rebalance.errors import DataError
-from rebalance.models.device import resolve_device
 
 
 @dataclasses.dataclass(frozen=True)

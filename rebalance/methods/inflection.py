@@ -1,6 +1,6 @@
 """The written forms a synonym can take in a caption: itself and the plurals of its head noun.
 
-Captions are matched as written (``rebalance.text.normalize``), never singularised: reducing both
+Captions are matched as written (``rebalance.domain.text``), never singularised: reducing both
 sides to a crude stem made "a short dog" mention shorts and "a glass of water" mention glasses.
 Instead each synonym is expanded here, once, to the forms that name the same thing:
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 
-from rebalance.text.normalize import tokens
+from rebalance.domain.text import tokens
 
 
 @functools.cache
@@ -52,7 +52,7 @@ def plurals(noun: str) -> list[str]:
 
 @functools.cache  # a pure function of the synonym, asked again for every corpus shard counted
 def surface_forms(synonym: str) -> tuple[str, ...]:
-    """The normalised phrases (``rebalance.text.normalize``) that count as a mention of ``synonym``:
+    """The normalised phrases (``rebalance.domain.text``) that count as a mention of ``synonym``:
     the synonym first, then the plurals of its last word, or only itself when that word is
     already plural as written. Empty when nothing of the synonym is left after normalisation."""
     words = tokens(synonym)

@@ -10,9 +10,15 @@ from typing import Any, Self
 
 import numpy as np
 
-from rebalance.core.artifacts.base import positions_of
+from rebalance.core.artifact import positions_of
 from rebalance.errors import DataError
 from rebalance.io.memmaps import release_mapped_pages, save_rows
+
+
+def unit_rows(matrix: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), as float32: inner products become cosines."""
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return (matrix / np.where(norms == 0, 1, norms)).astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +140,7 @@ class VectorIndex:
         while the merged vectors fit the build's cap (``max_memory_gb``), else merged list by list
         into ``index.ivfdata``, which is memory-mapped when searched and never loaded whole."""
 
-        from rebalance import index as vector_index
+        from rebalance.io import faiss_files as vector_index
 
         # The first part's structure, its lists left in its file: a part can be larger than the
         # memory left, and loading it (and cloning it to get an empty index) would hold it twice.
@@ -164,7 +170,7 @@ class VectorIndex:
     @classmethod
     def concat(cls, parts: list[Self]) -> Self:
         """The parts (filled from one trained index) merged in order."""
-        from rebalance.index import merge_indexes
+        from rebalance.io.faiss_files import merge_indexes
 
         filled = [part for part in parts if part.num_rows] or parts[:1]
         ids = np.concatenate([part.ids for part in filled])

@@ -3,7 +3,7 @@ et al., CVPR 2025): which entities each image's own captions mention, how many i
 each entity, and how many mention each pair of entities together (ADR's co-occurrence entities).
 
 An entity is a named list of phrases (a class and its synonyms, or any noun phrase the user lists),
-matched by the same counter as concept frequency (``rebalance.frequency``): whole words, each
+matched by the same counter as concept frequency (``rebalance.methods.frequency``): whole words, each
 phrase with its plural forms. Frequencies count images, not captions: an image whose five captions
 all say "dog" mentions "dog" once.
 """
@@ -18,10 +18,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rebalance.domain.text import normalize
 from rebalance.errors import DataError
-from rebalance.frequency import CompiledSynonyms
-from rebalance.text.counter import match_pairs
-from rebalance.text.normalize import normalize
+from rebalance.methods.counter import match_pairs
+from rebalance.methods.frequency import CompiledSynonyms
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 A text becomes a sequence of tokens: Unicode NFKC, case-folded; every character that is not a
 letter or digit separates tokens (so "t-shirt" is "t shirt" and "dog's" is "dog s"). Words are
-kept as written: plurals are not reduced to a stem (see ``rebalance.text.inflection`` for how a
+kept as written: plurals are not reduced to a stem (see ``rebalance.methods.inflection`` for how a
 synonym's plurals are matched instead), and "cat" never matches inside "category".
 """
 

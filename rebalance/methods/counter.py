@@ -11,7 +11,7 @@ with all the branches ran at half the speed.
 2. Token keys: a token of at most 8 bytes *is* its key, its bytes lower-cased and read with one
    unaligned 8-byte load: exact, no hashing. Longer tokens are hashed 8 bytes at a time. Tokens
    are matched as written (a synonym's plurals are phrases of their own, see
-   ``rebalance.text.inflection``), so no suffix rule runs per token. Keys are looked up in a
+   ``rebalance.methods.inflection``), so no suffix rule runs per token. Keys are looked up in a
    cuckoo table: two slots, no probe loop.
 3. Counting: only vocabulary tokens are kept. A one-word phrase has its token's id; longer phrases
    walk a token trie whose edges sit in a second cuckoo table. A "last caption seen" mark per
@@ -36,7 +36,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from rebalance.text.normalize import normalize
+from rebalance.domain.text import normalize
 
 _MASK = (1 << 64) - 1
 _LONG_SEED = 0xCBF29CE484222325

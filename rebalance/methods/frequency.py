@@ -1,12 +1,12 @@
 """Concept frequency in caption corpora, as in "The Neglected Tails of Vision-Language Models"
 (Parashar et al., CVPR 2024, REAL): how many captions mention each class, by any of its synonyms.
 
-    >>> from rebalance.frequency import count_concepts
+    >>> from rebalance.methods.frequency import count_concepts
     >>> count_concepts(["two dogs and a cat", "a puppy"], {"dog": ["dog", "puppy"], "cat": ["cat"]})
 
-Matching is on normalised tokens (see ``rebalance.text.normalize``): case, Unicode form and
+Matching is on normalised tokens (see ``rebalance.domain.text``): case, Unicode form and
 punctuation do not matter, a synonym only matches whole words, and captions are matched as
-written. A synonym matches its own written forms (``rebalance.text.inflection``): itself and the
+written. A synonym matches its own written forms (``rebalance.methods.inflection``): itself and the
 plurals of its head noun ("mouse": "mouse", "mice"), and a plural-only synonym ("shorts") only
 itself. Overlapping mentions all count: "a polar bear" mentions both "polar bear" and "bear".
 """
@@ -23,8 +23,8 @@ import pandas as pd
 import pyarrow as pa
 
 from rebalance.errors import DataError
-from rebalance.text.counter import PhraseCounts, PhraseIndex, count_batch, match_pairs
-from rebalance.text.inflection import surface_forms
+from rebalance.methods.counter import PhraseCounts, PhraseIndex, count_batch, match_pairs
+from rebalance.methods.inflection import surface_forms
 
 
 def _batches(

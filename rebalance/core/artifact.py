@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rebalance.core.artifacts.markdown import markdown_table
+from rebalance.core.markdown import markdown_table
 
 
 @runtime_checkable

@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rebalance.core.artifacts.base import TableArtifact, read_parquet, write_parquet
-from rebalance.core.artifacts.markdown import markdown_table
+from rebalance.core.artifact import TableArtifact, read_parquet, write_parquet
+from rebalance.core.markdown import markdown_table
 
 
 class ClassStats(TableArtifact):

@@ -40,7 +40,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from rebalance.retrieval import class_membership, vote_counts
+from rebalance.methods.retrieval import class_membership, vote_counts
 
 FAR_QUANTILE = 0.05  # canaries whose nearest labelled image is this unusual count as "far"
 INTERVAL = (5.0, 95.0)  # percentiles of the 90 % interval

@@ -13,51 +13,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rebalance.core.artifacts.base import read_parquet, write_parquet
+from rebalance.core.artifact import read_parquet, write_parquet
 from rebalance.errors import DataError
 from rebalance.io.references import ImageRef, image_ref
-
-IMAGES_SCHEMA = pa.schema(
-    [
-        ("image_id", pa.int64()),
-        ("file_name", pa.string()),
-        ("split", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("source", pa.string()),
-    ]
-)
-ANNOTATIONS_SCHEMA = pa.schema(
-    [
-        ("annotation_id", pa.int64()),
-        ("image_id", pa.int64()),
-        ("category_id", pa.int64()),
-        ("bbox", pa.list_(pa.float64())),
-        ("area", pa.float64()),
-    ]
-)
-CATEGORIES_SCHEMA = pa.schema(
-    [
-        ("category_id", pa.int64()),
-        ("name", pa.string()),
-        ("synonyms", pa.list_(pa.string())),
-        ("definition", pa.string()),
-        ("synset", pa.string()),
-        ("frequency", pa.string()),
-        ("image_count", pa.int64()),
-        ("instance_count", pa.int64()),
-    ]
-)
-REMOVED_SCHEMA = pa.schema(
-    [
-        ("image_id", pa.int64()),
-        ("file_name", pa.string()),
-        ("source", pa.string()),
-        ("category_ids", pa.list_(pa.int64())),
-        ("step", pa.string()),
-        ("reason", pa.string()),
-    ]
-)
+from rebalance.io.schemas import ANNOTATIONS_SCHEMA, CATEGORIES_SCHEMA, IMAGES_SCHEMA, REMOVED_SCHEMA
 
 
 def _images_table(file_names: list[str] | pa.Array | pa.ChunkedArray, split: str, source: str) -> pa.Table:

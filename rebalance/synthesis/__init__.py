@@ -1,1 +1,0 @@
-"""Synthesis of new tail examples: in feature space (SMOTE, calibrated Gaussians) and as images (diffusion)."""

@@ -1,1 +1,0 @@
-"""Text processing for concept frequency: caption normalisation and fast phrase counting."""
