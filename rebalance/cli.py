@@ -129,6 +129,9 @@ def train(
     epochs: int = 30,
     crt_epochs: Annotated[int, typer.Option(help="Then re-train the classifier class-balanced (cRT).")] = 0,
     lr: float = 0.01,
+    lr_schedule: Annotated[
+        str, typer.Option(help="constant, or cosine (decays to 0 over the training).")
+    ] = "constant",
     seed: int = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     checkpoint: Annotated[str | None, typer.Option(help="Save after every epoch; resume from it.")] = None,
@@ -154,6 +157,7 @@ def train(
         epochs=epochs,
         crt_epochs=crt_epochs,
         lr=lr,
+        lr_schedule=lr_schedule,
         seed=seed,
         device=device,
     )

@@ -61,6 +61,7 @@ def test_validate_and_steps_listing() -> None:
         (["--loss", "ldam"], "--loss: unknown value 'ldam' (did you mean 'ldam_drw'?"),
         (["--epochs", "0"], "--epochs: Input should be greater than 0, got 0"),
         (["--device", "mps"], "--device: unknown value 'mps' (allowed: auto, cpu, cuda)"),
+        (["--lr-schedule", "cosin"], "--lr-schedule: unknown value 'cosin' (did you mean 'cosine'?"),
     ],
 )
 def test_train_options_are_validated_before_anything_is_read(

@@ -14,7 +14,7 @@ from rebalance.core.registry import ModelRef, step
 from rebalance.domain.artifacts import ConceptFrequency, Embeddings, LabeledDataset, TrainReport
 from rebalance.domain.classes import class_buckets
 from rebalance.errors import DataError
-from rebalance.train.choices import LossName, SamplerName
+from rebalance.train.choices import LossName, SamplerName, ScheduleName
 
 ClassPrior = Literal["training", "original"]
 
@@ -37,6 +37,7 @@ def train_probe(
     epochs: PositiveInt = 30,
     batch_size: PositiveInt = 256,
     lr: PositiveFloat = 0.01,
+    lr_schedule: ScheduleName = "constant",
     weight_decay: float = 1e-4,
     tau: float = 1.0,
     beta: float = 0.9999,
@@ -76,20 +77,21 @@ def train_probe(
     if test.class_names() != dataset.class_names():
         raise DataError("train and test splits have different classes")
     config = HeadConfig(
-        loss,
-        sampler,
-        hidden,
-        epochs,
-        batch_size,
-        lr,
-        weight_decay,
-        tau,
-        beta,
-        gamma,
-        tau_norm,
-        crt_epochs,
-        device,
-        seed,
+        loss=loss,
+        sampler=sampler,
+        hidden=hidden,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        lr_schedule=lr_schedule,
+        weight_decay=weight_decay,
+        tau=tau,
+        beta=beta,
+        gamma=gamma,
+        tau_norm=tau_norm,
+        crt_epochs=crt_epochs,
+        device=device,
+        seed=seed,
     )
     multilabel = _is_multilabel(dataset) or _is_multilabel(test)
     factors = (
@@ -187,8 +189,10 @@ def finetune_encoder(
     batch_size: PositiveInt = 64,
     lr: PositiveFloat = 1e-3,
     encoder_lr: PositiveFloat = 1e-5,
+    lr_schedule: ScheduleName = "constant",
     weight_decay: float = 1e-4,
     device: Device = "auto",
+    loader_workers: NonNegativeInt = 0,
     rare_max_images: PositiveInt = 10,
     common_max_images: PositiveInt = 100,
     seed: NonNegativeInt = 0,
@@ -198,6 +202,8 @@ def finetune_encoder(
     The heavier alternative to ``train_probe``: the CLIP-style encoder (open_clip or transformers,
     by name or local path) is trained too, at ``encoder_lr``, with the same losses and samplers.
     Rows without an image file (synthetic feature rows) cannot be trained on and are left out.
+    ``loader_workers`` DataLoader processes decode the next batches while the model trains (a
+    few per GPU on a GPU node; 0 decodes in the training process).
     """
     from rebalance.core.device import resolve_device
     from rebalance.models.encoders import EncoderSpec, load_encoder
@@ -215,6 +221,7 @@ def finetune_encoder(
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
+        lr_schedule=lr_schedule,
         weight_decay=weight_decay,
         device=device,
         seed=seed,
@@ -228,9 +235,10 @@ def finetune_encoder(
         config,
         encoder_lr=encoder_lr,
         repeat_factors=factors,
+        workers=loader_workers,
     )
     test_paths = [test.image_ref(name) for name in test.images["file_name"].to_pylist()]
-    predictions = tuned.predict(test_paths, batch_size, resolve_device(device))
+    predictions = tuned.predict(test_paths, batch_size, resolve_device(device), workers=loader_workers)
     metrics = _classification_scores(
         predictions, test, original if original is not None else dataset, rare_max_images, common_max_images
     )
@@ -267,6 +275,7 @@ def train_cnn(
     epochs: PositiveInt = 15,
     batch_size: PositiveInt = 128,
     lr: PositiveFloat = 2e-3,
+    lr_schedule: ScheduleName = "cosine",
     weight_decay: float = 5e-4,
     tau: float = 1.0,
     beta: float = 0.9999,
@@ -300,6 +309,7 @@ def train_cnn(
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
+        lr_schedule=lr_schedule,
         weight_decay=weight_decay,
         tau=tau,
         beta=beta,

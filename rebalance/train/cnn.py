@@ -5,14 +5,16 @@ that learns its representation from the training images gains from every new rea
 retrieval stage adds. This is the CIFAR-LT-style end-to-end baseline of the long-tail literature
 (Cao et al., LDAM, NeurIPS 2019; Menon et al., logit adjustment, ICLR 2021), scaled to run on a
 CPU in minutes at 28–32 px: three conv–BN–ReLU blocks (width w, 2w, 4w), global average pooling
-and a linear classifier, trained with AdamW under a cosine schedule, random-crop (4 px padding)
-and horizontal-flip augmentation, the same losses and samplers as the probe trainer, and cRT.
+and a linear classifier, trained by the one loop (``rebalance.train.loop.fit``) with AdamW, random
+crop (4 px padding) and horizontal-flip augmentation, the same losses and samplers as the probe
+trainer, and cRT.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,8 +24,9 @@ from rebalance.core.device import resolve_device
 from rebalance.errors import DataError
 from rebalance.io.references import ImageRef, open_image
 from rebalance.methods.sampling import class_balanced_factors
+from rebalance.train.loop import Phase, TensorRows, fit
 from rebalance.train.losses import make_loss
-from rebalance.train.trainer import HeadConfig, epoch_order, require_factors
+from rebalance.train.trainer import HeadConfig, require_factors, resumable
 
 PAD = 4  # random-crop padding in pixels, as in the CIFAR-LT recipes
 
@@ -98,92 +101,85 @@ def train_cnn(
     config: HeadConfig,
     cnn: CNNConfig,
     repeat_factors: np.ndarray | None = None,
+    checkpoint: Path | None = None,
 ) -> TrainedCNN:
     """Train a ``SmallCNN`` from scratch on uint8 ``pixels`` with class positions ``labels``.
 
-    Each epoch's order comes from the probe trainer's ``epoch_order`` (a seeded shuffle, or
-    repeat-factor draws with stochastic rounding); the learning rate follows a cosine decay from
-    ``config.lr`` over all steps. ``crt_epochs`` > 0 then re-initialises the classifier and trains
-    it alone on the frozen network's features with class-balanced sampling (cRT, Kang et al., ICLR
-    2020). Seeded: the same inputs and config give the same weights on the same device.
+    One ``fit`` with the probe's epoch orders (a seeded shuffle, or repeat-factor draws with
+    stochastic rounding) and ``config.lr_schedule`` (the step's default is cosine decay from
+    ``config.lr`` over all steps). ``crt_epochs`` > 0 adds a phase that re-initialises the
+    classifier and trains it alone on the frozen network's (un-augmented) features with
+    class-balanced sampling (cRT, Kang et al., ICLR 2020). Seeded: the same inputs and config give
+    the same weights on the same device; with ``checkpoint`` a killed run resumes after its last
+    finished epoch.
     """
     if config.sampler == "repeat_factor":
         require_factors(repeat_factors)
-    factors = repeat_factors if config.sampler == "repeat_factor" else None
     device = resolve_device(config.device)
     targets = torch.as_tensor(np.asarray(labels, dtype=np.int64))
     counts = torch.bincount(targets, minlength=num_classes).float()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = SmallCNN(num_classes, cnn.channels, cnn.width).to(device)
-    loss_fn = make_loss(config.loss, counts, tau=config.tau, beta=config.beta, gamma=config.gamma)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = -(-len(targets) // config.batch_size)  # repeat-factor epochs vary a little in size
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=max(config.epochs * steps_per_epoch, 1)
+
+    def prepared(inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return _augment(_scaled(inputs), generator) if cnn.augment else _scaled(inputs)
+
+    main = Phase(
+        "main",
+        model,
+        model.parameters(),
+        TensorRows(pixels, targets),
+        make_loss(config.loss, counts, tau=config.tau, beta=config.beta, gamma=config.gamma),
+        config.epochs,
+        config.lr,
+        config.weight_decay,
+        config.batch_size,
+        config.seed,
+        factors=repeat_factors if config.sampler == "repeat_factor" else None,
+        schedule=config.lr_schedule,
+        transform=prepared,
+        transform_seed=config.seed + 1,
+        train_modules=[model],
     )
-    shuffler = torch.Generator().manual_seed(config.seed)
-    augmenter = torch.Generator().manual_seed(config.seed + 1)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    history: list[float] = []
-    for epoch in range(config.epochs):
-        model.train()
-        order = epoch_order(len(targets), factors, config.seed, epoch, shuffler)
-        total, batches = 0.0, 0
-        for start in range(0, len(order), config.batch_size):
-            batch = order[start : start + config.batch_size]
-            inputs = _scaled(pixels[batch])
-            if cnn.augment:
-                inputs = _augment(inputs, augmenter)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-                logits = model(inputs.to(device))
-            loss = loss_fn(logits.float(), targets[batch].to(device), epoch / config.epochs)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            if schedule.last_epoch < schedule.T_max:
-                schedule.step()
-            total, batches = total + loss.item(), batches + 1
-        history.append(total / max(batches, 1))
-    if config.crt_epochs:
-        history += _retrain_classifier(model, pixels, targets, config, device)
-    return TrainedCNN(model.cpu().eval(), history)
 
+    def classifier_retraining() -> Phase:
+        """cRT's phase, built once the main phase is done: a fresh classifier on frozen features."""
+        model.eval()
+        with torch.no_grad():
+            features = torch.cat(
+                [
+                    model.features(_scaled(pixels[start : start + 512]).to(device))
+                    for start in range(0, len(pixels), 512)
+                ]
+            )
 
-def _retrain_classifier(
-    model: SmallCNN, pixels: torch.Tensor, targets: torch.Tensor, config: HeadConfig, device: torch.device
-) -> list[float]:
-    """cRT: a fresh classifier on frozen (un-augmented) features, drawn class-balanced."""
-    model.eval()
-    with torch.no_grad():
-        features = torch.cat(
-            [
-                model.features(_scaled(pixels[start : start + 512]).to(device))
-                for start in range(0, len(pixels), 512)
-            ]
+        def fresh_classifier() -> None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed + 2)
+                model.classifier.reset_parameters()
+
+        return Phase(
+            "crt",
+            model.classifier,
+            model.classifier.parameters(),
+            TensorRows(features, targets),
+            make_loss("ce", counts),
+            config.crt_epochs,
+            config.lr,
+            config.weight_decay,
+            config.batch_size,
+            config.seed,
+            factors=class_balanced_factors(targets.numpy(), power=0.0),
+            # A short re-fit of one layer, at a constant rate (as Kang et al.).
+            setup=fresh_classifier,
+            autocast=False,
         )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed + 2)
-        model.classifier.reset_parameters()
-    optimizer = torch.optim.AdamW(
-        model.classifier.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
-    balanced = class_balanced_factors(targets.numpy(), power=0.0)
-    shuffler = torch.Generator().manual_seed(config.seed + 2)
-    history = []
-    for epoch in range(config.crt_epochs):
-        order = epoch_order(len(targets), balanced, config.seed, epoch, shuffler)
-        total, batches = 0.0, 0
-        for start in range(0, len(order), config.batch_size):
-            batch = order[start : start + config.batch_size]
-            loss = nn.functional.cross_entropy(model.classifier(features[batch]), targets[batch].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, batches = total + loss.item(), batches + 1
-        history.append(total / max(batches, 1))
-    return history
+
+    phases = [main, classifier_retraining] if config.crt_epochs else [main]
+    run = {**resumable(config), **dataclasses.asdict(cnn)}
+    history = fit(model, phases, device=device, checkpoint=checkpoint, run=run)
+    return TrainedCNN(model.cpu().eval(), history)
 
 
 def _scaled(pixels: torch.Tensor) -> torch.Tensor:

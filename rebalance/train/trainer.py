@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import pickle
 import warnings
 from pathlib import Path
 
@@ -12,11 +10,11 @@ import torch
 from torch import nn
 
 from rebalance.core.device import resolve_device
-from rebalance.core.fs import write_bytes_atomic
 from rebalance.errors import RebalanceError
-from rebalance.methods.sampling import class_balanced_factors, epoch_indices
+from rebalance.methods.sampling import class_balanced_factors
 from rebalance.train.choices import BALANCED_LOSSES, HeadConfig
-from rebalance.train.losses import Loss, make_loss, tau_normalise
+from rebalance.train.loop import Phase, TensorRows, fit
+from rebalance.train.losses import make_loss, tau_normalise
 
 
 class Head(nn.Module):
@@ -97,100 +95,60 @@ def train_head(
         if zero_shot is not None:
             head.init_zero_shot(torch.tensor(np.asarray(zero_shot, dtype=np.float32)), zero_shot_scale)
         head = head.to(device)
-    main = _Phase(
-        "main",
-        head.parameters(),
-        config,
+    loss = (
         _binary_cross_entropy
         if multilabel
-        else make_loss(config.loss, counts, tau=config.tau, beta=config.beta, gamma=config.gamma),
-        config.epochs,
+        else make_loss(config.loss, counts, tau=config.tau, beta=config.beta, gamma=config.gamma)
     )
-    main_factors = repeat_factors if config.sampler == "repeat_factor" else None
-    history = _fit(head, main, x, y, main_factors, config, device, checkpoint, earlier=[])
+    data = TensorRows(x, y)
+    main = Phase(
+        "main",
+        head,
+        head.parameters(),
+        data,
+        loss,
+        config.epochs,
+        config.lr,
+        config.weight_decay,
+        config.batch_size,
+        config.seed,
+        factors=repeat_factors if config.sampler == "repeat_factor" else None,
+        schedule=config.lr_schedule,
+    )
+    phases = [main]
     if config.crt_epochs:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed + 1)
-            head.classifier.reset_parameters()
-        for parameter in head.body.parameters():
-            parameter.requires_grad_(False)
-        crt = _Phase("crt", head.classifier.parameters(), config, make_loss("ce", counts), config.crt_epochs)
-        balanced = class_balanced_factors(y.numpy(), power=0.0)
-        history += _fit(head, crt, x, y, balanced, config, device, checkpoint, earlier=history)
+
+        def retrain_classifier() -> None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed + 1)
+                head.classifier.reset_parameters()
+            for parameter in head.body.parameters():
+                parameter.requires_grad_(False)
+
+        phases.append(
+            Phase(
+                "crt",
+                head,
+                head.classifier.parameters(),
+                data,
+                make_loss("ce", counts),
+                config.crt_epochs,
+                config.lr,
+                config.weight_decay,
+                config.batch_size,
+                config.seed,
+                factors=class_balanced_factors(y.numpy(), power=0.0),
+                # A short re-fit of one layer, at a constant rate (as Kang et al.).
+                setup=retrain_classifier,
+            )
+        )
+    history = fit(head, phases, device=device, checkpoint=checkpoint, run=resumable(config))
     head = head.cpu().eval()
     if config.tau_norm is not None:
         with torch.no_grad():
             head.classifier.weight.copy_(tau_normalise(head.classifier.weight, config.tau_norm))
             head.classifier.bias.zero_()
     return head, history
-
-
-class _Phase:
-    """One optimisation phase (the main training, or cRT): its optimizer, loss and length."""
-
-    def __init__(self, name: str, parameters, config: HeadConfig, loss: Loss, epochs: int):
-        self.name, self.loss, self.epochs = name, loss, epochs
-        self.optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
-
-
-_PHASES = ("main", "crt")
-
-
-def _fit(
-    head: Head,
-    phase: _Phase,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    factors: np.ndarray | None,
-    config: HeadConfig,
-    device: torch.device,
-    checkpoint: Path | None,
-    earlier: list[float],
-) -> list[float]:
-    """Run one phase; ``earlier`` is the loss history of the phases before it (kept in checkpoints)."""
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    shuffler = torch.Generator().manual_seed(config.seed)
-    history: list[float] = []
-    start_epoch = 0
-    saved = _load_checkpoint(checkpoint, config)
-    if saved is not None and _PHASES.index(saved["phase"]) > _PHASES.index(phase.name):
-        return saved["earlier"]  # this phase finished before the checkpoint; a later one loads the head
-    if saved is not None and saved["phase"] == phase.name:
-        head.load_state_dict(saved["head"])
-        phase.optimizer.load_state_dict(saved["optimizer"])
-        shuffler.set_state(saved["shuffler"])
-        history, start_epoch = saved["history"], saved["epoch"] + 1
-    for epoch in range(start_epoch, phase.epochs):
-        order = epoch_order(len(y), factors, config.seed, epoch, shuffler)
-        total, batches = 0.0, 0
-        for start in range(0, len(order), config.batch_size):
-            batch = order[start : start + config.batch_size]
-            inputs, targets = x[batch].to(device), y[batch].to(device)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-                logits = head(inputs)
-            loss = phase.loss(logits.float(), targets, epoch / max(phase.epochs, 1))
-            phase.optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(phase.optimizer)
-            scaler.update()
-            total += loss.item()
-            batches += 1
-        history.append(total / max(batches, 1))
-        if checkpoint is not None:
-            state = {
-                "config": _resumable(config),
-                "phase": phase.name,
-                "epoch": epoch,
-                "history": history,
-                "earlier": earlier,
-                "head": head.state_dict(),
-                "optimizer": phase.optimizer.state_dict(),
-                "shuffler": shuffler.get_state(),
-            }
-            buffer = io.BytesIO()
-            torch.save(state, buffer)
-            write_bytes_atomic(checkpoint, buffer.getvalue())
-    return history
 
 
 def loss_counts(targets: torch.Tensor, num_classes: int, class_counts: np.ndarray | None) -> torch.Tensor:
@@ -212,38 +170,10 @@ def require_factors(repeat_factors: np.ndarray | None) -> None:
         )
 
 
-def epoch_order(
-    count: int, factors: np.ndarray | None, seed: int, epoch: int, shuffler: torch.Generator
-) -> torch.Tensor:
-    """One epoch's sample order: repeat-factor draws (stochastic rounding, as detectron2) when
-    ``factors`` are given, else every sample once in a seeded shuffle."""
-    if factors is not None:
-        return torch.as_tensor(epoch_indices(factors, seed=seed, epoch=epoch))
-    return torch.randperm(count, generator=shuffler)
-
-
-def _resumable(config: HeadConfig) -> dict:
-    # Training longer is a valid resume; anything else changed means a different run.
+def resumable(config: HeadConfig) -> dict:
+    """What a checkpoint must share with a run to resume it: training longer is a valid resume;
+    anything else changed means a different run."""
     return {k: v for k, v in vars(config).items() if k not in ("epochs", "crt_epochs")}
-
-
-def _load_checkpoint(checkpoint: Path | None, config: HeadConfig) -> dict | None:
-    if checkpoint is None or not checkpoint.is_file():
-        return None
-    # weights_only: tensors, dicts, lists and numbers only, so a checkpoint path given on the
-    # command line cannot run code when it is read (a full unpickler would run any callable in it).
-    try:
-        state = torch.load(checkpoint, weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise RebalanceError(
-            f"{checkpoint} holds objects other than weights and plain values, so it was not loaded "
-            f"({str(error).splitlines()[0]}); pass a checkpoint written by rebalance train"
-        ) from None
-    if state["config"] != _resumable(config):
-        raise RebalanceError(
-            f"{checkpoint} was written by a run with another configuration; delete it or pass another path"
-        )
-    return state
 
 
 def _binary_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, progress: float) -> torch.Tensor:
