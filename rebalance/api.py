@@ -151,9 +151,14 @@ def compare(
     """The baselines panel: loss-only baselines on the original data and the pipeline's variants, per
     bucket, mean ± std over ``seeds`` seeds, with paired 95% intervals to the best loss-only
     baseline; with ``ablation``, one row per stage turned off. Also written to
-    ``<output_dir>/compare/`` as ``panel.json``, ``panel.md`` and ``index.html``.
+    ``<output_dir>/compare/`` as ``panel.json``, ``panel.md`` and ``index.html``; the page shows
+    the image gallery of the seed-0 pipeline run, whose report is copied to ``compare/report/``.
     """
+    import json
+    import shutil
+
     from rebalance.compare import compare as compare_runs
+    from rebalance.compare import gallery_report
     from rebalance.core.fs import write_bytes_atomic, write_json_atomic
     from rebalance.report.panel import panel_html, panel_markdown
 
@@ -161,9 +166,23 @@ def compare(
     folder = load_pipeline(pipeline, overrides).output_dir / "compare"
     write_json_atomic(folder / "panel.json", result)
     write_bytes_atomic(folder / "panel.md", panel_markdown(result).encode())
-    write_bytes_atomic(
-        folder / "index.html", panel_html(result, f"{Path(pipeline).name}: baselines panel").encode()
+    variant, report_dir = gallery_report(pipeline, overrides)
+    gallery = json.loads((report_dir / "report.json").read_text()).get("gallery")
+    if gallery is not None:
+        # Copied whole: the gallery's pages link back to their report, and its thumbnails are there.
+        staged = folder / "report.tmp"
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.copytree(report_dir, staged)
+        shutil.rmtree(folder / "report", ignore_errors=True)
+        staged.rename(folder / "report")
+    page = panel_html(
+        result,
+        f"{Path(pipeline).name}: baselines panel",
+        gallery=gallery,
+        gallery_prefix="report/",
+        gallery_run=variant,
     )
+    write_bytes_atomic(folder / "index.html", page.encode())
     return result
 
 

@@ -227,6 +227,15 @@ def compare(
     return result
 
 
+def gallery_report(pipeline: str | os.PathLike[str], overrides: Sequence[str] = ()) -> tuple[str, Path]:
+    """The panel's gallery source: the seed-0 run of the first pipeline variant (its data is that of
+    every pipeline variant of the seed), as (variant name, its report folder)."""
+    config = load_pipeline(pipeline, overrides)
+    variant = WITH_PIPELINE[0]
+    run = config.output_dir / "compare" / "seed0" / _slug(variant.name)
+    return variant.name, run / _wiring(config).report.id
+
+
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name.lower()).replace("__", "_").strip("_")
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -142,6 +143,13 @@ def test_compare_panel_on_the_tiny_pipeline(run_dirs: list[str], tmp_path: Path)
     parser = _Cells()
     parser.feed((written / "index.html").read_text())
     assert "pipeline + logit adjustment" in parser.cells
+    # The panel page shows the seed-0 pipeline run's gallery, its report copied beside the page.
+    page = (written / "index.html").read_text()
+    thumbnails = re.findall(r'<img src="(report/gallery/img/[0-9a-f]+\.png)"', page)
+    assert 'id="gallery"' in page and thumbnails and all((written / src).is_file() for src in thumbnails)
+    assert (written / "report" / "report.html").is_file() and (
+        written / "report" / "gallery" / "index.html"
+    ).is_file()
     # The same figures from the command line, as markdown; `rebalance report` points to the panel.
     shown = invoke("compare", str(TINY), *run_dirs, "--seeds", "2", "--markdown")
     assert shown.exit_code == 0 and shown.output == panel_markdown(result)

@@ -97,7 +97,7 @@ def retrieval_summary(dataset: LabeledDataset) -> dict[str, Any]:
         )
     )
     correct = [
-        _same_name(reference, names[assigned[image_id]])
+        same_class_name(reference, names[assigned[image_id]])
         for image_id, reference in zip(
             labelled["image_id"].to_pylist(),
             labelled["reference_label"].to_pylist() if labelled.num_rows else [],
@@ -112,7 +112,8 @@ def retrieval_summary(dataset: LabeledDataset) -> dict[str, Any]:
     }
 
 
-def _same_name(left: str, right: str) -> bool:
+def same_class_name(left: str, right: str) -> bool:
+    """Whether two spellings name the same class ("t_shirt" and "T-shirt" do not; "ankle_boot" and "Ankle boot" do)."""
     return left.replace("_", " ").casefold() == right.replace("_", " ").casefold()
 
 
@@ -151,7 +152,9 @@ def retrieval_by_class(dataset: LabeledDataset) -> list[dict[str, Any]]:
         for image_id, category_id in zip(
             annotations["image_id"].to_pylist(), annotations["category_id"].to_pylist(), strict=True
         ):
-            measured.setdefault(category_id, []).append(_same_name(reference[image_id], names[category_id]))
+            measured.setdefault(category_id, []).append(
+                same_class_name(reference[image_id], names[category_id])
+            )
     rows = []
     for row in categories.to_pylist():
         if not row["retrieval_quota"]:

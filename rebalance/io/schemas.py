@@ -48,5 +48,7 @@ REMOVED_SCHEMA = pa.schema(
         ("category_ids", pa.list_(pa.int64())),
         ("step", pa.string()),
         ("reason", pa.string()),
+        # The kept image a removed one duplicated (dedup), so a report can show the two side by side.
+        ("kept_image_id", pa.int64()),
     ]
 )

@@ -16,6 +16,7 @@ from rebalance.domain.ledger import (
     stage_changes,
 )
 from rebalance.report import plots
+from rebalance.report.gallery import DEFAULT_CAP, DEFAULT_CLASSES_PER_PAGE, build_gallery, gallery_files
 from rebalance.report.templates import render
 
 
@@ -30,8 +31,15 @@ def build_report(
     runs: dict[str, TrainReport],
     frequency: ConceptFrequency | None = None,
     thresholds: tuple[int, int] = (10, 100),
+    test: LabeledDataset | None = None,
+    gallery_cap: int = DEFAULT_CAP,
+    gallery_classes_per_page: int = DEFAULT_CLASSES_PER_PAGE,
 ) -> Report:
-    """The report for one pipeline run (``runs`` maps a name such as "baseline" to its training report)."""
+    """The report for one pipeline run (``runs`` maps a name such as "baseline" to its training report).
+
+    With ``gallery_cap`` > 0 it holds the image gallery (``rebalance.report.gallery``); ``test``
+    adds the rare-class test errors of the runs that recorded their predictions.
+    """
     names = original.class_names()
     rare_max, common_max = thresholds
     buckets = class_buckets(original, rare_max_images=rare_max, common_max_images=common_max)
@@ -72,6 +80,7 @@ def build_report(
         "retrieval_by_class": None,
         "frequency": None,
         "accuracy": None,
+        "gallery": None,
     }
     retrieval = retrieval_summary(final)
     if retrieval["retrieved"]:
@@ -172,4 +181,18 @@ def build_report(
             ],
         }
         figures["accuracy"] = accuracy
-    return Report(render("report", **context), images, figures)
+    files: dict[str, bytes] = {}
+    if gallery_cap:
+        gallery = build_gallery(
+            original,
+            final,
+            runs,
+            test,
+            cap=gallery_cap,
+            classes_per_page=gallery_classes_per_page,
+            thresholds=thresholds,
+        )
+        context["gallery"] = gallery
+        figures["gallery"] = gallery.figures()
+        files = gallery_files(gallery, title)
+    return Report(render("report", **context), images, figures, files)

@@ -111,6 +111,21 @@ def panel_markdown(result: dict[str, Any]) -> str:
     return "\n\n".join(blocks) + "\n"
 
 
-def panel_html(result: dict[str, Any], title: str) -> str:
-    """A standalone page with the same tables, every cell escaped."""
-    return render("panel", title=title, tables=panel_tables(result))
+def panel_html(
+    result: dict[str, Any],
+    title: str,
+    gallery: dict[str, Any] | None = None,
+    gallery_prefix: str = "",
+    gallery_run: str = "",
+) -> str:
+    """A standalone page with the same tables, every cell escaped; with ``gallery`` (a report's
+    ``report.json`` figures["gallery"]), the gallery of that run's first page, its files under
+    ``gallery_prefix``."""
+    return render(
+        "panel",
+        title=title,
+        tables=panel_tables(result),
+        gallery=gallery,
+        gallery_prefix=gallery_prefix,
+        gallery_run=gallery_run,
+    )

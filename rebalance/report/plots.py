@@ -69,7 +69,8 @@ def bucket_accuracy(runs: dict[str, dict[str, float | None]]) -> bytes:
     axes.set_ylim(0, 1.05)
     axes.set_ylabel("accuracy")
     axes.set_title("Baseline vs rebalanced, per frequency bucket")
-    axes.legend(fontsize=8)
+    # Beside the axes, not on them: inside, the legend covered the rare-class bars.
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     return _png(figure)
 
 

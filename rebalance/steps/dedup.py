@@ -78,7 +78,7 @@ def semdedup_step(
         f"near-duplicate of image {image_ids[keeper]} (cosine {similarity:.4f}, {embeddings.encoder})"
         for keeper, similarity in zip(result.duplicate_of[drop], result.similarity[drop], strict=True)
     ]
-    return dataset.drop(drop, "semdedup", reasons)
+    return dataset.drop(drop, "semdedup", reasons, kept=image_ids[result.duplicate_of[drop]].tolist())
 
 
 @step("entity_thinning", role="removes_rows", bypass="dataset")

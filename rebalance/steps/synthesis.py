@@ -336,6 +336,7 @@ def _dropped_table(rows: list[dict], first_id: int) -> pa.Table:
             "category_ids": [[r["category_id"]] for r in rows],
             "step": ["synthesize_images"] * len(rows),
             "reason": [r["reason"] for r in rows],
+            "kept_image_id": pa.nulls(len(rows), pa.int64()),
         },
         schema=REMOVED_SCHEMA,
     )

@@ -127,9 +127,11 @@ def train_probe(
             class_scores(head, test_x), _targets(test, True), dataset.class_names(), buckets
         )
     else:
+        predictions = predict(head, test_x)
         metrics = classification_metrics(
-            predict(head, test_x), test.single_labels("scoring a classifier"), dataset.class_names(), buckets
+            predictions, test.single_labels("scoring a classifier"), dataset.class_names(), buckets
         )
+        metrics["test_predictions"] = predictions.tolist()
     return TrainReport(
         {
             **metrics,
@@ -349,13 +351,16 @@ def train_cnn(
 def _classification_scores(
     predictions: np.ndarray, test: LabeledDataset, reference: LabeledDataset, rare_max: int, common_max: int
 ) -> dict:
-    """Per-bucket accuracy of single-label ``predictions`` on ``test``; buckets counted on ``reference``."""
+    """Per-bucket accuracy of single-label ``predictions`` on ``test``, buckets counted on
+    ``reference``, and the predictions themselves (class positions, in ``test``'s row order: the
+    report's gallery shows the rare-class errors)."""
     from rebalance.train.metrics import classification_metrics
 
     buckets = class_buckets(reference, rare_max_images=rare_max, common_max_images=common_max)
-    return classification_metrics(
+    metrics = classification_metrics(
         predictions, test.single_labels("scoring a classifier"), test.class_names(), buckets
     )
+    return {**metrics, "test_predictions": np.asarray(predictions).tolist()}
 
 
 def _rows_with_images(dataset: LabeledDataset, needed_for: str) -> tuple[pa.Table, np.ndarray]:

@@ -31,15 +31,20 @@ def test_tiny_run_trains_both_heads_and_renders_the_report(run_dirs: list[str], 
     report_dir = tmp_path / "out" / "report"
     parser = _Images()
     parser.feed((report_dir / "report.html").read_text())
-    assert parser.sources == [
+    assert [source for source in parser.sources if not source.startswith("gallery/")] == [
         "plots/class_distribution.png",
         "plots/stage_changes.png",
         "plots/concept_frequency.png",
         "plots/bucket_accuracy.png",
     ]
+    # The gallery: every thumbnail the page shows is a file of the report, retrieval's rows among them.
+    thumbnails = [source for source in parser.sources if source.startswith("gallery/img/")]
+    assert thumbnails and all((report_dir / source).is_file() for source in thumbnails)
+    gallery = json.loads((report_dir / "report.json").read_text())["gallery"]
+    assert gallery["found"]["retrieved"] == figures_changes(report_dir)["+retrieved"] > 0
     for source in parser.sources:
         png = (report_dir / source).read_bytes()
-        assert png.startswith(b"\x89PNG") and len(png) > 1000
+        assert png.startswith(b"\x89PNG") and (len(png) > 1000 or source in thumbnails)
     assert {"baseline", "rebalanced", "Δ rebalanced", "Δ cnn_rebalanced", "rare", "common"} <= set(
         parser.cells
     )
@@ -180,3 +185,7 @@ def test_class_prior_original_corrects_for_the_counts_before_rebalancing() -> No
 
     # The original counts call d ten times rarer than the rebalanced rows do: the probe leans towards it.
     assert recall_of_d(by_original) > recall_of_d(by_rows) + 0.2
+
+
+def figures_changes(report_dir: Path) -> dict[str, int]:
+    return json.loads((report_dir / "report.json").read_text())["changes"]

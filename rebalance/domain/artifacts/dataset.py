@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -234,11 +235,14 @@ class LabeledDataset:
             files={name: data for part in parts for name, data in part.files.items()},
         )
 
-    def drop(self, drop: np.ndarray, step_name: str, reasons: list[str]) -> Self:
+    def drop(
+        self, drop: np.ndarray, step_name: str, reasons: list[str], kept: Sequence[int] | None = None
+    ) -> Self:
         """Remove the images where ``drop`` is True with their annotations, recording each in ``removed``.
 
         A removed row keeps the image's ``source`` and class ids, so a report can say what each
-        step took from each class, including rows that an earlier step added.
+        step took from each class, including rows that an earlier step added. ``kept``: for each
+        removed row, the image id of the kept image it duplicated (dedup), shown beside it.
         """
         drop = np.asarray(drop, dtype=bool)
         mask = pa.array(drop)
@@ -256,6 +260,9 @@ class LabeledDataset:
                 "category_ids": classes,
                 "step": [step_name] * len(dropped_ids),
                 "reason": reasons,
+                "kept_image_id": pa.array(
+                    kept if kept is not None else [None] * len(dropped_ids), pa.int64()
+                ),
             },
             schema=REMOVED_SCHEMA,
         )

@@ -31,11 +31,13 @@ class TrainReport:
 
 @dataclasses.dataclass(frozen=True)
 class Report:
-    """The run report: ``report.html`` beside ``plots/<name>.png`` and the figures as ``report.json``."""
+    """The run report: ``report.html`` beside ``plots/<name>.png`` and the figures as ``report.json``;
+    ``files`` are the gallery's pages and thumbnails, by path under ``gallery/``."""
 
     html: str
     plots: dict[str, bytes]
     figures: dict[str, Any]
+    files: dict[str, bytes] = dataclasses.field(default_factory=dict)
 
     @property
     def num_rows(self) -> int:
@@ -47,14 +49,24 @@ class Report:
             (directory / "plots" / f"{name}.png").write_bytes(png)
         (directory / "report.html").write_text(self.html)
         (directory / "report.json").write_text(json.dumps(self.figures, indent=2, sort_keys=True))
+        for relative, data in sorted(self.files.items()):
+            path = directory / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
 
     @classmethod
     def read(cls, directory: Path) -> Self:
         plots = {path.stem: path.read_bytes() for path in sorted((directory / "plots").glob("*.png"))}
+        files = {
+            path.relative_to(directory).as_posix(): path.read_bytes()
+            for path in sorted((directory / "gallery").rglob("*"))
+            if path.is_file()
+        }
         return cls(
             (directory / "report.html").read_text(),
             plots,
             json.loads((directory / "report.json").read_text()),
+            files,
         )
 
 
