@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,9 +13,9 @@ from typing import Any
 import pydantic
 
 from rebalance.core.cache import Cache, CacheEntry, EntryCheck
-from rebalance.core.config import PipelineConfig, load_pipeline
+from rebalance.core.config import LINEAGE_PARAM, BucketConfig, PipelineConfig, load_pipeline
 from rebalance.core.progress import Reporter
-from rebalance.core.registry import StepSpec, all_steps
+from rebalance.core.registry import Role, StepSpec, all_steps
 from rebalance.core.runner import RunResult, StepPlan, keep_outputs, plan_pipeline, run_pipeline
 from rebalance.errors import ConfigError, ConfigIssue, did_you_mean
 from rebalance.train.choices import HeadConfig
@@ -28,6 +30,7 @@ __all__ = [
     "report_figures",
     "run",
     "steps",
+    "steps_reference",
     "train",
     "validate",
 ]
@@ -59,6 +62,114 @@ def run(
 def steps() -> dict[str, StepSpec]:
     """Every registered step by name."""
     return all_steps()
+
+
+# Headings of the steps reference, in the order data flows through a pipeline (``Role``'s order).
+ROLE_HEADINGS: dict[str, str] = {
+    "reads": "Read data",
+    "checks": "Check data",
+    "describes": "Describe the data: class statistics, synonyms, concept frequency",
+    "embeds": "Embed and index",
+    "adds_rows": "Add rows: retrieval and synthesis",
+    "removes_rows": "Remove rows: deduplication and thinning",
+    "sets_sampling": "Set sampling",
+    "trains": "Train and score",
+    "exports": "Export",
+    "reports": "Report",
+    "transforms": "Other transforms",
+}
+
+# Parameters a pipeline fills in for every step that declares them (``rebalance.core.config``), so
+# the default a step's signature shows is only what a call from Python gets.
+FILLED_IN: dict[str, str] = {
+    "seed": "from the pipeline's `seed`",
+    "device": "from the pipeline's `device`",
+    **{name: f"from the pipeline's `buckets.{name}`" for name in BucketConfig.model_fields},
+    LINEAGE_PARAM: "filled in by the runner: the resolved config of the step and of every step it needs",
+}
+
+
+def steps_reference(specs: dict[str, StepSpec] | None = None) -> str:
+    """Every registered step as markdown (``docs/steps.md``; ``rebalance steps --markdown``).
+
+    Steps are grouped by role in the order data flows through a pipeline, then by name; each has
+    its inputs with their artifact types, its keyword parameters with type and default, and its
+    docstring. ``specs`` defaults to every registered step (``steps()``).
+    """
+    specs = steps() if specs is None else specs
+    by_role = {
+        role: sorted(name for name, spec in specs.items() if spec.role == role)
+        for role in typing.get_args(Role)
+    }
+    lines = [
+        "# Steps reference",
+        "",
+        "Every step a pipeline YAML can name (`step: <name>`), generated from the step registry by",
+        "`rebalance steps --markdown > docs/steps.md`: do not edit by hand. Inputs are artifacts that",
+        "upstream steps produce (wired with `inputs: {name: step id}`); parameters are set as keys",
+        "of the step in the YAML. A *sharded* step runs shard by shard on the executor.",
+        "",
+        "| step | role | summary |",
+        "|---|---|---|",
+    ]
+    for role, names in by_role.items():
+        lines += [f"| [`{name}`](#{name}) | {role} | {_summary(specs[name])} |" for name in names]
+    for role, names in by_role.items():
+        if names:
+            lines += ["", f"## {ROLE_HEADINGS[role]}"]
+        for name in names:
+            lines += ["", *_step_section(specs[name])]
+    return "\n".join(lines) + "\n"
+
+
+def _step_section(spec: StepSpec) -> list[str]:
+    facts = [f"role `{spec.role}`", f"returns `{spec.output_type.__name__}`"]
+    if spec.shardable:
+        facts.append("sharded")
+    if spec.bypass:
+        facts.append(f"an ablation switches it off by passing `{spec.bypass}` through")
+    if spec.version != 1:
+        facts.append(f"version {spec.version}")
+    lines = [f"### {spec.name}", "", "; ".join(facts) + "."]
+    if spec.inputs:
+        lines += ["", "| input | artifact type | optional |", "|---|---|---|"]
+        lines += [
+            f"| `{i.name}` | `{i.artifact_type.__name__}` | {'yes' if i.optional else 'no'} |"
+            for i in spec.inputs
+        ]
+    if spec.params:
+        lines += ["", "| parameter | type | default |", "|---|---|---|"]
+        for param in spec.params:
+            default = "required" if param.required else _code(repr(param.default))
+            if param.name == LINEAGE_PARAM:
+                default = FILLED_IN[param.name]
+            elif param.name in FILLED_IN:
+                default = f"{default}, {FILLED_IN[param.name]}"
+            lines.append(f"| `{param.name}` | {_code(param.type_name())} | {default} |")
+    doc = inspect.getdoc(spec.fn)
+    if doc:
+        lines += ["", _escape_html(doc)]
+    return lines
+
+
+def _code(text: str) -> str:
+    """``text`` as a code span inside a markdown table cell, where a bare pipe would end the cell."""
+    fence = "``" if "`" in text else "`"
+    return fence + text.replace("|", "\\|") + fence
+
+
+def _summary(spec: StepSpec) -> str:
+    """The docstring's first sentence on one line (it may wrap, unlike ``StepSpec.summary``'s first
+    line), for a table cell."""
+    paragraph = " ".join((inspect.getdoc(spec.fn) or "").split("\n\n")[0].split())
+    sentence = re.split(r"(?<=\.) (?=[A-Z])", paragraph)[0]
+    return _escape_html(sentence).replace("|", "\\|")
+
+
+def _escape_html(text: str) -> str:
+    """Escape ``<`` outside code spans: markdown would read ``root/<class>/`` as an HTML tag."""
+    parts = re.split(r"(``.*?``|`[^`]*`)", text)
+    return "".join(part if part.startswith("`") else part.replace("<", "&lt;") for part in parts)
 
 
 def cache_entries(cache_dir: str | os.PathLike[str]) -> list[CacheEntry]:

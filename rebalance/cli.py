@@ -94,8 +94,15 @@ def validate(pipeline: Pipeline, overrides: Overrides = None) -> None:
 
 @app.command()
 @user_errors
-def steps() -> None:
+def steps(
+    markdown: Annotated[
+        bool, typer.Option(help="Print the full reference as markdown (docs/steps.md is this output).")
+    ] = False,
+) -> None:
     """List every registered step with its inputs, parameters and summary."""
+    if markdown:
+        print(api.steps_reference(), end="")
+        return
     for name, spec in api.steps().items():
         flags = " [dim](sharded)[/dim]" if spec.shardable else ""
         bypass = f", bypassed by {spec.bypass}" if spec.bypass else ""

@@ -117,7 +117,7 @@ def test_the_estimate_agrees_with_the_reference_labels_on_the_demo(demo_retrieva
     assert len(rows) >= 4
     errors = [abs(row["precision_estimate"] - measured[row["name"]][1]) for row in rows]
     inside = [row["precision_low"] <= measured[row["name"]][1] <= row["precision_high"] for row in rows]
-    # README: within 8.1 points on average, every reference precision inside its interval.
+    # docs/retrieval_precision.md: within 8.1 points on average, every reference precision inside its interval.
     assert float(np.mean(errors)) <= 0.10, list(zip([r["name"] for r in rows], errors, strict=True))
     assert abs(float(np.mean(errors)) - 0.081) <= 0.02
     assert float(np.mean(inside)) >= 0.8
