@@ -28,6 +28,7 @@ __all__ = [
     "compare",
     "plan",
     "report_figures",
+    "report_weight",
     "run",
     "steps",
     "steps_reference",
@@ -309,3 +310,10 @@ def report_figures(run_dir: str | os.PathLike[str]) -> tuple[Path, dict[str, Any
             f"{run_dir}: no report here; run a pipeline with a `report` step, then pass its output_dir"
         )
     return pages[0], json.loads((pages[0].parent / "report.json").read_text())
+
+
+def report_weight(page: str | os.PathLike[str]) -> tuple[int, int]:
+    """What a browser loads to show a report page: (bytes, files), the page and its images."""
+    from rebalance.report.html import page_weight
+
+    return page_weight(Path(page))

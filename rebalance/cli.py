@@ -187,7 +187,17 @@ def train(
 def report(run_dir: Annotated[str, typer.Argument(help="A run's output folder.")] = "runs/demo") -> None:
     """Show where a run's HTML report is, and its per-bucket accuracy."""
     page, figures = api.report_figures(run_dir)
-    out.print(f"report: {page.resolve()}", highlight=False)
+    weight, files = api.report_weight(page)
+    out.print(
+        f"report: {page.resolve()} ({weight:,} bytes in {files} files with its images)", highlight=False
+    )
+    if "gallery" in figures:
+        gallery = figures["gallery"]
+        out.print(
+            f"gallery: {gallery['class_count']} classes on {gallery['pages']} page(s), "
+            f"{gallery['thumbnails']} thumbnails ({gallery['thumbnail_bytes']:,} bytes)",
+            highlight=False,
+        )
     panel = Path(run_dir) / "compare" / "index.html"
     if panel.is_file():
         out.print(f"baselines panel (rebalance compare): {panel.resolve()}", highlight=False)

@@ -145,7 +145,7 @@ def test_compare_panel_on_the_tiny_pipeline(run_dirs: list[str], tmp_path: Path)
     assert "pipeline + logit adjustment" in parser.cells
     # The panel page shows the seed-0 pipeline run's gallery, its report copied beside the page.
     page = (written / "index.html").read_text()
-    thumbnails = re.findall(r'<img src="(report/gallery/img/[0-9a-f]+\.png)"', page)
+    thumbnails = re.findall(r'<img src="(report/gallery/img/[0-9a-f]+\.jpg)"', page)
     assert 'id="gallery"' in page and thumbnails and all((written / src).is_file() for src in thumbnails)
     assert (written / "report" / "report.html").is_file() and (
         written / "report" / "gallery" / "index.html"

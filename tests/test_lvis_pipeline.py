@@ -104,6 +104,12 @@ def test_the_lvis_pipeline_runs_end_to_end_on_the_fixture(tmp_path: Path) -> Non
     assert first.executed == steps and len(steps) == 24
     report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
     assert set(report["stages"]) >= {"after retrieved", "after synthetic", "final"}
+    # The gallery shows the retrieved and generated images (multi-label data: no test errors).
+    gallery = report["gallery"]
+    assert gallery["found"]["retrieved"] > 0 and gallery["shown"]["synthetic"] > 0
+    assert gallery["found"]["test errors"] == 0 and gallery["thumbnails"] > 0
+    weight, files = api.report_weight(tmp_path / "out" / "report" / "report.html")
+    print(f"LVIS fixture report: {weight:,} bytes in {files} files, gallery {gallery}")
     baseline = json.loads((tmp_path / "cache" / "train_probe").glob("*/metrics.json").__next__().read_text())
     assert baseline["metric"] == "average_precision" and baseline["mean_class_accuracy"] is not None
     exported = datasets.load_from_disk(str(tmp_path / "out" / "export"))["train"]

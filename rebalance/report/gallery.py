@@ -16,7 +16,7 @@ Classes come in order of need: rare classes first (fewest images first), then th
 retrieval, then the rest. A cap per class and kind (``cap``) keeps pages light; the counts say how
 many there were. The first ``classes_per_page`` classes go on the report's own page, the rest on
 ``gallery/page-N.html`` pages, every class linked from ``gallery/index.html``. Each image becomes
-one small PNG thumbnail, written once however often it is shown, from any image reference (a file,
+one small JPEG thumbnail, written once however often it is shown, from any image reference (a file,
 a tar member, a parquet cell).
 """
 
@@ -115,7 +115,7 @@ class Gallery:
             "class_count": self.class_count,
             "more": self.more,
             "pages": 1 + len(self.pages),
-            "cap_per_class": self.cap,
+            "cap": self.cap,
             "found": found,
             "shown": shown,
             "thumbnails": len(self.thumbnails),
@@ -126,7 +126,7 @@ class Gallery:
 
 
 class Thumbnails:
-    """Small PNGs of images by reference, each made once; a reference that cannot be read has none."""
+    """Small JPEGs of images by reference, each made once; a reference that cannot be read has none."""
 
     def __init__(self, size: int = THUMBNAIL_PX):
         self.size = size
@@ -147,10 +147,12 @@ class Thumbnails:
                 image = image.convert("RGB")
                 image.thumbnail((self.size, self.size), Image.Resampling.BILINEAR)
                 buffer = io.BytesIO()
-                image.save(buffer, format="PNG", optimize=True)
+                # JPEG: a photo's thumbnail is several times smaller than as PNG, and at LVIS
+                # scale a gallery page holds over a thousand of them.
+                image.save(buffer, format="JPEG", quality=85)
         except (OSError, ValueError, DataError):
             return None  # unreadable, or not an image at all (a generated candidate that was dropped)
-        path = f"{FOLDER}/img/{hashlib.sha256(key.encode()).hexdigest()[:20]}.png"
+        path = f"{FOLDER}/img/{hashlib.sha256(key.encode()).hexdigest()[:20]}.jpg"
         self.files[path] = buffer.getvalue()
         return path
 

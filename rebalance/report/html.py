@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -196,3 +197,23 @@ def build_report(
         figures["gallery"] = gallery.figures()
         files = gallery_files(gallery, title)
     return Report(render("report", **context), images, figures, files)
+
+
+def page_weight(page: Path) -> tuple[int, int]:
+    """What a browser loads to show ``page``: (bytes, files), the page and every image it shows."""
+    import html.parser
+
+    class _Sources(html.parser.HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sources: set[str] = set()
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            source = dict(attrs).get("src")
+            if tag == "img" and source:
+                self.sources.add(source)
+
+    parser = _Sources()
+    parser.feed(page.read_text())
+    files = [page, *(page.parent / source for source in sorted(parser.sources))]
+    return sum(path.stat().st_size for path in files if path.is_file()), len(files)

@@ -108,7 +108,7 @@ def test_each_class_shows_its_rows_least_confident_first_with_why_they_are_there
     assert errors.tiles[0].warning == "the baseline got it right"
     # One PNG per distinct image: 3 pool + 2 (removed and kept) + 20 test images.
     assert len(gallery.thumbnails) == 25 and all(
-        data[:8] == b"\x89PNG\r\n\x1a\n" for data in gallery.thumbnails.values()
+        data[:3] == b"\xff\xd8\xff" for data in gallery.thumbnails.values()
     )
 
 
@@ -221,3 +221,28 @@ def test_the_report_loads_every_image_without_console_errors_and_fits_a_phone(tm
                 page.close()
         finally:
             browser.close()
+
+
+def test_the_panel_page_shows_a_reports_gallery_from_its_figures(tmp_path: Path) -> None:
+    import json
+
+    from rebalance.report.panel import panel_html
+
+    original, final, test, runs = gallery_fixture(tmp_path)
+    report = build_report(
+        "demo", original, final, runs, None, (10, 100), test=test, gallery_classes_per_page=4
+    )
+    figures = json.loads(json.dumps(report.figures))  # as compare reads it back from report.json
+    result = {"seeds": [0], "data": {}, "models": {}, "ablation": []}
+    page = panel_html(
+        result, "panel", gallery=figures["gallery"], gallery_prefix="report/", gallery_run="pipeline + CE"
+    )
+    shown = [
+        f'src="report/{tile["thumbnail"]}"'
+        for cls in figures["gallery"]["first_page"]
+        for s in cls["sections"]
+        for tile in s["tiles"]
+        if tile["thumbnail"]
+    ]
+    assert shown and all(source in page for source in shown)
+    assert 'href="report/gallery/index.html"' in page and "pipeline + CE" in page
