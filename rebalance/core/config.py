@@ -40,14 +40,19 @@ class ExecutorConfig(pydantic.BaseModel):
     """Where sharded steps run.
 
     ``dask`` without ``scheduler`` starts a LocalCluster sized to the machine when a sharded step
-    has work; with ``scheduler: tcp://host:port`` it joins an existing cluster (the cache folder must
-    then be on storage every worker can reach). ``local`` runs shards one by one in process.
+    has work: one GPU worker per visible GPU (``gpu_workers`` to choose how many), each pinned to
+    its GPU with ``CUDA_VISIBLE_DEVICES`` and declaring the dask resource ``GPU=1``, plus
+    ``n_workers`` CPU workers (default: the CPUs the GPU workers leave). With ``scheduler:
+    tcp://host:port`` it joins an existing cluster (the cache folder must then be on storage every
+    worker can reach; start GPU workers with ``--resources GPU=1``). ``local`` runs shards one by
+    one in process.
     """
 
     model_config = pydantic.ConfigDict(extra="forbid")
     kind: Literal["local", "dask"] = "dask"
     scheduler: str | None = None
     n_workers: pydantic.PositiveInt | None = None
+    gpu_workers: pydantic.NonNegativeInt | None = None
     shard_rows: pydantic.PositiveInt = 1000
     retries: pydantic.NonNegativeInt = 2
 

@@ -114,6 +114,13 @@ class StepSpec:
     params_model: type[pydantic.BaseModel]
     role: Role = "transforms"
     bypass: str | None = None
+    gpu: bool = False
+
+    def needs_gpu(self, params: dict[str, Any], gpus_available: bool) -> bool:
+        """Whether a run of this step with ``params`` holds a GPU: a GPU step whose ``device`` is
+        ``cuda``, or ``auto`` where the run has GPUs."""
+        device = params.get("device", "auto")
+        return self.gpu and (device == "cuda" or (device == "auto" and gpus_available))
 
     @property
     def summary(self) -> str:
@@ -139,6 +146,7 @@ def step(
     shardable: bool = False,
     role: Role = "transforms",
     bypass: str | None = None,
+    gpu: bool = False,
 ) -> Callable[[F], F]:
     """Register a plain function as a pipeline step.
 
@@ -152,19 +160,28 @@ def step(
         role: what the step does to the data (``Role``).
         bypass: the input that stands in for the step's output when an ablation switches the step
             off; it must have the output's artifact type.
+        gpu: the step runs a model on a GPU when it has one, chosen by its ``device`` parameter
+            (``cuda``, or ``auto`` where the run has GPUs): its shards then go to dask workers that
+            declare a ``GPU`` resource, one shard per GPU at a time.
     """
 
     def register(fn: F) -> F:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise RuntimeError(f"step {name!r} is registered twice")
-        _REGISTRY[name] = _build_spec(name, fn, version, shardable, role, bypass)
+        _REGISTRY[name] = _build_spec(name, fn, version, shardable, role, bypass, gpu)
         return fn
 
     return register
 
 
 def _build_spec(
-    name: str, fn: Callable[..., Any], version: int, shardable: bool, role: Role, bypass: str | None
+    name: str,
+    fn: Callable[..., Any],
+    version: int,
+    shardable: bool,
+    role: Role,
+    bypass: str | None,
+    gpu: bool = False,
 ) -> StepSpec:
     hints = typing.get_type_hints(fn, include_extras=True)
     inputs: list[InputSpec] = []
@@ -196,8 +213,10 @@ def _build_spec(
         )
     fields = {spec.name: (spec.annotation, ... if spec.required else spec.default) for spec in params}
     model = pydantic.create_model(f"{name}_params", __config__=pydantic.ConfigDict(extra="forbid"), **fields)
+    if gpu and not any(spec.name == "device" for spec in params):
+        raise TypeError(f"step {name!r}: a gpu step needs a `device` parameter (auto, cpu or cuda)")
     return StepSpec(
-        name, fn, version, shardable, tuple(inputs), tuple(params), output_type, model, role, bypass
+        name, fn, version, shardable, tuple(inputs), tuple(params), output_type, model, role, bypass, gpu
     )
 
 

@@ -24,16 +24,18 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from rebalance.core import worker_cache
 from rebalance.core.artifact import Artifact
 from rebalance.core.cache import MARKER, Cache, read_marker, write_concatenated, write_entry
 from rebalance.core.config import LINEAGE_PARAM, PipelineConfig, StepConfig
-from rebalance.core.executors import Executor, make_executor
+from rebalance.core.device import visible_gpus
+from rebalance.core.executors import GPU, Executor, make_executor
 from rebalance.core.fingerprint import CodeFingerprinter
 from rebalance.core.fs import atomic_dir, remove_stale_temps, write_json_atomic
 from rebalance.core.hashing import ContentHasher, stable_hash
 from rebalance.core.progress import Reporter, SilentReporter
 from rebalance.core.registry import get_step
-from rebalance.errors import RebalanceError, StepError, StorageError
+from rebalance.errors import ConfigError, ConfigIssue, RebalanceError, StepError, StorageError
 
 MANIFEST = "manifest.json"
 _VERSIONED_PACKAGES = (
@@ -225,14 +227,25 @@ class ShardTask:
     key: str
 
 
-def run_shard(task: ShardTask) -> int:
-    """Compute one shard and write it atomically with its marker. Runs on executors' workers."""
+def run_shard(task: ShardTask) -> dict[str, Any]:
+    """Compute one shard and write it atomically with its marker. Runs on executors' workers;
+    returns where it ran and how many models it loaded there (0 when the worker kept them)."""
+    built_before = worker_cache.builds()
     spec = get_step(task.step_name)
     inputs = {name: artifact_type.read(Path(folder)) for name, (folder, artifact_type) in task.inputs.items()}
     inputs[task.primary] = inputs[task.primary].shard(task.index, task.num_shards)
     result = spec.fn(**inputs, **task.params)
     write_entry(Path(task.out_dir), result, {"step": task.step_name, "key": task.key, "shard": task.index})
-    return task.index
+    return {"index": task.index, "worker": _worker_name(), "loads": worker_cache.builds() - built_before}
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().name)
+    except (ImportError, ValueError):
+        return "local"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,6 +268,11 @@ def run_pipeline(
     started = time.perf_counter()
     previous = _read_manifest(config.output_dir)
     plans = plan_pipeline(config, previous)
+    try:
+        _check_devices(plans, executor)
+    except ConfigError:
+        executor.close()
+        raise
     records: list[dict[str, Any]] = []
     # Artifacts are immutable, so one read per run serves every step that consumes it.
     loaded: dict[str, Artifact] = {}
@@ -299,6 +317,31 @@ def run_pipeline(
             if status == "complete":
                 raise
     return RunResult(manifest, config.output_dir)
+
+
+def _check_devices(plans: list[StepPlan], executor: Executor) -> None:
+    """Every step to run with ``device: cuda`` has a GPU, checked before any step runs: a GPU step's
+    shards need a worker that declares one (on this machine, a visible GPU), and a step that runs in
+    this process needs one here."""
+    issues = []
+    for plan in plans:
+        step = plan.step
+        if plan.cached or step.params.get("device") != "cuda":
+            continue
+        on_workers = step.spec.shardable and step.spec.gpu
+        if (executor.gpu_slots() if on_workers else len(visible_gpus())) == 0:
+            where = "no worker declares a GPU" if on_workers else "this machine has no visible GPU"
+            issues.append(
+                ConfigIssue(
+                    "pipeline",
+                    f"steps.{step.id}.device",
+                    f"'cuda', but {where}",
+                    "set device: auto or cpu, run on a GPU node, or start GPU workers with "
+                    "`dask worker SCHEDULER --resources GPU=1`",
+                )
+            )
+    if issues:
+        raise ConfigError(issues, "the devices of the pipeline")
 
 
 def _run_step(
@@ -396,7 +439,7 @@ def _run_sharded(
     config: PipelineConfig,
     executor: Executor,
     reporter: Reporter,
-) -> dict[str, int]:
+) -> dict[str, Any]:
     step, spec = plan.step, plan.step.spec
     primary = spec.inputs[0].name
     primary_rows = read_marker(Path(input_dirs[primary][0]))["rows"]
@@ -410,7 +453,13 @@ def _run_sharded(
         ShardTask(spec.name, step.params, input_dirs, primary, i, num_shards, str(shard_dirs[i]), plan.key)
         for i in pending
     ]
-    for _ in executor.map_unordered(run_shard, tasks):
+    # A GPU step's shards hold a GPU each, so they run only on workers that declare one.
+    resources = {GPU: 1} if spec.needs_gpu(step.params, executor.gpu_slots() > 0) else None
+    workers: dict[str, dict[str, int]] = {}
+    for done in executor.map_unordered(run_shard, tasks, resources=resources):
+        ran = workers.setdefault(done["worker"], {"shards": 0, "model_loads": 0})
+        ran["shards"] += 1
+        ran["model_loads"] += done["loads"]
         reporter.shard_finished()
     write_concatenated(
         cache.entry_dir(spec.name, plan.key),
@@ -419,7 +468,10 @@ def _run_sharded(
         {"step": spec.name, "key": plan.key, "shards": num_shards},
     )
     cache.drop_shards(spec.name, plan.key)
-    return {"total": num_shards, "reused": num_shards - len(pending)}
+    record: dict[str, Any] = {"total": num_shards, "reused": num_shards - len(pending), "workers": workers}
+    if resources:
+        record["resources"] = resources
+    return record
 
 
 def _rows(cache: Cache, plan: StepPlan) -> int:

@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from rebalance.core import worker_cache
 from rebalance.core.device import resolve_device
 from rebalance.domain.artifacts.vectors import unit_rows
 from rebalance.errors import DataError, RebalanceError
@@ -64,8 +65,20 @@ class Encoder(Protocol):
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
-def load_encoder(spec: EncoderSpec, *, device: str = "auto", batch_size: int = 64) -> Encoder:
-    """The encoder ``spec`` names; weights load on first use."""
+def load_encoder(
+    spec: EncoderSpec, *, device: str = "auto", batch_size: int = 64, keep: bool = True
+) -> Encoder:
+    """The encoder ``spec`` names; weights load on first use.
+
+    ``keep``: the encoder stays loaded in this process (``rebalance.core.worker_cache``), so every
+    shard a worker runs, and every step of a run in one process, reuses one copy. A caller that
+    changes the weights (fine-tuning) asks for its own with ``keep=False``.
+    """
+    if keep:
+        return worker_cache.kept(
+            ("encoder", str(spec), device, batch_size),
+            lambda: load_encoder(spec, device=device, batch_size=batch_size, keep=False),
+        )
     builders = {
         "open_clip": OpenClipEncoder,
         "transformers": TransformersClipEncoder,

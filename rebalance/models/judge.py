@@ -6,10 +6,9 @@ answer is read from the next-token logits of " Yes" and " No": P(yes) = softmax 
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
+from rebalance.core import worker_cache
 from rebalance.core.device import resolve_device
 from rebalance.errors import RebalanceError
 
@@ -62,6 +61,6 @@ class YesNoJudge:
         return np.concatenate(results) if results else np.zeros(0)
 
 
-@functools.lru_cache(maxsize=1)
 def load_judge(model: str, device: str = "auto") -> YesNoJudge:
-    return YesNoJudge(model, device=device)
+    """The judge, kept loaded in this process (``rebalance.core.worker_cache``)."""
+    return worker_cache.kept(("judge", model, device), lambda: YesNoJudge(model, device=device))

@@ -21,7 +21,7 @@ from rebalance.models.pixels import pca_project
 StoredDtype = Literal["float32", "float16"]
 
 
-@step("embed_images", shardable=True, role="embeds")
+@step("embed_images", shardable=True, role="embeds", gpu=True)
 def embed_images(
     dataset: LabeledDataset,
     *,
@@ -45,7 +45,7 @@ def embed_images(
     return _checked(dataset, vectors, str(spec), dtype)
 
 
-@step("embed_texts", shardable=True, role="embeds")
+@step("embed_texts", shardable=True, role="embeds", gpu=True)
 def embed_texts(
     dataset: LabeledDataset,
     *,

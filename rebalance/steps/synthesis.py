@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import NonNegativeInt, PositiveInt, confloat
 
+from rebalance.core import worker_cache
 from rebalance.core.device import Device
 from rebalance.core.registry import ModelRef, step
 from rebalance.domain.artifacts import REMOVED_SCHEMA, ConceptFrequency, Embeddings, LabeledDataset
@@ -159,8 +160,11 @@ def synthesize_images(
             f"{embeddings.encoder!r}; embed the dataset with embed_images (open_clip or transformers)"
         )
     encoder = load_encoder(spec, device=device, batch_size=batch_size * 4)
-    generator = DiffusionGenerator(
-        model, device=device, steps=steps, guidance=guidance, batch_size=batch_size
+    generator = worker_cache.kept(
+        ("diffusion", model, device, steps, guidance, batch_size),
+        lambda: DiffusionGenerator(
+            model, device=device, steps=steps, guidance=guidance, batch_size=batch_size
+        ),
     )
     pair_rows, labels = dataset.label_pairs()
     real = embeddings.aligned_to(dataset.images["image_id"].to_numpy())

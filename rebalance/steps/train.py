@@ -230,7 +230,7 @@ def finetune_encoder(
     )
     spec = EncoderSpec(encoder, model, pretrained)
     tuned = finetune(
-        load_encoder(spec, device=device).image_tower(),
+        load_encoder(spec, device=device, keep=False).image_tower(),  # trained in place: its own copy
         paths,
         labels,
         len(dataset.class_names()),

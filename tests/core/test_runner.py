@@ -100,7 +100,11 @@ def test_manifest_records_the_run(run_dirs: list[str], tmp_path: Path) -> None:
     assert {"python", "rebalance", "pyarrow", "datasets", "dask"} <= set(manifest["versions"])
     verified = next(s for s in manifest["steps"] if s["id"] == "verified")
     assert verified["rows_in"] == verified["rows_out"] == 187
-    assert verified["shards"] == {"total": 5, "reused": 0}  # 187 rows / shard_rows 40
+    assert verified["shards"] == {
+        "total": 5,
+        "reused": 0,
+        "workers": {"local": {"shards": 5, "model_loads": 0}},
+    }  # 187 rows / shard_rows 40
     assert {"key", "cache", "wall_s", "components"} <= set(verified)
     assert manifest["outputs"] == {
         "stats": "stats",
@@ -163,7 +167,8 @@ def test_a_run_killed_mid_step_resumes_without_redoing_finished_shards(tmp_path:
     resumed = api.run(pipeline, dirs)
     calls_after = (tmp_path / "gate.calls").read_text().split()[len(calls_before) :]
     step = next(s for s in resumed.manifest["steps"] if s["id"] == "g")
-    assert step["shards"] == {"total": 5, "reused": 2}
+    assert {k: step["shards"][k] for k in ("total", "reused")} == {"total": 5, "reused": 2}
+    assert sum(worker["shards"] for worker in step["shards"]["workers"].values()) == 3
     assert sorted(calls_after) == sorted(set(calls_after)) and not set(calls_after) & {"0", "20"}
 
     clean = [f"cache_dir={tmp_path / 'clean-cache'}", f"output_dir={tmp_path / 'clean-out'}"]
