@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -24,6 +25,8 @@ from rebalance.core.device import resolve_device
 from rebalance.domain.artifacts.vectors import unit_rows
 from rebalance.errors import DataError, RebalanceError
 from rebalance.io.references import ImageSource, open_image
+
+logger = logging.getLogger(__name__)
 
 EncoderKind = Literal["open_clip", "transformers", "sentence"]
 MINILM = "all-MiniLM-L6-v2"
@@ -66,18 +69,26 @@ class Encoder(Protocol):
 
 
 def load_encoder(
-    spec: EncoderSpec, *, device: str = "auto", batch_size: int = 64, keep: bool = True
+    spec: EncoderSpec,
+    *,
+    device: str = "auto",
+    batch_size: int = 64,
+    keep: bool = True,
+    loader_workers: int | None = None,
 ) -> Encoder:
     """The encoder ``spec`` names; weights load on first use.
 
     ``keep``: the encoder stays loaded in this process (``rebalance.core.worker_cache``), so every
     shard a worker runs, and every step of a run in one process, reuses one copy. A caller that
-    changes the weights (fine-tuning) asks for its own with ``keep=False``.
+    changes the weights (fine-tuning) asks for its own with ``keep=False``. ``loader_workers``:
+    processes that decode images while the model runs (None: 4 on CUDA, 0 on the CPU).
     """
     if keep:
         return worker_cache.kept(
-            ("encoder", str(spec), device, batch_size),
-            lambda: load_encoder(spec, device=device, batch_size=batch_size, keep=False),
+            ("encoder", str(spec), device, batch_size, loader_workers),
+            lambda: load_encoder(
+                spec, device=device, batch_size=batch_size, keep=False, loader_workers=loader_workers
+            ),
         )
     builders = {
         "open_clip": OpenClipEncoder,
@@ -89,16 +100,73 @@ def load_encoder(
             f"embeddings made by {spec.kind!r} have no model that embeds text; "
             f"text queries need one of {sorted(builders)} (or query by image)"
         )
-    return builders[spec.kind](spec, device=device, batch_size=batch_size)
+    return builders[spec.kind](spec, device=device, batch_size=batch_size, loader_workers=loader_workers)
 
 
 class _TorchEncoder:
-    """Batching, device placement and normalisation shared by the concrete encoders."""
+    """Batching, device placement, the image input pipeline and normalisation shared by the encoders."""
 
-    def __init__(self, spec: EncoderSpec, *, device: str, batch_size: int):
+    def __init__(self, spec: EncoderSpec, *, device: str, batch_size: int, loader_workers: int | None = None):
         self.spec = spec
         self.device = resolve_device(device)
         self.batch_size = batch_size
+        self.loader_workers = (
+            (4 if self.device.type == "cuda" else 0) if loader_workers is None else loader_workers
+        )
+
+    def _encode_images(self, paths: Sequence[ImageSource], preprocess, encode_pixels) -> np.ndarray:
+        """Images decoded and preprocessed in DataLoader worker processes (pinned memory and
+        prefetch on CUDA) while the model encodes the batch before, as clip-retrieval's inference
+        does; a CUDA out-of-memory error halves the batch and retries it."""
+        import multiprocessing
+
+        import torch
+        from torch.utils.data import DataLoader
+
+        workers = self.loader_workers
+        if workers and multiprocessing.current_process().daemon:
+            # A daemonic process (a dask worker started with the default config) may not fork.
+            logger.warning(
+                "decoding in the worker process: it is daemonic, so it cannot start DataLoader workers"
+            )
+            workers = 0
+        loader = DataLoader(
+            _DecodedImages(list(paths), preprocess),
+            batch_size=self.batch_size,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=2 if workers else None,
+        )
+        parts = []
+        with torch.inference_mode():
+            for pixels in loader:
+                features = self._halving_on_oom(
+                    encode_pixels, pixels.to(self.device, self.dtype, non_blocking=True)
+                )
+                parts.append(torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy())
+        if not parts:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+    def _halving_on_oom(self, encode, batch):
+        import torch
+
+        try:
+            return encode(batch)
+        except torch.cuda.OutOfMemoryError:
+            if len(batch) == 1:
+                raise
+            torch.cuda.empty_cache()
+            half = len(batch) // 2
+            logger.warning(
+                "CUDA out of memory on a batch of %d images: encoding it as %d + %d",
+                len(batch),
+                half,
+                len(batch) - half,
+            )
+            return torch.cat(
+                [self._halving_on_oom(encode, batch[:half]), self._halving_on_oom(encode, batch[half:])]
+            )
 
     @property
     def dtype(self):
@@ -153,15 +221,8 @@ class OpenClipEncoder(_TorchEncoder):
         return ImageTower(model, preprocess, model.encode_image)
 
     def encode_images(self, paths: Sequence[ImageSource]) -> np.ndarray:
-        import torch
-
         model, preprocess, _ = self._loaded
-
-        def batch(chunk):
-            pixels = torch.stack([preprocess(open_rgb(path)) for path in chunk])
-            return model.encode_image(pixels.to(self.device, self.dtype))
-
-        return self._batched(list(paths), batch)
+        return self._encode_images(paths, preprocess, model.encode_image)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         model, _, tokenizer = self._loaded
@@ -188,23 +249,19 @@ class TransformersClipEncoder(_TorchEncoder):
     def image_tower(self) -> ImageTower:
         model, processor = self._loaded
 
-        def preprocess(image):
-            return processor(images=[image], return_tensors="pt")["pixel_values"][0]
-
         return ImageTower(
-            model, preprocess, lambda pixels: _features(model.get_image_features(pixel_values=pixels))
+            model,
+            _ImageProcessor(processor),
+            lambda pixels: _features(model.get_image_features(pixel_values=pixels)),
         )
 
     def encode_images(self, paths: Sequence[ImageSource]) -> np.ndarray:
         model, processor = self._loaded
-
-        def batch(chunk):
-            inputs = processor(images=[open_rgb(path) for path in chunk], return_tensors="pt")
-            return _features(
-                model.get_image_features(pixel_values=inputs["pixel_values"].to(self.device, self.dtype))
-            )
-
-        return self._batched(list(paths), batch)
+        return self._encode_images(
+            paths,
+            _ImageProcessor(processor),
+            lambda pixels: _features(model.get_image_features(pixel_values=pixels)),
+        )
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         model, processor = self._loaded
@@ -256,6 +313,29 @@ class SentenceEncoder(_TorchEncoder):
             return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
         return self._batched(list(texts), batch)
+
+
+class _DecodedImages:
+    """A map-style dataset of preprocessed pixel tensors, decoded where the DataLoader runs it."""
+
+    def __init__(self, paths: list[ImageSource], preprocess):
+        self.paths, self.preprocess = paths, preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, row: int):
+        return self.preprocess(open_rgb(self.paths[row]))
+
+
+class _ImageProcessor:
+    """A transformers image processor as a per-image transform (picklable for DataLoader workers)."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, image):
+        return self.processor(images=[image], return_tensors="pt")["pixel_values"][0]
 
 
 def _quiet_transformers() -> None:

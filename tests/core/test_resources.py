@@ -135,3 +135,38 @@ def test_a_gpu_step_must_say_which_device_it_uses() -> None:
         _build_spec("no_device", no_device, 1, False, "transforms", None, gpu=True)
     spec = load_pipeline(REPO / "pipelines" / "tiny.yaml").steps["baseline"].spec
     assert not spec.gpu
+
+
+def test_images_decode_in_dataloader_workers_with_the_same_vectors(tmp_path: Path) -> None:
+    from rebalance.models.tiny import save_tiny_open_clip
+    from rebalance.steps.embed import embed_images
+    from rebalance.steps.ingest import ingest_image_folder
+
+    config, checkpoint = save_tiny_open_clip(tmp_path / "clip")
+    dataset = ingest_image_folder(root=DEMO / "train", max_images_per_class=3)
+    options = {"encoder": "open_clip", "model": str(config), "pretrained": str(checkpoint), "device": "cpu"}
+    inline = embed_images(dataset, **options, batch_size=8, loader_workers=0)
+    forked = embed_images(dataset, **options, batch_size=8, loader_workers=2)
+    assert np.array_equal(inline.vectors, forked.vectors) and inline.vectors.shape[0] == 30
+
+
+def test_a_cuda_out_of_memory_error_halves_the_batch(caplog: pytest.LogCaptureFixture) -> None:
+    import torch
+
+    from rebalance.models.encoders import EncoderSpec, OpenClipEncoder
+
+    encoder = OpenClipEncoder(EncoderSpec("open_clip", "none"), device="cpu", batch_size=8)
+    sizes = []
+
+    def encode(batch: torch.Tensor) -> torch.Tensor:
+        sizes.append(len(batch))
+        if len(batch) > 2:  # this "GPU" holds two images at a time
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return batch * 2
+
+    batch = torch.arange(8.0).reshape(8, 1)
+    with caplog.at_level("WARNING"):
+        assert torch.equal(encoder._halving_on_oom(encode, batch), batch * 2)
+    assert (
+        sizes == [8, 4, 2, 2, 4, 2, 2] and "halving" not in caplog.text.lower() or "as 4 + 4" in caplog.text
+    )
