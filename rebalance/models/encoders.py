@@ -136,6 +136,11 @@ class _TorchEncoder:
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
             prefetch_factor=2 if workers else None,
+            # Forked, not spawned (a dask worker's default): a spawned decoder imports torch again,
+            # seconds per shard; a forked one starts in milliseconds with the model process's imports.
+            multiprocessing_context="fork"
+            if workers and "fork" in multiprocessing.get_all_start_methods()
+            else None,
         )
         parts = []
         with torch.inference_mode():
