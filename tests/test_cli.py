@@ -4,16 +4,8 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from rebalance.cli import app
-from tests.conftest import TINY, TINY_STEPS
-
-runner = CliRunner()
-
-
-def invoke(*args: str):
-    return runner.invoke(app, list(args))
+from tests.helpers import TINY, TINY_STEPS, invoke
 
 
 def test_run_then_rerun_reports_nothing_to_do(tmp_path: Path) -> None:

@@ -16,8 +16,7 @@ from rebalance import api
 from rebalance.core.config import load_pipeline
 from rebalance.core.executors import DaskExecutor
 from rebalance.core.runner import run_pipeline
-from tests.conftest import REPO, TINY, tree_digest
-from tests.core.plugins import install_plugin
+from tests.helpers import REPO, TINY, install_plugin, tree_digest
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from rebalance.core.cache import MARKER
 from rebalance.core.config import load_pipeline
 from rebalance.core.runner import run_command
 from rebalance.errors import DataError
-from tests.conftest import REPO, TINY, TINY_STEPS, tree_digest
+from tests.helpers import REPO, TINY, TINY_STEPS, tree_digest
 
 
 def test_second_run_executes_nothing(run_dirs: list[str], tmp_path: Path) -> None:

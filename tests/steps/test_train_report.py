@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rebalance import api
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 
 class _Images(HTMLParser):
