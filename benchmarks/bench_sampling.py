@@ -2,8 +2,10 @@
 
 The baseline is ``ClassBalancedDataset._get_repeat_factors`` from mmengine (identical formula to
 detectron2's ``repeat_factors_from_category_frequency``), transcribed loop for loop so that
-mmengine itself need not be installed. Synthetic labels: 1,000,000 images, 1,203 categories with
-Zipf-distributed frequencies (LVIS-like long tail), 1 + Poisson(6) annotations per image.
+mmengine itself need not be installed; the transcription lives in ``tests/reference.py``, which
+tests/test_sampling.py checks rebalance against. Synthetic labels: 1,000,000 images, 1,203
+categories with Zipf-distributed frequencies (LVIS-like long tail), 1 + Poisson(6) annotations per
+image.
 
 Usage: python benchmarks/bench_sampling.py [--images 1000000]
 """
@@ -11,43 +13,17 @@ Usage: python benchmarks/bench_sampling.py [--images 1000000]
 from __future__ import annotations
 
 import argparse
-import math
+import sys
 import time
-from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 
 from rebalance.methods.sampling import repeat_factors
 
-
-def mmengine_repeat_factors(image_categories: list[list[int]], repeat_thr: float) -> list[float]:
-    """mmengine ClassBalancedDataset._get_repeat_factors, as a plain loop over images."""
-    category_freq: dict[int, float] = defaultdict(float)
-    num_images = len(image_categories)
-    for cat_ids in image_categories:
-        for cat_id in set(cat_ids):
-            category_freq[cat_id] += 1
-    for k, v in category_freq.items():
-        category_freq[k] = v / num_images
-    category_repeat = {
-        cat_id: max(1.0, math.sqrt(repeat_thr / freq)) for cat_id, freq in category_freq.items()
-    }
-    repeat_factors_out = []
-    for cat_ids in image_categories:
-        factor = 1.0
-        if len(cat_ids) != 0:
-            factor = max({category_repeat[cat_id] for cat_id in set(cat_ids)})
-        repeat_factors_out.append(factor)
-    return repeat_factors_out
-
-
-def lvis_like_labels(num_images: int, num_categories: int, seed: int) -> list[list[int]]:
-    rng = np.random.default_rng(seed)
-    popularity = 1.0 / np.arange(1, num_categories + 1) ** 1.1
-    lengths = 1 + rng.poisson(6, num_images)
-    flat = rng.choice(num_categories, size=int(lengths.sum()), p=popularity / popularity.sum())
-    splits = np.cumsum(lengths)[:-1]
-    return [chunk.tolist() for chunk in np.split(flat, splits)]
+# The repository root, so that the baseline shared with the tests imports when run as a script.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.reference import lvis_like_labels, mmengine_repeat_factors  # noqa: E402
 
 
 def best_of(repeats: int, fn):

@@ -1,55 +1,47 @@
+"""Fixtures only: shared code lives in tests/helpers.py (tests/test_suite_layout.py checks both)."""
+
 from __future__ import annotations
 
-import hashlib
+import copy
+import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "pipelines" / "tiny.yaml"
-# The steps of pipelines/tiny.yaml (and demo_full.yaml) in the order they run: each as early as its
-# inputs allow, ties in the order the YAML declares them.
-TINY_STEPS = [
-    "train",
-    "test",
-    "verified",
-    "stats",
-    "synonyms",
-    "frequency",
-    "pool",
-    "outside",
-    "embedded",
-    "test_embedded",
-    "pool_embedded",
-    "outside_embedded",
-    "pool_index",
-    "retrieved",
-    "retrieved_embedded",
-    "baseline",
-    "cnn_baseline",
-    "synthesized",
-    "synthesized_embedded",
-    "deduped",
-    "thinned",
-    "sampled",
-    "epochs",
-    "rebalanced",
-    "cnn_rebalanced",
-    "export",
-    "report",
-]
-
-
-def tree_digest(root: Path, exclude: tuple[str, ...] = ("manifest.json",)) -> dict[str, str]:
-    """sha256 of every file under ``root`` by relative path: equal dicts mean byte-identical trees."""
-    return {
-        path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(root.rglob("*"))
-        if path.is_file() and path.name not in exclude
-    }
+from rebalance import api
+from rebalance.core.runner import RunResult
+from tests.helpers import TINY, tree_digest
 
 
 @pytest.fixture
 def run_dirs(tmp_path: Path) -> list[str]:
     """Overrides that keep a run's cache and outputs inside the test's temp folder."""
     return [f"cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'out'}"]
+
+
+@pytest.fixture(scope="session")
+def _tiny_run_once(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunResult, dict[str, str]]:
+    """One cold run of pipelines/tiny.yaml per session (cache in ``cache/``, outputs in ``out/`` of
+    one folder), and the digest of every file in that folder."""
+    root = tmp_path_factory.mktemp("tiny_run")
+    result = api.run(TINY, [f"cache_dir={root / 'cache'}", f"output_dir={root / 'out'}"])
+    return result, tree_digest(root, exclude=())
+
+
+@pytest.fixture
+def tiny_run(_tiny_run_once: tuple[RunResult, dict[str, str]]) -> Iterator[RunResult]:
+    """The session's cold run of pipelines/tiny.yaml (``output_dir``, ``manifest``), to read only.
+
+    ``output_dir.parent`` holds ``cache/`` and ``out/``; the manifest is a copy per test. The test
+    fails at teardown if it changed a byte under that folder: a test that reruns, changes the config
+    or writes into the cache or the outputs makes its own run (``api.run(TINY, run_dirs)``).
+    """
+    result, digest = _tiny_run_once
+    yield dataclasses.replace(result, manifest=copy.deepcopy(result.manifest))
+    now = tree_digest(result.output_dir.parent, exclude=())
+    changed = sorted(path for path in digest.keys() | now.keys() if digest.get(path) != now.get(path))
+    assert not changed, (
+        f"files of the shared tiny run {result.output_dir.parent} changed: {changed[:10]}; tests that "
+        "use tiny_run only read it (the first test that fails here wrote into it)"
+    )

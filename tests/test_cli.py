@@ -4,16 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from rebalance.cli import app
-from tests.conftest import TINY, TINY_STEPS
-
-runner = CliRunner()
-
-
-def invoke(*args: str):
-    return runner.invoke(app, list(args))
+from rebalance.core.runner import RunResult
+from tests.helpers import TINY, TINY_STEPS, invoke
 
 
 def test_run_then_rerun_reports_nothing_to_do(tmp_path: Path) -> None:
@@ -73,11 +66,10 @@ def test_train_options_are_validated_before_anything_is_read(
     assert "Traceback" not in result.output
 
 
-def test_train_on_an_exported_run(tmp_path: Path) -> None:
-    invoke("run", str(TINY), f"cache_dir={tmp_path / 'c'}", f"output_dir={tmp_path / 'o'}")
+def test_train_on_an_exported_run(tiny_run: RunResult, tmp_path: Path) -> None:
     result = invoke(
         "train",
-        str(tmp_path / "o"),
+        str(tiny_run.output_dir),
         "--sampler",
         "repeat_factor",
         "--epochs",
@@ -92,7 +84,7 @@ def test_train_on_an_exported_run(tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "m.json").read_text())
     # Buckets are the pipeline's, counted before rebalancing (tiny: ankle_boot has 10 images, the
     # other classes 17-20), not the rebalanced counts, where every class would look alike.
-    report = json.loads((tmp_path / "o" / "report" / "report.json").read_text())
+    report = json.loads((tiny_run.output_dir / "report" / "report.json").read_text())
     assert [row["bucket"] for row in metrics["per_class"]] == report["buckets"]
     assert report["buckets"] == ["rare"] + ["common"] * 9
     rare_line = next(line for line in result.output.splitlines() if line.strip("│ ").startswith("rare"))

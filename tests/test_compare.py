@@ -14,8 +14,8 @@ from rebalance import api
 from rebalance.compare import PANEL, ablation_variants, paired_interval, summarise, upstream_steps
 from rebalance.core.config import load_pipeline
 from rebalance.report.panel import panel_markdown
-from tests.conftest import TINY
-from tests.test_cli import invoke
+from tests.helpers import TINY, invoke
+from tests.steps.lvis_fixture import LVIS, lvis_overrides
 
 
 def test_ablation_bypasses_each_stage_the_sampler_and_the_loss() -> None:
@@ -63,8 +63,6 @@ def test_every_stage_of_the_tiny_pipeline_can_be_switched_off() -> None:
 
 
 def test_every_stage_of_the_lvis_pipeline_diffusion_included_can_be_switched_off(tmp_path: Path) -> None:
-    from tests.test_lvis_pipeline import LVIS, lvis_overrides
-
     overrides = lvis_overrides(tmp_path)
     config = load_pipeline(LVIS, overrides)
     assert "-generated" in ablation_variants(config, ["rebalanced"])

@@ -18,9 +18,8 @@ import pytest
 
 from rebalance import api
 from rebalance.core.cache import MARKER
-from tests.conftest import REPO
+from tests.helpers import REPO, invoke
 from tests.steps.lvis_fixture import build_lvis
-from tests.test_cli import invoke
 
 DEMO = REPO / "data" / "fashion_mnist_lt"
 

@@ -123,7 +123,7 @@ def test_the_index_trained_once_and_filled_on_a_local_cluster_searches_like_one_
 
     from rebalance import api
     from rebalance.domain.artifacts import VectorIndex
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     pool = REPO / "data" / "fashion_mnist_lt" / "pool"
     pipeline = tmp_path / "index.yaml"
@@ -160,7 +160,7 @@ def test_the_index_trained_once_and_filled_on_a_local_cluster_searches_like_one_
 
 
 def _index_pipeline(tmp_path, max_memory_gb: float):
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     pool = REPO / "data" / "fashion_mnist_lt" / "pool"
     pipeline = tmp_path / "index.yaml"
@@ -233,7 +233,7 @@ def test_an_index_build_killed_with_kill_9_resumes_with_its_finished_shards(tmp_
 
     from rebalance import api
     from rebalance.domain.artifacts import VectorIndex
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     pipeline = _index_pipeline(tmp_path, max_memory_gb=8)
     dirs = [f"cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'out'}"]

@@ -6,7 +6,7 @@ import ast
 import graphlib
 
 from rebalance.core.fingerprint import imported_names
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 PACKAGE = REPO / "rebalance"
 

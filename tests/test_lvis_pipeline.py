@@ -14,51 +14,8 @@ from rebalance.core.config import load_pipeline
 from rebalance.domain.artifacts import LabeledDataset
 from rebalance.domain.classes import class_counts
 from rebalance.errors import ConfigError
-from tests.conftest import REPO, tree_digest
-from tests.steps.lvis_fixture import build_lvis_pipeline_inputs
-from tests.steps.test_export_coco import raw_masks
-
-LVIS = REPO / "pipelines" / "lvis.yaml"
-
-
-def lvis_overrides(tmp_path: Path) -> list[str]:
-    from rebalance.models.tiny import save_tiny_open_clip, save_tiny_stable_diffusion
-
-    data = build_lvis_pipeline_inputs(tmp_path / "data")
-    config, checkpoint = save_tiny_open_clip(tmp_path / "models" / "open_clip")
-    diffusion = save_tiny_stable_diffusion(tmp_path / "models" / "sd")
-    overrides = [
-        f"cache_dir={tmp_path / 'cache'}",
-        f"output_dir={tmp_path / 'out'}",
-        "executor.kind=local",
-        "executor.shard_rows=16",
-        f"steps.train.annotations={data['train']}",
-        f"steps.train.image_root={data['image_root']}",
-        f"steps.val.annotations={data['val']}",
-        f"steps.val.image_root={data['image_root']}",
-        f"steps.corpus.captions={data['captions']}",
-        f"steps.pool.root={data['pool']}",
-        f"steps.generated.model={diffusion}",
-        "steps.generated.image_size=32",
-        "steps.generated.steps=2",
-        "steps.generated.guidance=1.0",
-        # A random CLIP scores every image alike: its filters would reject all; the code path is the same.
-        "steps.generated.min_clip_score=null",
-        "steps.generated.real_similarity=null",
-        "steps.retrieved.duplicate_threshold=null",
-        "steps.retrieved.min_precision=null",  # the precision gate, likewise
-        "steps.retrieved.max_per_class=3",  # a small pool: synthesis fills the rest
-        "steps.rebalanced.epochs=5",
-        "steps.baseline.epochs=5",
-        "steps.export.num_shards=2",
-    ]
-    for step in ("embedded", "val_embedded", "pool_embedded"):
-        overrides += [
-            f"steps.{step}.model={config}",
-            f"steps.{step}.pretrained={checkpoint}",
-            f"steps.{step}.device=cpu",
-        ]
-    return overrides
+from tests.helpers import raw_masks, tree_digest
+from tests.steps.lvis_fixture import LVIS, lvis_overrides
 
 
 def check_detector_export(tmp_path: Path) -> None:

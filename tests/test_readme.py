@@ -18,7 +18,7 @@ import pytest
 
 from rebalance import api
 from rebalance.report.panel import panel_markdown
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 DEMO = REPO / "pipelines" / "demo.yaml"
 CONFUSABLE = REPO / "pipelines" / "demo_confusable.yaml"

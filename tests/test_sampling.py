@@ -5,13 +5,13 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks.bench_sampling import lvis_like_labels, mmengine_repeat_factors
 from rebalance.methods.sampling import (
     RepeatFactorSampler,
     class_balanced_factors,
     epoch_indices,
     repeat_factors,
 )
+from tests.reference import lvis_like_labels, mmengine_repeat_factors
 
 # Five images; image 3 has two instances of category 2, image 4 has no annotation.
 FIVE = [[0], [0, 1], [0], [2, 2], []]

@@ -16,7 +16,7 @@ from rebalance.domain.artifacts import LabeledDataset
 from rebalance.errors import DataError
 from rebalance.io.references import image_ref
 from rebalance.io.webdataset import scan_webdataset
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 DEMO = REPO / "data" / "fashion_mnist_lt"
 

@@ -6,7 +6,7 @@ import pytest
 
 from rebalance.errors import DataError
 from rebalance.io.wordnet import WordNet
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 # Two real lines of WordNet 3.0's data.noun and the index.noun line that orders them.
 DATA_NOUN = """  1 This software and database is being provided to you, the LICENSEE, by Princeton University

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from rebalance import api
 from rebalance.cli import app
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 TRAIN = REPO / "data" / "fashion_mnist_lt" / "train"
 

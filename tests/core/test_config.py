@@ -7,7 +7,7 @@ import yaml
 
 from rebalance.core.config import load_pipeline
 from rebalance.errors import ConfigError
-from tests.conftest import REPO, TINY, TINY_STEPS
+from tests.helpers import REPO, TINY, TINY_STEPS
 
 
 def write(tmp_path: Path, text: str, name: str = "pipeline.yaml") -> Path:

@@ -15,15 +15,13 @@ from dask.distributed import Client
 from rebalance import api
 from rebalance.core.config import load_pipeline
 from rebalance.core.executors import DaskExecutor
-from rebalance.core.runner import run_pipeline
-from tests.conftest import REPO, TINY, tree_digest
-from tests.core.plugins import install_plugin
+from rebalance.core.runner import RunResult, run_pipeline
+from tests.helpers import REPO, TINY, install_plugin, tree_digest
 
 
 @pytest.mark.slow
 @pytest.mark.cluster
-def test_dask_local_cluster_gives_the_same_output_as_local(tmp_path: Path) -> None:
-    api.run(TINY, [f"cache_dir={tmp_path / 'lc'}", f"output_dir={tmp_path / 'lo'}"])
+def test_dask_local_cluster_gives_the_same_output_as_local(tiny_run: RunResult, tmp_path: Path) -> None:
     distributed = api.run(
         TINY,
         [
@@ -36,7 +34,7 @@ def test_dask_local_cluster_gives_the_same_output_as_local(tmp_path: Path) -> No
     assert distributed.manifest["executor"] == "dask (LocalCluster)"
     verified = next(s for s in distributed.manifest["steps"] if s["id"] == "verified")
     assert verified["shards"]["total"] == 5
-    assert tree_digest(tmp_path / "lo") == tree_digest(tmp_path / "do")
+    assert tree_digest(tiny_run.output_dir) == tree_digest(tmp_path / "do")
 
 
 def test_a_fully_cached_run_starts_no_cluster(tmp_path: Path) -> None:
@@ -49,16 +47,15 @@ def test_a_fully_cached_run_starts_no_cluster(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.cluster
-def test_scheduler_address_runs_on_an_existing_cluster(tmp_path: Path) -> None:
+def test_scheduler_address_runs_on_an_existing_cluster(tiny_run: RunResult, tmp_path: Path) -> None:
     from dask.distributed import LocalCluster
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
         dirs = [f"cache_dir={tmp_path / 'c'}", f"output_dir={tmp_path / 'o'}"]
         result = api.run(TINY, dirs, scheduler=cluster.scheduler_address)
     assert result.manifest["executor"] == f"dask ({cluster.scheduler_address})"
-    local = api.run(TINY, [f"cache_dir={tmp_path / 'lc'}", f"output_dir={tmp_path / 'lo'}"])
-    assert local.manifest["executor"] == "local"
-    assert tree_digest(tmp_path / "o") == tree_digest(tmp_path / "lo")
+    assert tiny_run.manifest["executor"] == "local"
+    assert tree_digest(tmp_path / "o") == tree_digest(tiny_run.output_dir)
 
 
 @pytest.mark.slow
@@ -156,21 +153,20 @@ def test_a_cluster_of_separate_dask_processes_survives_a_killed_worker(tmp_path:
 
 
 @pytest.mark.slow
-def test_a_step_can_set_its_own_shard_size_without_changing_its_output(tmp_path: Path) -> None:
-    default = api.run(
-        TINY, [f"cache_dir={tmp_path / 'c1'}", f"output_dir={tmp_path / 'o1'}", "executor.kind=local"]
-    )
+def test_a_step_can_set_its_own_shard_size_without_changing_its_output(
+    tiny_run: RunResult, tmp_path: Path
+) -> None:
     own = api.run(
         TINY,
         [
-            f"cache_dir={tmp_path / 'c2'}",
-            f"output_dir={tmp_path / 'o2'}",
+            f"cache_dir={tmp_path / 'cache'}",
+            f"output_dir={tmp_path / 'out'}",
             "executor.kind=local",
             "steps.verified.shard_rows=30",
         ],
     )
     before, after = (
-        next(s for s in run.manifest["steps"] if s["id"] == "verified") for run in (default, own)
+        next(s for s in run.manifest["steps"] if s["id"] == "verified") for run in (tiny_run, own)
     )
     assert after["shards"]["total"] == -(-after["rows_in"] // 30) != before["shards"]["total"]
-    assert tree_digest(tmp_path / "o1") == tree_digest(tmp_path / "o2")
+    assert tree_digest(tiny_run.output_dir) == tree_digest(tmp_path / "out")

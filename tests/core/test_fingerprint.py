@@ -15,8 +15,7 @@ import pytest
 
 from rebalance.core.fingerprint import CodeFingerprinter, normalised_digest
 from rebalance.core.registry import all_steps
-from tests.conftest import REPO
-from tests.core.plugins import install_plugin
+from tests.helpers import REPO, install_plugin
 
 TRAIN = REPO / "data" / "fashion_mnist_lt" / "train"
 REBALANCE = [str(Path(sys.executable).parent / "rebalance")]

@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 from rebalance.core.registry import all_steps, get_step
-from tests.conftest import REPO
-from tests.core.plugins import install_plugin
+from tests.helpers import REPO, install_plugin
 
 KEEP_FIRST = '''
 """A third-party step: keep the first ``keep`` images of each class, record the rest as removed."""

@@ -13,9 +13,9 @@ import pytest
 from rebalance import api
 from rebalance.core.cache import MARKER
 from rebalance.core.config import load_pipeline
-from rebalance.core.runner import run_command
+from rebalance.core.runner import RunResult, run_command
 from rebalance.errors import DataError
-from tests.conftest import REPO, TINY, TINY_STEPS, tree_digest
+from tests.helpers import REPO, TINY, TINY_STEPS, tree_digest
 
 
 def test_second_run_executes_nothing(run_dirs: list[str], tmp_path: Path) -> None:
@@ -91,9 +91,9 @@ def test_changed_input_file_is_detected_by_content(tmp_path: Path, run_dirs: lis
     ]
 
 
-def test_manifest_records_the_run(run_dirs: list[str], tmp_path: Path) -> None:
-    manifest = api.run(TINY, run_dirs).manifest
-    on_disk = json.loads((tmp_path / "out" / "manifest.json").read_text())
+def test_manifest_records_the_run(tiny_run: RunResult) -> None:
+    manifest = tiny_run.manifest
+    on_disk = json.loads((tiny_run.output_dir / "manifest.json").read_text())
     assert on_disk == manifest
     assert manifest["status"] == "complete" and manifest["seed"] == 0
     assert len(manifest["config_hash"]) == 16
@@ -114,13 +114,15 @@ def test_manifest_records_the_run(run_dirs: list[str], tmp_path: Path) -> None:
     }
 
 
-def test_same_config_and_seed_give_byte_identical_outputs(tmp_path: Path) -> None:
+def test_same_config_and_seed_give_byte_identical_outputs(tiny_run: RunResult, tmp_path: Path) -> None:
+    # A second cold run, from its own empty cache, beside the session's: both keep cache/ and out/
+    # in one folder, which the manifests name.
+    api.run(TINY, [f"cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'out'}"])
     manifests = []
-    for name in ("one", "two"):
-        api.run(TINY, [f"cache_dir={tmp_path / name / 'cache'}", f"output_dir={tmp_path / name / 'out'}"])
-        text = (tmp_path / name / "out" / "manifest.json").read_text().replace(str(tmp_path / name), "<run>")
+    for out in (tiny_run.output_dir, tmp_path / "out"):
+        text = (out / "manifest.json").read_text().replace(str(out.parent), "<run>")
         manifests.append(_without_timings(json.loads(text)))
-    one, two = tree_digest(tmp_path / "one" / "out"), tree_digest(tmp_path / "two" / "out")
+    one, two = tree_digest(tiny_run.output_dir), tree_digest(tmp_path / "out")
     assert one == two and any(name.endswith(".parquet") for name in one)
     assert manifests[0] == manifests[1]  # identical but for wall times
 

@@ -15,7 +15,7 @@ from rebalance.domain.classes import class_counts
 from rebalance.errors import RebalanceError
 from rebalance.models.encoders import EncoderSpec, load_encoder
 from rebalance.models.tiny import save_tiny_open_clip, save_tiny_transformers_clip
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 DEMO = REPO / "data" / "fashion_mnist_lt"
 
@@ -258,7 +258,7 @@ def test_finetune_encoder_trains_the_tower_and_reports_per_bucket(tiny_models) -
 def test_rebalance_train_starts_from_a_zero_shot_classifier_on_an_export(tiny_models, tmp_path: Path) -> None:
     from rebalance.steps.embed import embed_images
     from rebalance.steps.export import export_hf
-    from tests.test_cli import invoke
+    from tests.helpers import invoke
 
     train, test = small_splits()
     options = clip_options(tiny_models)

@@ -1,5 +1,6 @@
 """A small LVIS v1-format dataset built in code: real PNGs from the demo data, categories modelled
-on LVIS v1 entries (name, synonyms, def, synset, frequency, counts)."""
+on LVIS v1 entries (name, synonyms, def, synset, frequency, counts); and the overrides that run
+``pipelines/lvis.yaml`` on it with tiny models."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import json
 import shutil
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.helpers import REPO
+
+LVIS = REPO / "pipelines" / "lvis.yaml"
 
 CATEGORIES = [
     {
@@ -238,3 +241,45 @@ def build_lvis_pipeline_inputs(root: Path) -> dict[str, Path]:
     paths["captions"] = root / "captions.parquet"
     pq.write_table(pa.table({"caption": captions}), paths["captions"])
     return paths
+
+
+def lvis_overrides(tmp_path: Path) -> list[str]:
+    """Overrides that run ``LVIS`` on this fixture (built under ``tmp_path/data``) with tiny random
+    models, its cache and outputs in ``tmp_path``, and small settings for CI."""
+    from rebalance.models.tiny import save_tiny_open_clip, save_tiny_stable_diffusion
+
+    data = build_lvis_pipeline_inputs(tmp_path / "data")
+    config, checkpoint = save_tiny_open_clip(tmp_path / "models" / "open_clip")
+    diffusion = save_tiny_stable_diffusion(tmp_path / "models" / "sd")
+    overrides = [
+        f"cache_dir={tmp_path / 'cache'}",
+        f"output_dir={tmp_path / 'out'}",
+        "executor.kind=local",
+        "executor.shard_rows=16",
+        f"steps.train.annotations={data['train']}",
+        f"steps.train.image_root={data['image_root']}",
+        f"steps.val.annotations={data['val']}",
+        f"steps.val.image_root={data['image_root']}",
+        f"steps.corpus.captions={data['captions']}",
+        f"steps.pool.root={data['pool']}",
+        f"steps.generated.model={diffusion}",
+        "steps.generated.image_size=32",
+        "steps.generated.steps=2",
+        "steps.generated.guidance=1.0",
+        # A random CLIP scores every image alike: its filters would reject all; the code path is the same.
+        "steps.generated.min_clip_score=null",
+        "steps.generated.real_similarity=null",
+        "steps.retrieved.duplicate_threshold=null",
+        "steps.retrieved.min_precision=null",  # the precision gate, likewise
+        "steps.retrieved.max_per_class=3",  # a small pool: synthesis fills the rest
+        "steps.rebalanced.epochs=5",
+        "steps.baseline.epochs=5",
+        "steps.export.num_shards=2",
+    ]
+    for step in ("embedded", "val_embedded", "pool_embedded"):
+        overrides += [
+            f"steps.{step}.model={config}",
+            f"steps.{step}.pretrained={checkpoint}",
+            f"steps.{step}.device=cpu",
+        ]
+    return overrides

@@ -15,7 +15,7 @@ from rebalance.steps.dedup import entity_thinning, semdedup_step, thinnable_imag
 from rebalance.steps.embed import embed_pixels_pca
 from rebalance.steps.export import export_hf
 from rebalance.steps.ingest import ingest_image_folder
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 DEMO_TRAIN = REPO / "data" / "fashion_mnist_lt" / "train"
 

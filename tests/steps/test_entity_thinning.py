@@ -16,7 +16,7 @@ from rebalance.domain.artifacts import EntityStatistics, LabeledDataset
 from rebalance.errors import DataError
 from rebalance.steps.frequency import entity_statistics
 from rebalance.steps.ingest import ingest_image_folder
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 DEMO_TRAIN = REPO / "data" / "fashion_mnist_lt" / "train"
 

@@ -10,7 +10,7 @@ from rebalance.domain.artifacts import HFDatasetExport
 from rebalance.steps.export import export_hf
 from rebalance.steps.ingest import ingest_coco, ingest_image_folder
 from rebalance.steps.verify import verify_images
-from tests.conftest import REPO
+from tests.helpers import REPO
 from tests.steps.lvis_fixture import build_lvis, mask_of
 
 DEMO = REPO / "data" / "fashion_mnist_lt"

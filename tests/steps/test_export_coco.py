@@ -7,7 +7,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -19,7 +18,7 @@ from rebalance.domain.classes import class_counts
 from rebalance.steps.export_coco import export_coco
 from rebalance.steps.ingest import ingest_coco
 from rebalance.steps.sampling import repeat_factors_step
-from tests.conftest import REPO
+from tests.helpers import REPO, raw_masks
 from tests.steps.lvis_fixture import build_lvis
 
 
@@ -47,21 +46,6 @@ def rebalanced_lvis(tmp_path: Path) -> tuple[LabeledDataset, Path]:
         np.array([3, 3, 1]),
     )
     return dataset, annotations
-
-
-class _Masked(msgspec.Struct):
-    id: int
-    segmentation: msgspec.Raw
-
-
-class _Annotations(msgspec.Struct):
-    annotations: list[_Masked]
-
-
-def raw_masks(path: Path) -> dict[int, bytes]:
-    """Each annotation's segmentation as the bytes the file holds."""
-    document = msgspec.json.decode(path.read_bytes(), type=_Annotations)
-    return {a.id: bytes(a.segmentation) for a in document.annotations}
 
 
 def test_lvis_export_loads_in_lvis_api_and_pycocotools_with_masks_byte_for_byte(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from rebalance.errors import DataError
 from rebalance.io.captions import iter_captions
 from rebalance.steps.frequency import concept_frequency, mine_synonyms
 from rebalance.steps.ingest import ingest_coco, ingest_image_folder
-from tests.conftest import REPO
+from tests.helpers import REPO
 from tests.steps.lvis_fixture import build_lvis
 
 

@@ -18,7 +18,7 @@ from rebalance.steps.embed import embed_texts, gather_embeddings
 from rebalance.steps.index import build_index
 from rebalance.steps.ingest import ingest_pool
 from rebalance.steps.retrieve import retrieve
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 CLASSES = ["plane", "ship", "truck"]
 

@@ -11,7 +11,7 @@ import pytest
 
 from rebalance import api
 from rebalance.domain.artifacts import LabeledDataset
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 # The demo's retrieval, as in pipelines/demo.yaml, with the gate given as a parameter.
 PIPELINE = """

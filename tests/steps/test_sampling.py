@@ -9,7 +9,7 @@ from rebalance.errors import DataError
 from rebalance.methods.sampling import repeat_factors
 from rebalance.steps.ingest import ingest_coco, ingest_image_folder
 from rebalance.steps.sampling import epoch_index, repeat_factors_step
-from tests.conftest import REPO
+from tests.helpers import REPO
 from tests.steps.lvis_fixture import build_lvis
 
 DEMO_TRAIN = REPO / "data" / "fashion_mnist_lt" / "train"

@@ -89,7 +89,7 @@ def tiny_generation_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str
 
 
 def generation_pipeline(tmp_path: Path, models: dict[str, Path], synthesis: str) -> Path:
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     train = tmp_path / "train"
     for name, count in (("bag", 4), ("coat", 2)):

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from rebalance import api
-from tests.conftest import TINY
+from rebalance.core.runner import RunResult
+from tests.helpers import TINY
 
 
 class _Images(HTMLParser):
@@ -26,9 +27,8 @@ class _Images(HTMLParser):
         self.cells.append(data.strip())
 
 
-def test_tiny_run_trains_both_heads_and_renders_the_report(run_dirs: list[str], tmp_path: Path) -> None:
-    api.run(TINY, run_dirs)
-    report_dir = tmp_path / "out" / "report"
+def test_tiny_run_trains_both_heads_and_renders_the_report(tiny_run: RunResult) -> None:
+    report_dir = tiny_run.output_dir / "report"
     parser = _Images()
     parser.feed((report_dir / "report.html").read_text())
     assert [source for source in parser.sources if not source.startswith("gallery/")] == [
@@ -72,9 +72,9 @@ def test_tiny_run_trains_both_heads_and_renders_the_report(run_dirs: list[str], 
     for run in figures["accuracy"].values():
         assert run["top1"] == pytest.approx(run["mean_class_accuracy"])
     assert {"original", "final", "expected per epoch"} <= set(figures["stages"])
-    card = (tmp_path / "out" / "export" / "README.md").read_text()
+    card = (tiny_run.output_dir / "export" / "README.md").read_text()
     assert "![class counts before and after](plots/class_counts.png)" in card
-    assert (tmp_path / "out" / "export" / "plots" / "class_counts.png").stat().st_size > 1000
+    assert (tiny_run.output_dir / "export" / "plots" / "class_counts.png").stat().st_size > 1000
     assert "## Pipeline" in card and "step: semdedup" in card and "epsilon: 0.03" in card
     # Retrieval's per-class ledger: the same rows in the card, the report page and report.json.
     by_class = figures["retrieval_by_class"]
@@ -115,18 +115,16 @@ print(len(names), from_parquet.num_rows, "repeat_factor" in from_parquet.column_
 """
 
 
-def test_export_trains_with_plain_pytorch_without_rebalance(run_dirs: list[str], tmp_path: Path) -> None:
-    api.run(TINY, run_dirs)
+def test_export_trains_with_plain_pytorch_without_rebalance(tiny_run: RunResult, tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", PLAIN_TRAINING, str(tmp_path / "out" / "export")],
+        [sys.executable, "-c", PLAIN_TRAINING, str(tiny_run.output_dir / "export")],
         capture_output=True,
         text=True,
         cwd=tmp_path,
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    sampled_rows = next(step["rows_out"] for step in manifest["steps"] if step["id"] == "sampled")
+    sampled_rows = next(step["rows_out"] for step in tiny_run.manifest["steps"] if step["id"] == "sampled")
     assert result.stdout.split() == ["10", str(sampled_rows), "True", "64"]
 
 

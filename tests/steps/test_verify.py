@@ -7,7 +7,7 @@ import pytest
 from rebalance.errors import DataError
 from rebalance.steps.ingest import ingest_image_folder
 from rebalance.steps.verify import verify_images
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def make_folder(tmp_path: Path) -> Path:
