@@ -13,7 +13,7 @@ import pytest
 
 from rebalance import api
 from rebalance.core.registry import all_steps
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 README = REPO / "README.md"
 STEPS_MD = REPO / "docs" / "steps.md"

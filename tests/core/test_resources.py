@@ -16,8 +16,8 @@ from rebalance.core.config import load_pipeline
 from rebalance.core.executors import DaskExecutor
 from rebalance.domain.artifacts import LabeledDataset
 from rebalance.errors import ConfigError
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data" / "fashion_mnist_lt"
 
 
