@@ -26,7 +26,10 @@ LAYERS: dict[str, tuple[str, set[str]]] = {
     ),
     "rebalance.models": ("CLIP and text encoders, diffusion, the judge, tiny test models", {_E, _C, _IO, _D}),
     "rebalance.train": ("the fit() loop, long-tail losses, per-bucket metrics", {_E, _C, _IO, _D, _M, _MO}),
-    "rebalance.report": ("plots, the HTML run report and its gallery, the baselines panel", {_E, _C, _IO, _D}),
+    "rebalance.report": (
+        "plots, the HTML run report and its gallery, the baselines panel",
+        {_E, _C, _IO, _D},
+    ),
     "rebalance.steps": ("thin typed adapters, registered by name", {_E, _C, _IO, _D, _M, _MO, _T, _R}),
     "rebalance.compare": ("the baselines panel's orchestration", {_E, _C, _R}),
     "rebalance.api": ("the Python API the CLI wraps", {_E, _C, _T, _R, "rebalance.compare"}),

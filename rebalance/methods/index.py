@@ -9,6 +9,7 @@ hand without changing results for exact indexes.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Literal
 
 import numpy as np
@@ -172,11 +173,13 @@ def search(
         return exact_search_torch(_flat_vectors(index), queries, k, device=device)
     if not ivf_lists_of(index):
         return _on_gpus(index).search(queries, k)
-    if faiss.get_num_gpus() > 0:
+    ivf = faiss.downcast_index(index)
+    # Lists kept on disk stay there: copying them to a GPU would load them whole, which is what
+    # max_memory_gb kept them on disk to avoid.
+    if faiss.get_num_gpus() > 0 and not _lists_on_disk(ivf):
         gpu_index = _on_gpus(index)
         faiss.GpuParameterSpace().set_index_parameter(gpu_index, "nprobe", nprobe)
         return gpu_index.search(queries, k)
-    ivf = faiss.downcast_index(index)
     if _searchable_list_by_list(ivf) and _lists_on_disk(ivf) and len(queries) * nprobe >= ivf.nlist:
         return _search_list_by_list(ivf, queries, k, nprobe)
     # Search parameters, not index attributes: the cached index is never modified by a search.
@@ -299,10 +302,19 @@ def _flat_vectors(index) -> np.ndarray:
     return index.reconstruct_n(0, index.ntotal)
 
 
+_GPU_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _on_gpus(index):
+    """``index`` on every GPU faiss sees, copied once for as long as the CPU index lives (a step's
+    repeated searches, retrieval's widening rounds), else the index itself."""
     import faiss
 
-    return faiss.index_cpu_to_all_gpus(index) if faiss.get_num_gpus() > 0 else index
+    if faiss.get_num_gpus() == 0:
+        return index
+    if index not in _GPU_COPIES:
+        _GPU_COPIES[index] = faiss.index_cpu_to_all_gpus(index)
+    return _GPU_COPIES[index]
 
 
 def _seed_clustering(index, seed: int) -> None:

@@ -84,12 +84,15 @@ def load_encoder(
     processes that decode images while the model runs (None: 4 on CUDA, 0 on the CPU).
     """
     if keep:
-        return worker_cache.kept(
-            ("encoder", str(spec), device, batch_size, loader_workers),
-            lambda: load_encoder(
+
+        def shared() -> Encoder:
+            encoder = load_encoder(
                 spec, device=device, batch_size=batch_size, keep=False, loader_workers=loader_workers
-            ),
-        )
+            )
+            encoder.shared = True  # its tower must not be trained: every step in the process uses it
+            return encoder
+
+        return worker_cache.kept(("encoder", str(spec), device, batch_size, loader_workers), shared)
     builders = {
         "open_clip": OpenClipEncoder,
         "transformers": TransformersClipEncoder,
@@ -113,6 +116,14 @@ class _TorchEncoder:
         self.loader_workers = (
             (4 if self.device.type == "cuda" else 0) if loader_workers is None else loader_workers
         )
+        self.shared = False
+
+    def _trainable(self) -> None:
+        if self.shared:
+            raise RebalanceError(
+                f"the encoder {str(self.spec)!r} is kept for every step in this process; to train its "
+                "tower, load your own copy with load_encoder(..., keep=False)"
+            )
 
     def _encode_images(self, paths: Sequence[ImageSource], preprocess, encode_pixels) -> np.ndarray:
         """Images decoded and preprocessed in DataLoader worker processes (pinned memory and
@@ -222,6 +233,7 @@ class OpenClipEncoder(_TorchEncoder):
         return model.to(self.dtype).eval(), preprocess, open_clip.get_tokenizer(name)
 
     def image_tower(self) -> ImageTower:
+        self._trainable()
         model, preprocess, _ = self._loaded
         return ImageTower(model, preprocess, model.encode_image)
 
@@ -252,6 +264,7 @@ class TransformersClipEncoder(_TorchEncoder):
         return model.to(self.device).eval(), processor
 
     def image_tower(self) -> ImageTower:
+        self._trainable()
         model, processor = self._loaded
 
         return ImageTower(

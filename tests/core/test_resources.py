@@ -170,3 +170,37 @@ def test_a_cuda_out_of_memory_error_halves_the_batch(caplog: pytest.LogCaptureFi
     assert (
         sizes == [8, 4, 2, 2, 4, 2, 2] and "halving" not in caplog.text.lower() or "as 4 + 4" in caplog.text
     )
+
+
+def test_a_kept_encoder_refuses_to_hand_out_its_tower_for_training(tmp_path: Path) -> None:
+    from rebalance.errors import RebalanceError
+    from rebalance.models.encoders import EncoderSpec, load_encoder
+    from rebalance.models.tiny import save_tiny_open_clip
+
+    config, checkpoint = save_tiny_open_clip(tmp_path / "clip")
+    spec = EncoderSpec("open_clip", str(config), str(checkpoint))
+    with pytest.raises(RebalanceError, match="keep=False"):
+        load_encoder(spec, device="cpu").image_tower()
+    assert load_encoder(spec, device="cpu", keep=False).image_tower().module is not None
+
+
+def test_the_index_goes_to_the_gpus_once_and_on_disk_lists_never(monkeypatch: pytest.MonkeyPatch) -> None:
+    import faiss
+
+    from rebalance.methods import index as vector_index
+
+    copies = []
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", lambda index: copies.append(index) or index)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(500, 8)).astype(np.float32)
+    flat = vector_index.build_index(vectors, "Flat")
+    for _ in range(3):  # three widening rounds of one step
+        vector_index.search(flat, vectors[:4], 5, backend="faiss")
+    assert copies == [flat]
+    copies.clear()
+    ivf = vector_index.build_index(vectors, "IVF4,Flat")
+    monkeypatch.setattr(vector_index, "_lists_on_disk", lambda ivf: True)
+    monkeypatch.setattr(vector_index, "_searchable_list_by_list", lambda ivf: False)
+    scores, rows = vector_index.search(ivf, vectors[:4], 5, backend="faiss", nprobe=4)
+    assert copies == [] and rows.shape == (4, 5)  # searched on the CPU, its lists never copied

@@ -192,7 +192,7 @@ def test_fine_tuning_decodes_in_dataloader_workers_with_the_same_result(tmp_path
     results = []
     for workers in (0, 2):
         tower = load_encoder(
-            EncoderSpec("open_clip", str(config_path), str(weights)), device="cpu"
+            EncoderSpec("open_clip", str(config_path), str(weights)), device="cpu", keep=False
         ).image_tower()
         tuned = finetune(tower, paths, labels, 3, config, encoder_lr=1e-3, workers=workers)
         results.append(
