@@ -160,3 +160,37 @@ def test_a_wider_round_reuses_the_earlier_rounds_checks_and_votes() -> None:
     assert (
         widened.rows.tolist() == single.rows.tolist() and widened.classes.tolist() == single.classes.tolist()
     )
+
+
+def test_widening_searches_only_the_short_classes_and_stops_at_its_cap() -> None:
+    from rebalance.methods.retrieval import retrieve_with_quotas
+
+    rng = np.random.default_rng(0)
+    pool = rng.normal(size=(400, 8)).astype(np.float32)
+    queries = pool[:2] + 0.01
+    asked: list[tuple[int, int]] = []
+
+    def search(vectors: np.ndarray, k: int):
+        asked.append((len(vectors), k))
+        scores = vectors @ pool.T
+        rows = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, rows, 1), rows
+
+    # Class 1 can never be filled: its votes reject every candidate. Class 0 fills at once.
+    found = retrieve_with_quotas(
+        search,
+        queries,
+        np.array([0, 1]),
+        np.array([3, 3]),
+        len(pool),
+        agrees=lambda rows, classes: classes == 0,
+        max_k=32,
+    )
+    assert np.bincount(found.classes, minlength=2).tolist() == [3, 0]
+    assert asked == [(2, 6), (1, 12), (1, 24), (1, 32)]  # only class 1's query widens, to the cap
+    assert found.capped.tolist() == [False, True]
+    # With the whole pool within the cap, a short class is not "capped": the pool ran out.
+    whole = retrieve_with_quotas(
+        search, queries, np.array([0, 1]), np.array([3, 3]), 20, agrees=lambda r, c: c == 0, max_k=32
+    )
+    assert whole.capped.tolist() == [False, False]

@@ -27,12 +27,16 @@ class Assignment:
     rows: np.ndarray
     scores: np.ndarray
     queries: np.ndarray
+    # Per class: still short when the search stopped widening at its cap (``max_k``).
+    capped: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
 
 
 SearchFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+MAX_K = 2048
+"""The widest search a class may ask for: FAISS's top-k limit on a GPU."""
 
 
 def retrieve_with_quotas(
@@ -45,6 +49,7 @@ def retrieve_with_quotas(
     excluded: Callable[[np.ndarray], np.ndarray] | None = None,
     agrees: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
     oversample: float = 2.0,
+    max_k: int = MAX_K,
 ) -> Assignment:
     """Fill every class's quota with the pool items closest to its queries, no item used twice.
 
@@ -54,8 +59,11 @@ def retrieve_with_quotas(
     it matches best, and a class stops at its quota. ``excluded(rows)`` flags pool rows that must
     never be taken (already in the dataset); ``agrees(rows, classes)`` flags the (item, class)
     candidates that may be taken, e.g. where the class wins a kNN vote of the item's labelled
-    neighbours (``knn_vote_filter``). A class left short widens its search (k doubles)
-    until it is full or the whole pool was ranked, so quotas are met exactly whenever the pool can.
+    neighbours (``knn_vote_filter``). A class left short widens its search: only its own queries
+    are searched again, k doubling, until it is full, the whole pool was ranked, or k reaches
+    ``max_k`` (2,048: FAISS's top-k limit on a GPU; a class held short by ``min_score`` or the
+    vote would otherwise drive queries × pool-size searches). ``Assignment.capped`` flags the
+    classes that stopped short at that cap.
 
     Args:
         search: ``search(queries, k) -> (scores, rows)``, best first, rows −1 when fewer than k.
@@ -71,16 +79,32 @@ def retrieve_with_quotas(
     empty = Assignment(*(np.zeros(0, dtype) for dtype in (np.int64, np.int64, np.float32, np.int64)))
     if len(queries) == 0 or pool_size == 0:
         return empty
-    k = min(pool_size, max(1, int(np.ceil(quotas.max() * oversample))))
+    widest = min(pool_size, max_k)
+    k = min(widest, max(1, int(np.ceil(quotas.max() * oversample))))
     # A wider round sees the earlier rounds' rows again: each row is checked once.
     excluded = _asked_once(excluded) if excluded is not None else None
+    scores, rows = search(queries, k)
     while True:
-        scores, rows = search(queries, k)
         result = _assign(scores, rows, query_classes, query_ids, quotas, excluded, agrees)
         short = np.bincount(result.classes, minlength=len(quotas)) < quotas
-        if not short.any() or k >= pool_size:
-            return result
-        k = min(pool_size, k * 2)
+        if not short.any() or k >= widest:
+            capped = short if k >= max_k and k < pool_size else np.zeros(len(quotas), dtype=bool)
+            return dataclasses.replace(result, capped=capped)
+        k = min(widest, k * 2)
+        # Only the short classes' queries look further; the others keep what they found.
+        again = short[query_classes]
+        wider_scores, wider_rows = search(queries[again], k)
+        scores = _widened(scores, k, np.float32(-np.inf), again, wider_scores)
+        rows = _widened(rows, k, -1, again, wider_rows)
+
+
+def _widened(found: np.ndarray, k: int, fill, again: np.ndarray, wider: np.ndarray) -> np.ndarray:
+    """``found`` padded to ``k`` columns with ``fill``, the rows flagged ``again`` replaced by ``wider``."""
+    out = np.full((found.shape[0], k), fill, dtype=found.dtype)
+    out[:, : found.shape[1]] = found
+    out[again, : wider.shape[1]] = wider
+    out[again, wider.shape[1] :] = fill
+    return out
 
 
 def _asked_once(flag: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:

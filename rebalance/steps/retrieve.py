@@ -19,7 +19,7 @@ from rebalance.domain.prompts import class_prompt_names
 from rebalance.errors import DataError
 from rebalance.methods import index as vector_index
 from rebalance.methods.precision import RetrievalPrecision, estimate_and_gate
-from rebalance.methods.retrieval import Assignment, Target, knn_vote_filter, retrieve_with_quotas
+from rebalance.methods.retrieval import MAX_K, Assignment, Target, knn_vote_filter, retrieve_with_quotas
 from rebalance.models.encoders import text_queries
 
 # CLIP's prompt ensemble, shortened (Radford et al., 2021): averaging a few templates is steadier
@@ -195,7 +195,16 @@ def _kept(found: Assignment, kept: np.ndarray) -> Assignment:
     starts = np.searchsorted(found.classes, np.arange(len(kept)))
     rank = np.arange(len(found)) - starts[found.classes]
     keep = rank < kept[found.classes]
-    return Assignment(found.classes[keep], found.rows[keep], found.scores[keep], found.queries[keep])
+    return Assignment(
+        found.classes[keep], found.rows[keep], found.scores[keep], found.queries[keep], found.capped
+    )
+
+
+def _with_cap(shortfall: str | None, capped: bool) -> str | None:
+    if not capped:
+        return shortfall
+    cap = f"its search stopped widening at k = {MAX_K} neighbours a query"
+    return f"{shortfall}; {cap}" if shortfall else cap
 
 
 def _with_precision_ledger(
@@ -214,12 +223,15 @@ def _with_precision_ledger(
         "precision_high": _floats(missing if precision is None else precision.high),
         "retrieval_shortfall": pa.array(
             [
-                None
-                if precision is None and taken[c] >= quotas[c]
-                else (
-                    precision.shortfall[c]
-                    if precision is not None
-                    else f"the pool offered {taken[c]} of {quotas[c]} wanted"
+                _with_cap(
+                    None
+                    if precision is None and taken[c] >= quotas[c]
+                    else (
+                        precision.shortfall[c]
+                        if precision is not None
+                        else f"the pool offered {taken[c]} of {quotas[c]} wanted"
+                    ),
+                    found.capped is not None and bool(found.capped[c]),
                 )
                 for c in range(num_classes)
             ],
