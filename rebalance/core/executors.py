@@ -102,14 +102,15 @@ class DaskExecutor:
 
         gpus = self.gpu_ids()
         cpus = self._n_workers or max(1, (os.cpu_count() or 1) - len(gpus))
+        quiet = {"nthreads": 1, "silence_logs": logging.ERROR}  # the runner reports progress
         workers = {
-            f"cpu-{number}": {"cls": Nanny, "options": {"nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": ""}}}
+            f"cpu-{number}": {"cls": Nanny, "options": {**quiet, "env": {"CUDA_VISIBLE_DEVICES": ""}}}
             for number in range(cpus)
         }
         for gpu in gpus:
             workers[f"gpu-{gpu}"] = {
                 "cls": Nanny,
-                "options": {"nthreads": 1, "resources": {GPU: 1}, "env": {"CUDA_VISIBLE_DEVICES": gpu}},
+                "options": {**quiet, "resources": {GPU: 1}, "env": {"CUDA_VISIBLE_DEVICES": gpu}},
             }
         scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}  # a free port
         # Non-daemonic workers may start processes: a step's DataLoader decodes in worker processes.
