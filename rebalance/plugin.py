@@ -1,7 +1,7 @@
 """What a step plugin imports: the ``step`` decorator, its parameter markers and the artifact types.
 
-A plugin is a module listed under the ``rebalance.steps`` entry points (or named in a pipeline's
-``plugins:``) whose functions are decorated with ``@step``::
+A plugin is a module listed under the ``rebalance.steps`` entry points of its package, whose
+functions are decorated with ``@step``::
 
     from rebalance.plugin import LabeledDataset, step
 

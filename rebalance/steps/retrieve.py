@@ -65,7 +65,7 @@ def retrieve(
     """Add pool images to the classes below a balance target, as REAL-Linear fills the tail.
 
     Quota per class: min(max_per_class, T − n_c), T the target over the classes' *original* counts
-    (``rebalance.steps.stats.balance_quotas``, shared with synthesis), for every class below it, or
+    (``rebalance.domain.classes.balance_quotas``, shared with synthesis), for every class below it, or
     only REAL's concept tail (``tail_only`` with ``frequency``).
     Queries: ``image`` = each class's examples in ``embeddings``, every image that has the class
     (their normalised ``centroid``, or every example as a kNN query, ``examples``); ``text`` = the class's prompt ensemble

@@ -67,8 +67,7 @@ def train_probe(
     corrects for: ``training``, the rows it trains on, or ``original``, the counts before
     rebalancing. Retrieved neighbours and interpolated rows sit close to the class's own examples,
     so they add support without undoing the label shift to a balanced test set; with
-    ``training`` they shrink the correction as if they were new independent draws (measured in the
-    README: common-class accuracy falls).
+    ``training`` they shrink the correction as if they were new independent draws.
     """
     from rebalance.core.device import resolve_device
     from rebalance.train.metrics import classification_metrics, multilabel_metrics
