@@ -113,9 +113,22 @@ class DaskExecutor:
                 "options": {**quiet, "resources": {GPU: 1}, "env": {"CUDA_VISIBLE_DEVICES": gpu}},
             }
         scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}  # a free port
-        # Non-daemonic workers may start processes: a step's DataLoader decodes in worker processes.
-        with dask.config.set({"distributed.worker.daemon": False}):
-            return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)
+        # A nanny writes its workers' pre-spawn variables (OMP_NUM_THREADS=1, ...) into this
+        # process's environment before spawning them. Left there, torch here would read them when it
+        # first starts its thread pool, so a model trained in process (the probe, the CNN) would run
+        # on one thread or on all of them depending on whether a cluster had started first, and its
+        # floating-point sums (so its weights) would depend on which steps the cache skipped.
+        before = {name: os.environ.get(name) for name in _pre_spawn_names()}
+        try:
+            # Non-daemonic workers may start processes: a step's DataLoader decodes in workers.
+            with dask.config.set({"distributed.worker.daemon": False}):
+                return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)
+        finally:
+            for name, value in before.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
     def map_unordered(
         self, fn: Callable[[Any], Any], items: Sequence[Any], resources: dict[str, float] | None = None
@@ -139,6 +152,12 @@ class DaskExecutor:
 
     def describe(self) -> str:
         return f"dask ({self._scheduler or 'LocalCluster'})"
+
+
+def _pre_spawn_names() -> list[str]:
+    import dask
+
+    return [*dask.config.get("distributed.nanny.pre-spawn-environ", {}), "PYTHONHASHSEED"]
 
 
 def make_executor(config: ExecutorConfig) -> Executor:

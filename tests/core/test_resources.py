@@ -204,3 +204,20 @@ def test_the_index_goes_to_the_gpus_once_and_on_disk_lists_never(monkeypatch: py
     monkeypatch.setattr(vector_index, "_searchable_list_by_list", lambda ivf: False)
     scores, rows = vector_index.search(ivf, vectors[:4], 5, backend="faiss", nprobe=4)
     assert copies == [] and rows.shape == (4, 5)  # searched on the CPU, its lists never copied
+
+
+@pytest.mark.cluster
+def test_starting_a_cluster_leaves_this_processs_environment_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    executor = DaskExecutor(scheduler=None, n_workers=1, retries=0, gpu_workers=0)
+    try:
+        executor._ensure_client()
+        # Torch in this process must not start single-threaded because a cluster started first.
+        assert "OMP_NUM_THREADS" not in os.environ
+        assert executor._client.run(lambda: os.environ.get("OMP_NUM_THREADS")) == {
+            address: "1" for address in executor._client.scheduler_info()["workers"]
+        }
+    finally:
+        executor.close()
