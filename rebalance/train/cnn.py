@@ -125,19 +125,14 @@ def train_cnn(
     def prepared(inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return _augment(_scaled(inputs), generator) if cnn.augment else _scaled(inputs)
 
-    main = Phase(
+    main = Phase.of(
+        config,
         "main",
         model,
         model.parameters(),
         TensorRows(pixels, targets),
         make_loss(config.loss, counts, tau=config.tau, beta=config.beta, gamma=config.gamma),
-        config.epochs,
-        config.lr,
-        config.weight_decay,
-        config.batch_size,
-        config.seed,
         factors=repeat_factors if config.sampler == "repeat_factor" else None,
-        schedule=config.lr_schedule,
         transform=prepared,
         transform_seed=config.seed + 1,
         train_modules=[model],
@@ -159,19 +154,16 @@ def train_cnn(
                 torch.manual_seed(config.seed + 2)
                 model.classifier.reset_parameters()
 
-        return Phase(
+        return Phase.of(
+            config,
             "crt",
             model.classifier,
             model.classifier.parameters(),
             TensorRows(features, targets),
             make_loss("ce", counts),
-            config.crt_epochs,
-            config.lr,
-            config.weight_decay,
-            config.batch_size,
-            config.seed,
+            epochs=config.crt_epochs,
+            schedule="constant",  # a short re-fit of one layer, at a constant rate (as Kang et al.)
             factors=class_balanced_factors(targets.numpy(), power=0.0),
-            # A short re-fit of one layer, at a constant rate (as Kang et al.).
             setup=fresh_classifier,
             autocast=False,
         )

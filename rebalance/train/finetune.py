@@ -92,7 +92,8 @@ def finetune(
             dim = _embed(tower, probe).shape[1]
         head = nn.Linear(dim, num_classes).to(device)
     both = nn.ModuleDict({"tower": tower.module, "head": head})  # one state to checkpoint
-    phase = Phase(
+    phase = Phase.of(
+        config,
         "main",
         lambda pixels: head(_embed(tower, pixels)),
         [
@@ -107,13 +108,7 @@ def finetune(
             beta=config.beta,
             gamma=config.gamma,
         ),
-        config.epochs,
-        config.lr,
-        config.weight_decay,
-        config.batch_size,
-        config.seed,
         factors=repeat_factors if config.sampler == "repeat_factor" else None,
-        schedule=config.lr_schedule,
         train_modules=[tower.module],
         workers=workers,
     )

@@ -29,7 +29,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset
 from rebalance.core.fs import write_bytes_atomic
 from rebalance.errors import RebalanceError
 from rebalance.methods.sampling import epoch_indices
-from rebalance.train.choices import ScheduleName
+from rebalance.train.choices import HeadConfig, ScheduleName
 from rebalance.train.losses import Loss
 
 
@@ -103,6 +103,37 @@ class Phase:
     setup: Callable[[], None] | None = None
     autocast: bool = True
     workers: int = 0
+
+    @classmethod
+    def of(
+        cls,
+        config: HeadConfig,
+        name: str,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        parameters: Iterable[Any],
+        data: BatchDataset,
+        loss: Loss,
+        *,
+        epochs: int | None = None,
+        **options: Any,
+    ) -> Phase:
+        """A phase with ``config``'s learning rate, weight decay, batch size, seed and schedule
+        (``options`` may set any other field, or override the schedule); ``epochs`` defaults to
+        ``config.epochs``."""
+        options.setdefault("schedule", config.lr_schedule)
+        return cls(
+            name,
+            forward,
+            parameters,
+            data,
+            loss,
+            config.epochs if epochs is None else epochs,
+            config.lr,
+            config.weight_decay,
+            config.batch_size,
+            config.seed,
+            **options,
+        )
 
 
 def fit(

@@ -101,19 +101,14 @@ def train_head(
         else make_loss(config.loss, counts, tau=config.tau, beta=config.beta, gamma=config.gamma)
     )
     data = TensorRows(x, y)
-    main = Phase(
+    main = Phase.of(
+        config,
         "main",
         head,
         head.parameters(),
         data,
         loss,
-        config.epochs,
-        config.lr,
-        config.weight_decay,
-        config.batch_size,
-        config.seed,
         factors=repeat_factors if config.sampler == "repeat_factor" else None,
-        schedule=config.lr_schedule,
     )
     phases = [main]
     if config.crt_epochs:
@@ -126,19 +121,16 @@ def train_head(
                 parameter.requires_grad_(False)
 
         phases.append(
-            Phase(
+            Phase.of(
+                config,
                 "crt",
                 head,
                 head.classifier.parameters(),
                 data,
                 make_loss("ce", counts),
-                config.crt_epochs,
-                config.lr,
-                config.weight_decay,
-                config.batch_size,
-                config.seed,
+                epochs=config.crt_epochs,
+                schedule="constant",  # a short re-fit of one layer, at a constant rate (as Kang et al.)
                 factors=class_balanced_factors(y.numpy(), power=0.0),
-                # A short re-fit of one layer, at a constant rate (as Kang et al.).
                 setup=retrain_classifier,
             )
         )
