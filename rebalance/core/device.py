@@ -6,6 +6,7 @@ pins to one device, that is the worker's own GPU."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -33,14 +34,19 @@ def visible_gpus() -> list[str]:
     pinned = os.environ.get("CUDA_VISIBLE_DEVICES")
     if pinned is not None:
         return [device.strip() for device in pinned.split(",") if device.strip() and device.strip() != "-1"]
+    return list(_installed_gpus())
+
+
+@functools.cache
+def _installed_gpus() -> tuple[str, ...]:
+    # Asked once per process: the runner asks before every sharded step, and the GPUs a machine
+    # has do not change during a run.
     smi = shutil.which("nvidia-smi")
     if smi is None:
-        return []
+        return ()
     try:
         listed = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20, check=True).stdout
     except (OSError, subprocess.SubprocessError):
-        return []
-    return [
-        str(number)
-        for number, line in enumerate(line for line in listed.splitlines() if line.startswith("GPU "))
-    ]
+        return ()
+    gpus = (line for line in listed.splitlines() if line.startswith("GPU "))
+    return tuple(str(number) for number, _ in enumerate(gpus))

@@ -131,7 +131,6 @@ class _TorchEncoder:
         does; a CUDA out-of-memory error halves the batch and retries it."""
         import multiprocessing
 
-        import torch
         from torch.utils.data import DataLoader
 
         workers = self.loader_workers
@@ -153,16 +152,10 @@ class _TorchEncoder:
             if workers and "fork" in multiprocessing.get_all_start_methods()
             else None,
         )
-        parts = []
-        with torch.inference_mode():
-            for pixels in loader:
-                features = self._halving_on_oom(
-                    encode_pixels, pixels.to(self.device, self.dtype, non_blocking=True)
-                )
-                parts.append(torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy())
-        if not parts:
-            return np.zeros((0, 0), dtype=np.float32)
-        return np.concatenate(parts).astype(np.float32, copy=False)
+        return self._unit_rows(
+            self._halving_on_oom(encode_pixels, pixels.to(self.device, self.dtype, non_blocking=True))
+            for pixels in loader
+        )
 
     def _halving_on_oom(self, encode, batch):
         import torch
@@ -191,13 +184,19 @@ class _TorchEncoder:
         return torch.float16 if self.device.type == "cuda" else torch.float32
 
     def _batched(self, items: Sequence, encode_batch) -> np.ndarray:
+        chunks = (items[start : start + self.batch_size] for start in range(0, len(items), self.batch_size))
+        return self._unit_rows(encode_batch(chunk) for chunk in chunks)
+
+    @staticmethod
+    def _unit_rows(features) -> np.ndarray:
+        """The feature batches (computed as they are drawn, without autograd) as one float32 array
+        of unit rows."""
         import torch
 
         parts = []
         with torch.inference_mode():
-            for start in range(0, len(items), self.batch_size):
-                features = encode_batch(items[start : start + self.batch_size]).float()
-                parts.append(torch.nn.functional.normalize(features, dim=-1).cpu().numpy())
+            for batch in features:
+                parts.append(torch.nn.functional.normalize(batch.float(), dim=-1).cpu().numpy())
         if not parts:
             return np.zeros((0, 0), dtype=np.float32)
         return np.concatenate(parts).astype(np.float32, copy=False)
