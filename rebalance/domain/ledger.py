@@ -196,3 +196,58 @@ def retrieval_table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
         ]
         for row in rows
     ]
+
+
+CAPTION_HEADER = [
+    "class",
+    "captions matched",
+    "ranked",
+    "passed T2I",
+    "kept",
+    "download missing",
+    "reference precision",
+]
+
+
+def caption_funnel(dataset: LabeledDataset) -> list[list[str]]:
+    """Per class that caption retrieval was asked to fill (``add_caption_retrievals``' ledger), the
+    funnel as table cells under ``CAPTION_HEADER``: captions that named it, the sample ranked, those
+    that passed T2I ("n/a" without image vectors), those kept, those whose image did not join, and
+    the precision of the rows still in ``dataset`` by the pool's reference labels, where it has them."""
+    categories = dataset.categories
+    if "caption_kept" not in categories.column_names:
+        return []
+    images = dataset.images
+    hits: dict[int, list[bool]] = {}
+    if "reference_label" in images.column_names and "matched_form" in images.column_names:
+        by_caption = images.filter(
+            pc.and_(pc.is_valid(images["matched_form"]), pc.is_valid(images["reference_label"]))
+        )
+        names = dict(zip(categories["category_id"].to_pylist(), dataset.class_names(), strict=True))
+        reference = dict(
+            zip(by_caption["image_id"].to_pylist(), by_caption["reference_label"].to_pylist(), strict=True)
+        )
+        annotations = dataset.annotations.filter(
+            pc.is_in(dataset.annotations["image_id"], value_set=by_caption["image_id"])
+        )
+        for image_id, category_id in zip(
+            annotations["image_id"].to_pylist(), annotations["category_id"].to_pylist(), strict=True
+        ):
+            hits.setdefault(category_id, []).append(same_class_name(reference[image_id], names[category_id]))
+    rows = []
+    for row in categories.to_pylist():
+        if not row["caption_ranked"] and not row["caption_kept"]:
+            continue
+        measured = hits.get(row["category_id"])
+        rows.append(
+            [
+                row["name"],
+                str(row["caption_matched"]),
+                str(row["caption_ranked"]),
+                "n/a" if row["caption_passed_t2i"] is None else str(row["caption_passed_t2i"]),
+                str(row["caption_kept"]),
+                str(row["caption_missing"]),
+                f"{sum(measured) / len(measured):.2f}" if measured else "n/a",
+            ]
+        )
+    return rows

@@ -24,10 +24,13 @@ IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 COLUMNS = ("file_name", "key", "caption", "url")
 
 
-def scan_webdataset(root: Path, image_suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> pa.Table:
+def scan_webdataset(
+    root: Path, image_suffixes: tuple[str, ...] = IMAGE_SUFFIXES, metadata_columns: tuple[str, ...] = ()
+) -> pa.Table:
     """One row a sample that has an image, over every ``*.tar`` under ``root`` in path order:
     ``file_name`` (its reference, relative to ``root``), ``key``, ``caption`` and ``url`` (null
-    where the sample has none)."""
+    where the sample has none), and each of ``metadata_columns`` from the sample's JSON or the
+    shard's parquet (img2dataset's ``--save_additional_columns``)."""
     if not root.is_dir():
         raise DataError(f"{root}: not a folder; expected a folder of WebDataset .tar shards")
     shards = sorted(root.rglob("*.tar"))
@@ -40,14 +43,16 @@ def scan_webdataset(root: Path, image_suffixes: tuple[str, ...] = IMAGE_SUFFIXES
     tables = []
     for shard in shards:
         # Python rows for one shard at a time: the pool as a whole is only ever Arrow columns.
-        rows: dict[str, list] = {name: [] for name in COLUMNS}
-        side = _side_metadata(shard)
+        rows: dict[str, list] = {name: [] for name in (*COLUMNS, *metadata_columns)}
+        side = _side_metadata(shard, metadata_columns)
         for key, sample in _samples(shard, root, wanted):
             meta = {**side.get(key, {}), **sample.get("json", {})}
             rows["file_name"].append(sample["image"])
             rows["key"].append(key)
             rows["caption"].append(sample.get("txt") or _text(meta.get("caption")))
             rows["url"].append(_text(meta.get("url")))
+            for name in metadata_columns:
+                rows[name].append(_text(meta.get(name)))
         tables.append(pa.table({name: pa.array(values, pa.string()) for name, values in rows.items()}))
     samples = pa.concat_tables(tables)
     if not samples.num_rows:
@@ -96,7 +101,7 @@ def _json(data: bytes, shard: Path, member: str) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _side_metadata(shard: Path) -> dict[str, dict]:
+def _side_metadata(shard: Path, extra: tuple[str, ...] = ()) -> dict[str, dict]:
     """img2dataset's ``<shard>.parquet`` (``key``, ``caption``, ``url``, ...) by key, when present."""
     path = shard.with_suffix(".parquet")
     if not path.exists():
@@ -109,7 +114,7 @@ def _side_metadata(shard: Path) -> dict[str, dict]:
         raise DataError(f"{path}: cannot read the shard's metadata: {str(error).splitlines()[0]}") from None
     if "key" not in table.column_names:
         raise DataError(f"{path}: the shard's metadata has no 'key' column; found {table.column_names}")
-    keep = [name for name in ("key", "caption", "url") if name in table.column_names]
+    keep = [name for name in ("key", "caption", "url", *extra) if name in table.column_names]
     return {row.pop("key"): row for row in table.select(keep).to_pylist()}
 
 

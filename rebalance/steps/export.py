@@ -26,7 +26,9 @@ from rebalance.domain.classes import (
     expected_draws_per_epoch,
 )
 from rebalance.domain.ledger import (
+    CAPTION_HEADER,
     RETRIEVAL_HEADER,
+    caption_funnel,
     retrieval_by_class,
     retrieval_summary,
     retrieval_table_rows,
@@ -323,10 +325,12 @@ def _card(
     sections.append("The columns `source` and `file_name` record where each row comes from.\n")
     retrieval = retrieval_summary(dataset)
     if retrieval["retrieved"]:
+        # Rows taken by caption without ranking have no score.
+        score = "" if retrieval["mean_score"] is None else f" (mean {retrieval['mean_score']:.3f})"
         line = (
             f"## Retrieved images\n\n{retrieval['retrieved']:,} rows have `source: retrieved`: pool images added to "
             "classes below the balance target. `retrieval_query` says which query found each one, "
-            f"`retrieval_score` its cosine similarity (mean {retrieval['mean_score']:.3f}), `pool_image_id` and "
+            f"`retrieval_score` its cosine similarity{score}, `pool_image_id` and "
             "`pool_file_name` where it came from."
         )
         if retrieval["precision"] is not None:
@@ -347,6 +351,18 @@ def _card(
             "uses the pool's reference labels, which retrieval never read.\n",
             markdown_table(
                 pa.table({name: [row[i] for row in cells] for i, name in enumerate(RETRIEVAL_HEADER)})
+            ),
+        ]
+    funnel = caption_funnel(dataset)
+    if funnel:
+        sections += [
+            "### Caption retrieval per class\n\n"
+            "Rows found by caption, as REAL retrieves (rebalance's docs/caption_retrieval.md): pool captions that "
+            "name the class by a synonym, a seeded sample of them ranked by prompt-to-caption similarity (T2T), "
+            "those at or above the prompt-to-image threshold (T2I), and those kept toward the balance target. "
+            "Each row's `matched_form`, `t2t`, `t2i` and `caption_rank` are columns of the data.\n",
+            markdown_table(
+                pa.table({name: [row[i] for row in funnel] for i, name in enumerate(CAPTION_HEADER)})
             ),
         ]
     if lineage is not None:

@@ -115,6 +115,7 @@ def ingest_webdataset(
     root: InputPath,
     reference_labels: InputPath | None = None,
     image_suffixes: tuple[str, ...] = IMAGE_SUFFIXES,
+    metadata_columns: tuple[str, ...] = (),
 ) -> LabeledDataset:
     """Read an unlabelled retrieval pool of WebDataset tar shards (img2dataset's output), streamed.
 
@@ -122,13 +123,15 @@ def ingest_webdataset(
     (nothing is unpacked), ``key``, and ``caption`` / ``url`` from ``<key>.txt``, ``<key>.json`` or
     the ``<shard>.parquet`` beside it. ``reference_labels`` (``key``, ``label``) attaches the
     pool's true class as ``reference_label``, for measuring retrieval precision only.
+    ``metadata_columns``: more columns to keep from each sample's JSON or the shard's parquet
+    (e.g. ``retrieval_key``, which ``add_caption_retrievals`` joins downloads back by).
     """
-    samples = scan_webdataset(root, image_suffixes)
+    samples = scan_webdataset(root, image_suffixes, metadata_columns)
     dataset = LabeledDataset.unlabeled(
         samples["file_name"], split="pool", source="pool", image_root=str(root)
     )
     images = dataset.images
-    for name in ("key", "caption", "url"):
+    for name in ("key", "caption", "url", *metadata_columns):
         images = images.append_column(name, samples[name])
     if reference_labels is not None:
         keys = samples["key"].to_pylist()

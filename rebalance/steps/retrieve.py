@@ -15,21 +15,13 @@ from rebalance.core.registry import step
 from rebalance.domain.artifacts import ConceptFrequency, Embeddings, LabeledDataset, VectorIndex, positions_of
 from rebalance.domain.artifacts.vectors import unit_rows
 from rebalance.domain.classes import balance_quotas, freeze_buckets
-from rebalance.domain.prompts import class_prompt_names
+from rebalance.domain.prompts import DEFAULT_TEMPLATES, class_prompt_names
 from rebalance.errors import DataError
 from rebalance.methods import index as vector_index
 from rebalance.methods.precision import RetrievalPrecision, estimate_and_gate
 from rebalance.methods.retrieval import MAX_K, Assignment, Target, knn_vote_filter, retrieve_with_quotas
 from rebalance.models.encoders import text_queries
 
-# CLIP's prompt ensemble, shortened (Radford et al., 2021): averaging a few templates is steadier
-# than any one of them.
-DEFAULT_TEMPLATES = (
-    "a photo of a {}.",
-    "a photo of the {}.",
-    "a close-up photo of a {}.",
-    "a photo of one {}.",
-)
 # Chosen with the panels of the demo and the confusable split (docs/retrieval_precision.md).
 DEFAULT_MIN_PRECISION = 0.5
 

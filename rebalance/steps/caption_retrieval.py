@@ -1,0 +1,422 @@
+"""Retrieval by caption, as REAL retrieves (see ``rebalance.methods.caption_retrieval``): list the
+pool's captions in place, sample the captions that name each class below its target, rank and
+filter them, then join the chosen rows' images back by key."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import NonNegativeInt, PositiveInt, confloat
+
+from rebalance.core.device import Device
+from rebalance.core.registry import InputPath, ModelRef, step
+from rebalance.domain.artifacts import ConceptFrequency, LabeledDataset, Synonyms
+from rebalance.domain.artifacts.captions import (
+    CANDIDATE_SCHEMA,
+    OWN_TABLE,
+    CaptionCandidates,
+    CaptionPool,
+    CaptionRetrieval,
+    bottom_k,
+)
+from rebalance.domain.classes import Target, balance_quotas, freeze_buckets
+from rebalance.domain.prompts import DEFAULT_TEMPLATES, class_prompt_names
+from rebalance.errors import DataError
+from rebalance.io.caption_pool import (
+    PIECE_SCHEMA,
+    iter_piece_captions,
+    metadata_pieces,
+    read_rows,
+    read_vectors,
+)
+from rebalance.methods.caption_retrieval import MultiClass, batch_candidates, choose, matched_form
+from rebalance.methods.frequency import CompiledSynonyms
+from rebalance.models.encoders import MINILM, EncoderSpec, load_encoder, text_queries
+
+OWN_PIECE_ROWS = 100_000
+# REAL keeps 500 images a class; LAION's own CLIP-score filter keeps pairs at or above 0.25.
+REAL_PER_CLASS = 500
+LAION_MIN_T2I = 0.25
+
+
+@step("caption_pool", role="reads")
+def caption_pool(
+    pool: LabeledDataset | None = None,
+    *,
+    root: InputPath | None = None,
+    caption_column: str = "caption",
+    key_column: str = "key",
+    url_column: str | None = "url",
+    vectors: bool = False,
+    encoder: str | None = None,
+) -> CaptionPool:
+    """A pool's captions for ``caption_candidates``: metadata files read in place, or an ingested pool.
+
+    ``root``: parquet metadata (LAION's ``metadata/*.parquet`` with ``url``, ``caption``, ``key``,
+    or any folder of parquet files); with ``vectors``, ``root`` is in the clip-retrieval layout and
+    ``img_emb/img_emb_<i>.npy`` holds each metadata file's image vectors, row for row, made by
+    ``encoder`` (e.g. ``open_clip:ViT-B-32@laion2b_s34b_b79k``): ``rank_captions`` filters by
+    prompt-to-image similarity with them. Only the list of row groups is stored: captions and
+    vectors are read where they lie, and a changed file reruns every step that read it.
+    ``pool``: an ingested pool (e.g. ``ingest_webdataset``); its ``key`` (else ``image_id``),
+    ``caption`` and ``url`` are kept.
+    """
+    if (pool is None) == (root is None):
+        raise DataError("caption_pool needs exactly one of the `pool` input or a `root` folder of metadata")
+    if vectors and not encoder:
+        raise DataError(
+            "vectors: true needs `encoder`, the model that made img_emb (e.g. open_clip:ViT-B-32@laion2b_s34b_b79k)"
+        )
+    if root is not None:
+        columns = {"caption": caption_column, "key": key_column, "url": url_column}
+        return CaptionPool(
+            metadata_pieces(root, caption_column, vectors), columns, encoder if vectors else None
+        )
+    images = pool.images
+    if caption_column not in images.column_names:
+        raise DataError(
+            f"the pool has no {caption_column!r} column (columns: {images.column_names}); ingest it with captions"
+        )
+    table = pa.table(
+        {
+            "key": (images[key_column] if key_column in images.column_names else images["image_id"]).cast(
+                pa.string()
+            ),
+            "caption": images[caption_column].cast(pa.large_string()).fill_null(""),
+            "url": images[url_column]
+            if url_column in images.column_names
+            else pa.nulls(pool.num_rows, pa.string()),
+        }
+    )
+    starts = np.arange(0, pool.num_rows, OWN_PIECE_ROWS)
+    pieces = pa.table(
+        {
+            "file": [OWN_TABLE] * len(starts),
+            "row_group": np.arange(len(starts)),
+            "first_row": starts,
+            "rows": np.minimum(OWN_PIECE_ROWS, pool.num_rows - starts),
+            "vectors": pa.nulls(len(starts), pa.string()),
+        },
+        schema=PIECE_SCHEMA,
+    )
+    return CaptionPool(pieces, {"caption": "caption", "key": "key", "url": "url"}, None, table)
+
+
+@step("caption_candidates", shardable=True, role="describes")
+def caption_candidates(
+    captions: CaptionPool,
+    dataset: LabeledDataset,
+    synonyms: Synonyms,
+    frequency: ConceptFrequency | None = None,
+    *,
+    target: Target | PositiveInt = "median",
+    per_class: PositiveInt = REAL_PER_CLASS,
+    max_candidates: PositiveInt | None = None,
+    tail_only: bool = False,
+    seed: NonNegativeInt = 0,
+    batch_rows: PositiveInt = 1_000_000,
+) -> CaptionCandidates:
+    """The pool captions that name each class below its target, by any written form of its synonyms.
+
+    The matcher and the ``synonyms`` are ``concept_frequency``'s, so a candidate is exactly a
+    caption counted as a mention. Quota per class: min(per_class, T − n_c) as in ``retrieve``
+    (REAL keeps 500 a class); ``tail_only`` with ``frequency`` limits it to REAL's concept tail.
+    Only classes with a quota keep candidates: a seeded uniform sample of at most
+    ``max_candidates`` (default 20 × per_class) a class, since a head class may match millions
+    of captions; every class's full match count is kept. Runs per pool shard on the executor;
+    shard samples merge exactly, so the result does not depend on the sharding.
+    """
+    names = dataset.class_names()
+    listed = synonyms.table["concept"].to_pylist()
+    if listed != names:
+        raise DataError(
+            "the synonyms list different classes from the dataset; mine them from this dataset (mine_synonyms)"
+        )
+    if tail_only and frequency is None:
+        raise DataError("tail_only needs the concept frequency table; wire `frequency`")
+    eligible = None
+    if tail_only:
+        tail = dict(
+            zip(frequency.table["concept"].to_pylist(), frequency.table["tail"].to_pylist(), strict=True)
+        )
+        eligible = np.array([bool(tail.get(name)) for name in names])
+    quotas = balance_quotas(dataset, target, max_per_class=per_class, eligible=eligible)
+    k = max_candidates or 20 * per_class
+    compiled = CompiledSynonyms.of(dict(zip(names, synonyms.table["synonyms"].to_pylist(), strict=True)))
+    wanted = quotas > 0
+    sampled, matched, read = [CANDIDATE_SCHEMA.empty_table()], np.zeros(len(names), np.int64), 0
+    for piece in captions.pieces.to_pylist():
+        first = piece["first_row"]
+        for batch in _piece_captions(captions, piece, batch_rows):
+            found, counts = batch_candidates(compiled, batch, piece["file"], first, wanted, seed, k)
+            sampled.append(found)
+            matched += counts
+            first += len(batch)
+            read += len(batch)
+        if sum(part.num_rows for part in sampled) > 4 * k * max(int(wanted.sum()), 1):
+            sampled = [bottom_k(pa.concat_tables(sampled), k)]  # bounded memory on long shards
+    table = bottom_k(pa.concat_tables(sampled), k)
+    summary = {
+        "matched": matched.tolist(),
+        "quota": quotas.tolist(),
+        "max_candidates": k,
+        "seed": seed,
+        "captions": read,
+    }
+    return CaptionCandidates(table, summary)
+
+
+def _piece_captions(pool: CaptionPool, piece: dict, batch_rows: int):
+    if piece["file"] != OWN_TABLE:
+        yield from iter_piece_captions(piece["file"], piece["row_group"], pool.columns["caption"], batch_rows)
+        return
+    for start in range(piece["first_row"], piece["first_row"] + piece["rows"], batch_rows):
+        stop = min(start + batch_rows, piece["first_row"] + piece["rows"])
+        yield pool.table["caption"].slice(start, stop - start).combine_chunks()
+
+
+@step("rank_captions", role="describes", gpu=True)
+def rank_captions(
+    candidates: CaptionCandidates,
+    captions: CaptionPool,
+    dataset: LabeledDataset,
+    synonyms: Synonyms,
+    frequency: ConceptFrequency | None = None,
+    *,
+    rank: bool = True,
+    encoder: Literal["sentence", "open_clip", "transformers"] = "sentence",
+    model: ModelRef = MINILM,
+    pretrained: ModelRef | None = None,
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES,
+    min_t2i: confloat(ge=-1, le=1) | None = LAION_MIN_T2I,
+    multi_class: MultiClass = "best",
+    batch_size: PositiveInt = 256,
+    device: Device = "auto",
+) -> CaptionRetrieval:
+    """Rank each class's caption candidates by T2T, drop those below ``min_t2i``, keep its quota.
+
+    T2T: the cosine between the class's prompt ensemble (``templates`` filled with its most
+    frequent caption synonym from ``frequency``, else its name) and the caption, both embedded by
+    the text encoder (``sentence`` all-MiniLM-L6-v2 offline; a CLIP text tower on GPU nodes);
+    ``rank: false`` keeps the sample's random order (REAL without ranking). T2I: the cosine between
+    the prompts embedded by the pool's CLIP (``caption_pool``'s ``encoder``) and the row's image
+    vector, when the pool has vectors; null turns the filter off. A caption naming two classes:
+    ``multi_class: best`` gives the row to the class it ranks best for (one row, one class);
+    ``drop`` skips any caption naming two or more of the dataset's classes.
+    Output: the chosen rows (class, key, url, caption, matched form, t2t, t2i, rank), the
+    per-class funnel (quota, matched, ranked, passed T2I, kept) and ``img2dataset.parquet``,
+    the download list of just the chosen rows.
+    """
+    names = dataset.class_names()
+    table = candidates.table
+    classes = table["class_index"].to_numpy().astype(np.int64)
+    texts = table["caption"].to_pylist()
+    prompt_names = class_prompt_names(dataset, frequency)
+    if rank and len(texts):
+        text_encoder = load_encoder(
+            EncoderSpec(encoder, model, pretrained), device=device, batch_size=batch_size
+        )
+        prompts = text_queries(prompt_names, templates, str(text_encoder.spec), device)
+        caption_vectors = text_encoder.encode_texts(texts)
+        t2t = np.einsum("ij,ij->i", caption_vectors, prompts[classes])
+    else:
+        t2t = np.full(len(texts), np.nan)
+    t2i = None
+    if captions.has_vectors and min_t2i is not None and len(texts):
+        t2i = _t2i(captions, table, classes, prompt_names, templates, device)
+    # Without ranking, the sample's own order (its random key) decides.
+    order_scores = t2t if rank else -table["sample_key"].to_numpy().astype(np.float64)
+    item = _item_ids(table)
+    quotas = np.array(candidates.summary["quota"], np.int64)
+    choice = choose(
+        classes, order_scores, t2i, min_t2i, table["classes_named"].to_numpy(), item, quotas, multi_class
+    )
+    compiled = CompiledSynonyms.of(dict(zip(names, synonyms.table["synonyms"].to_pylist(), strict=True)))
+    kept = table.take(pa.array(choice.rows, pa.int64()))
+    kept_classes = classes[choice.rows]
+    identity = _keys_and_urls(captions, kept)
+    category_ids = dataset.categories["category_id"].to_numpy()
+    chosen = pa.table(
+        {
+            "category_id": pa.array(category_ids[kept_classes], pa.int64()),
+            "concept": pa.array([names[c] for c in kept_classes], pa.string()),
+            "key": identity["key"],
+            "url": identity["url"],
+            "caption": kept["caption"].cast(pa.string()),
+            "matched_form": pa.array(
+                [
+                    matched_form(text, compiled.class_forms[c])
+                    for text, c in zip(kept["caption"].to_pylist(), kept_classes, strict=True)
+                ],
+                pa.string(),
+            ),
+            "t2t": _floats(t2t[choice.rows] if rank else None, len(choice.rows)),
+            "t2i": _floats(None if t2i is None else t2i[choice.rows], len(choice.rows)),
+            "rank": pa.array(choice.ranks, pa.int64()),
+            "classes_named": kept["classes_named"],
+            "file": kept["file"],
+            "row": kept["row"],
+        }
+    )
+    per_class = pa.table(
+        {
+            "category_id": dataset.categories["category_id"],
+            "concept": names,
+            "quota": pa.array(quotas, pa.int64()),
+            "matched": pa.array(candidates.summary["matched"], pa.int64()),
+            "ranked": pa.array(choice.ranked, pa.int64()),
+            "passed_t2i": pa.array(choice.passed_t2i if t2i is not None else [None] * len(names), pa.int64()),
+            "kept": pa.array(choice.kept, pa.int64()),
+        }
+    )
+    summary = {
+        "captions": candidates.summary["captions"],
+        "ranked_by": str(EncoderSpec(encoder, model, pretrained)) if rank else None,
+        "t2i_by": captions.encoder if t2i is not None else None,
+        "min_t2i": min_t2i if t2i is not None else None,
+        "multi_class": multi_class,
+        "kept": int(choice.kept.sum()),
+    }
+    return CaptionRetrieval(chosen, per_class, summary)
+
+
+def _t2i(
+    captions: CaptionPool, table: pa.Table, classes: np.ndarray, names: list[str], templates, device
+) -> np.ndarray:
+    prompts = text_queries(names, templates, captions.encoder, device)
+    vector_file = dict(
+        zip(captions.pieces["file"].to_pylist(), captions.pieces["vectors"].to_pylist(), strict=True)
+    )
+    files = table["file"].to_numpy(zero_copy_only=False)
+    rows = table["row"].to_numpy()
+    scores = np.empty(len(files), np.float64)
+    for file in np.unique(files):
+        here = np.nonzero(files == file)[0]
+        vectors = read_vectors(vector_file[file], rows[here])
+        if vectors.shape[1] != prompts.shape[1]:
+            raise DataError(
+                f"{vector_file[file]}: {vectors.shape[1]}-d vectors, but {captions.encoder} embeds prompts in "
+                f"{prompts.shape[1]} dimensions; name the encoder that made img_emb"
+            )
+        norms = np.linalg.norm(vectors, axis=1)
+        scores[here] = np.einsum("ij,ij->i", vectors, prompts[classes[here]]) / np.maximum(norms, 1e-12)
+    return scores
+
+
+def _item_ids(table: pa.Table) -> np.ndarray:
+    """One integer per pool row (file, row), for telling which candidacies share a row."""
+    files = pc.dictionary_encode(table["file"]).combine_chunks().indices.to_numpy().astype(np.int64)
+    return files * (1 << 40) + table["row"].to_numpy()
+
+
+def _keys_and_urls(pool: CaptionPool, kept: pa.Table) -> dict[str, pa.Array]:
+    """The key and URL of each kept row, read from its file (only the row groups that hold them)."""
+    key_column, url_column = pool.columns["key"], pool.columns["url"]
+    keys = np.empty(kept.num_rows, dtype=object)
+    urls = np.empty(kept.num_rows, dtype=object)
+    files = kept["file"].to_numpy(zero_copy_only=False)
+    rows = kept["row"].to_numpy()
+    for file in np.unique(files):
+        here = np.nonzero(files == file)[0]
+        if file == OWN_TABLE:
+            found = pool.table.select(["key", "url"]).take(pa.array(rows[here], pa.int64()))
+            keys[here], urls[here] = found["key"].to_pylist(), found["url"].to_pylist()
+            continue
+        wanted = [name for name in (key_column, url_column) if name]
+        found = read_rows(file, rows[here], wanted)
+        keys[here] = found[key_column].cast(pa.string()).to_pylist()
+        urls[here] = found[url_column].cast(pa.string()).to_pylist() if url_column else None
+    return {"key": pa.array(keys.tolist(), pa.string()), "url": pa.array(urls.tolist(), pa.string())}
+
+
+def _floats(values: np.ndarray | None, count: int) -> pa.Array:
+    if values is None:
+        return pa.nulls(count, pa.float64())
+    return pa.array(np.round(values.astype(np.float64), 6), pa.float64())
+
+
+@step("add_caption_retrievals", role="adds_rows", bypass="dataset")
+def add_caption_retrievals(
+    dataset: LabeledDataset,
+    retrieval: CaptionRetrieval,
+    pool: LabeledDataset,
+    *,
+    pool_key: str = "key",
+    rare_max_images: PositiveInt = 10,
+    common_max_images: PositiveInt = 100,
+) -> LabeledDataset:
+    """Add the rows ``rank_captions`` chose, joined to their images in ``pool`` by key.
+
+    ``pool``: the pool itself when it holds images (a WebDataset pool), or the shards img2dataset
+    downloaded from ``img2dataset.parquet`` (ingested with ``ingest_webdataset`` and
+    ``metadata_columns: [retrieval_key]``, joined with ``pool_key: retrieval_key``). A chosen row
+    whose image is missing (a failed download) is counted per class in ``caption_missing``; one
+    whose image the dataset already holds is skipped. Added rows have ``source = retrieved`` and
+    provenance ``retrieval_query`` (the matched form), ``retrieval_score`` (T2T), ``matched_form``,
+    ``t2t``, ``t2i``, ``caption_rank``, ``pool_key``, ``pool_file_name`` and ``caption``. The
+    categories table gains the funnel: ``caption_matched``, ``caption_ranked``,
+    ``caption_passed_t2i``, ``caption_kept``, ``caption_missing``.
+    """
+    if pool_key not in pool.images.column_names:
+        raise DataError(
+            f"the pool has no {pool_key!r} column (columns: {pool.images.column_names}); set pool_key"
+        )
+    names = dataset.class_names()
+    if retrieval.per_class["concept"].to_pylist() != names:
+        raise DataError("the caption retrieval was made for other classes; rank captions for this dataset")
+    pool_keys = pool.images[pool_key].cast(pa.string())
+    position = pc.index_in(retrieval.chosen["key"], value_set=pool_keys)
+    found = position.is_valid().to_numpy(zero_copy_only=False)
+    own_files = {
+        dataset.image_ref(name).identity() for name in dataset.images["file_name"].to_pylist() if name
+    }
+    rows = position.to_numpy(zero_copy_only=False)
+    chosen_index = np.nonzero(found)[0]
+    taken = pool.images.take(pa.array(rows[chosen_index].astype(np.int64)))
+    fresh = np.array(
+        [pool.image_ref(name).identity() not in own_files for name in taken["file_name"].to_pylist()], bool
+    )
+    chosen_index, taken = chosen_index[fresh], taken.filter(pa.array(fresh))
+    chosen = retrieval.chosen.take(pa.array(chosen_index, pa.int64()))
+    class_of = {cid: i for i, cid in enumerate(dataset.categories["category_id"].to_pylist())}
+    missing = np.bincount(
+        [class_of[c] for c in retrieval.chosen["category_id"].to_numpy()[~found]], minlength=len(names)
+    )
+    frozen = freeze_buckets(dataset, rare_max_images=rare_max_images, common_max_images=common_max_images)
+    categories = frozen.categories
+    funnel = {
+        "caption_matched": retrieval.per_class["matched"],
+        "caption_ranked": retrieval.per_class["ranked"],
+        "caption_passed_t2i": retrieval.per_class["passed_t2i"],
+        "caption_kept": retrieval.per_class["kept"],
+        "caption_missing": pa.array(missing, pa.int64()),
+    }
+    for name, values in funnel.items():
+        if name in categories.column_names:
+            categories = categories.drop_columns([name])
+        categories = categories.append_column(name, values)
+    frozen = dataclasses.replace(frozen, categories=categories)
+    columns = {
+        "file_name": pa.array(
+            [pool.image_ref(n).text(dataset.image_root) for n in taken["file_name"].to_pylist()], pa.string()
+        ),
+        "width": taken["width"],
+        "height": taken["height"],
+        "source": pa.array(["retrieved"] * chosen.num_rows),
+        "retrieval_query": pa.array([f"caption: {form}" for form in chosen["matched_form"].to_pylist()]),
+        "retrieval_score": chosen["t2t"],
+        "matched_form": chosen["matched_form"],
+        "t2t": chosen["t2t"],
+        "t2i": chosen["t2i"],
+        "caption_rank": chosen["rank"],
+        "pool_key": chosen["key"],
+        "pool_file_name": taken["file_name"],
+        "caption": chosen["caption"],
+    }
+    if "reference_label" in taken.column_names:
+        columns["reference_label"] = taken["reference_label"]
+    return frozen.add_images(columns, chosen["category_id"].to_numpy())
