@@ -281,3 +281,29 @@ def test_sampled_matching_captions_include_unicode_ones_and_only_matches() -> No
         "bird": [],
     }
     assert len(sample_matching_captions(captions, synonyms, per_concept=1)["cat"]) == 1
+
+
+def test_match_pairs_are_the_reference_pairs_even_when_captions_name_many_classes() -> None:
+    from rebalance.methods.counter import match_pairs
+    from rebalance.methods.frequency import CompiledSynonyms
+
+    # Ten classes; each caption names up to eight of them, more than the two pairs a caption the
+    # first pass makes room for, so chunks overflow and run again. Some captions are not ASCII.
+    rng = np.random.default_rng(3)
+    names = [f"thing{i}" for i in range(10)]
+    synonyms = {name: [name, f"{name} box"] for name in names}
+    captions = []
+    for row in range(5_000):
+        named = rng.choice(10, size=rng.integers(0, 9), replace=False)
+        words = [f"Thing{n}" if n % 3 else f"a thing{n} box" for n in named] + ["café"] * (row % 7 == 0)
+        captions.append(" and ".join(words) or "nothing here")
+    compiled = CompiledSynonyms.of(synonyms)
+    rows, classes = match_pairs(compiled.index, pa.array(captions, pa.large_string()), compiled.groups, 10)
+    expected = {
+        (row, c)
+        for row, caption in enumerate(captions)
+        for c, name in enumerate(names)
+        if name in caption.lower().split(" ")
+    }
+    assert set(zip(rows.tolist(), classes.tolist(), strict=True)) == expected
+    assert len(rows) == len(expected) and (classes < 10).all()

@@ -47,7 +47,7 @@ def batch_candidates(
     empty = CANDIDATE_SCHEMA.empty_table()
     if compiled.index is None or len(captions) == 0:
         return empty, np.zeros(num_classes, np.int64)
-    positions, groups = match_pairs(compiled.index, captions, compiled.groups)
+    positions, groups = match_pairs(compiled.index, captions, compiled.groups, num_classes)
     of_class = groups < num_classes  # the other groups are synonyms
     positions, groups = positions[of_class], groups[of_class]
     matched = np.bincount(groups, minlength=num_classes)

@@ -226,45 +226,98 @@ def _count(
     return np.flatnonzero(deferred)
 
 
-def match_pairs(index: PhraseIndex, captions: pa.Array, groups: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every (caption position, group) such that the caption mentions the group, once each."""
-    found_captions, found_groups, deferred = _pairs(index, captions, groups, normalised=False)
+def match_pairs(
+    index: PhraseIndex, captions: pa.Array, groups: int, record_below: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every (caption position, group) such that the caption mentions the group, once each;
+    only groups below ``record_below`` when given (the classes, without their synonyms' groups)."""
+    below = groups if record_below is None else record_below
+    found_captions, found_groups, deferred = _pairs(index, captions, groups, below, normalised=False)
     if len(deferred):
         texts = _normalised(captions, deferred)
-        again_captions, again_groups, _ = _pairs(index, texts, groups, normalised=True)
+        again_captions, again_groups, _ = _pairs(index, texts, groups, below, normalised=True)
         found_captions = np.concatenate([found_captions, deferred[again_captions]])
         found_groups = np.concatenate([found_groups, again_groups])
     return found_captions, found_groups
 
 
 def _pairs(
-    index: PhraseIndex, captions: pa.Array, groups: int, normalised: bool
+    index: PhraseIndex, captions: pa.Array, groups: int, record_below: int, normalised: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(caption, group) pairs of ``captions``, and the positions deferred for normalisation."""
-    data, bits, offsets = buffers = _buffers(captions)
-    # Counting once per caption first sizes the record buffers exactly.
-    counts = PhraseCounts(np.zeros(len(index.phrases), np.int64), np.zeros(groups, np.int64))
-    deferred = _count(index, buffers, counts, True, normalised)
-    pair_captions = np.empty(max(int(counts.groups.sum()), 1), dtype=np.int64)
-    pair_groups = np.empty_like(pair_captions)
-    fill = np.zeros(1, dtype=np.int64)
-    _scan_range(
-        data,
-        bits,
-        offsets,
-        0,
-        len(captions),
-        index.tables,
-        np.zeros(len(index.phrases), np.int64),
-        np.zeros(groups, np.int64),
-        True,
-        normalised,
-        np.zeros(len(captions), dtype=np.bool_),
-        pair_captions,
-        pair_groups,
-        fill,
+    """(caption, group) pairs of ``captions``, and the positions deferred for normalisation.
+
+    One parallel pass, as fast as counting: each chunk of captions records its pairs into its own
+    region of a buffer sized for two pairs a caption (int32: a batch holds under 2**31 captions). A chunk that finds more keeps counting
+    without writing, and only that chunk is scanned again, into a region of its exact size.
+    """
+    data, bits, offsets = _buffers(captions)
+    count = len(offsets) - 1
+    chunks = max(1, min(count, 8 * numba.get_num_threads()))
+    bounds = (np.arange(chunks + 1, dtype=np.int64) * count) // chunks
+    deferred = np.zeros(count, dtype=np.bool_)
+    parts = []
+    firsts, lasts = bounds[:-1], bounds[1:]
+    capacity = 2 * (lasts - firsts) + 1024
+    while len(firsts):
+        starts = np.concatenate([[0], np.cumsum(capacity)])
+        pair_captions = np.empty(int(starts[-1]), dtype=np.int32)
+        pair_groups = np.empty_like(pair_captions)
+        fills = np.zeros(len(firsts), dtype=np.int64)
+        _record(
+            data, bits, offsets, firsts, lasts, starts, index.tables, len(index.phrases), groups,
+            record_below, normalised, deferred, pair_captions, pair_groups, fills,
+        )  # fmt: skip
+        done = fills <= capacity
+        for chunk in np.flatnonzero(done):
+            region = slice(starts[chunk], starts[chunk] + fills[chunk])
+            parts.append((firsts[chunk], pair_captions[region], pair_groups[region]))
+        # Rare: the chunks that found more pairs than their region holds run again, sized exactly.
+        firsts, lasts, capacity = firsts[~done], lasts[~done], fills[~done]
+    parts.sort(key=lambda part: part[0])
+    return (
+        np.concatenate([np.zeros(0, np.int32), *(part[1] for part in parts)]).astype(np.int64),
+        np.concatenate([np.zeros(0, np.int32), *(part[2] for part in parts)]).astype(np.int64),
+        np.flatnonzero(deferred),
     )
-    return pair_captions[: fill[0]], pair_groups[: fill[0]], deferred
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _record(
+    data,
+    bits,
+    offsets,
+    firsts,
+    lasts,
+    starts,
+    tables,
+    phrases,
+    groups,
+    record_below,
+    normalised,
+    deferred,
+    pair_captions,
+    pair_groups,
+    fills,
+):  # pragma: no cover - compiled
+    for chunk in numba.prange(len(firsts)):
+        region = slice(starts[chunk], starts[chunk + 1])
+        _scan_range(
+            data,
+            bits,
+            offsets,
+            firsts[chunk],
+            lasts[chunk],
+            tables,
+            np.zeros(phrases, np.int64),
+            np.zeros(groups, np.int64),
+            True,
+            normalised,
+            deferred,
+            pair_captions[region],
+            pair_groups[region],
+            fills[chunk : chunk + 1],
+            record_below,
+        )
 
 
 def _buffers(captions: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -436,6 +489,7 @@ def _scan(
             no_pairs,
             no_pairs,
             no_pairs,
+            0,
         )
     phrase_counts += phrase_rows.sum(axis=0)
     group_counts += group_rows.sum(axis=0)
@@ -462,6 +516,7 @@ def _scan_range(
     pair_captions,
     pair_groups,
     pair_fill,
+    record_below,
 ):  # pragma: no cover - compiled
     (
         vocabulary_size,
@@ -481,6 +536,8 @@ def _scan_range(
     ) = tables
     phrases = len(phrase_counts)
     recording = len(pair_captions) > 0
+    # A local count, stored once at the end: threads' fills share a cache line.
+    fill = pair_fill[0] if recording else 0
     # One record per phrase (last caption, count, group, padding to 32 bytes) and per group (last
     # caption, count), so that marking one touches one cache line.
     phrase_state = np.zeros((phrases, 4), dtype=np.int64)
@@ -550,10 +607,14 @@ def _scan_range(
                     new = group_state[group, _LAST] != caption
                     group_state[group, _COUNT] += new | every
                     group_state[group, _LAST] = caption
-                    if recording and new:
-                        pair_captions[pair_fill[0]] = caption
-                        pair_groups[pair_fill[0]] = group
-                        pair_fill[0] += 1
+                    if recording and new and group < record_below:
+                        # Past the buffer, only the count goes on: the caller reruns with room.
+                        if fill < len(pair_captions):
+                            pair_captions[fill] = caption
+                            pair_groups[fill] = group
+                        fill += 1
         start = stop
+    if recording:
+        pair_fill[0] = fill
     phrase_counts += phrase_state[:, _COUNT]
     group_counts += group_state[:, _COUNT]

@@ -219,7 +219,7 @@ def sample_matching_captions(
         return {c: [] for c in classes}
     seen = 0
     for batch in _batches(captions, batch_size):
-        positions, found = match_pairs(compiled.index, batch, compiled.groups)
+        positions, found = match_pairs(compiled.index, batch, compiled.groups, len(classes))
         of_class = found < len(classes)  # the other groups are synonyms
         positions, found = positions[of_class], found[of_class]
         keys = _sample_keys(seed, positions + seen)
