@@ -17,7 +17,7 @@ with all the branches ran at half the speed.
    walk a token trie whose edges sit in a second cuckoo table. A "last caption seen" mark per
    phrase and per group counts each at most once per caption without a branch.
 
-Captions with non-ASCII bytes are normalised in Python first (NFKC, case-folding) and counted in a
+Captions with non-ASCII bytes are normalised in Python first (NFKC, case-folding, diacritics removed) and counted in a
 second, small pass over text that is already in normal form.
 
 A token longer than 8 bytes is keyed by a 64-bit hash, which could in principle equal another
@@ -189,7 +189,7 @@ def count_batch(index: PhraseIndex, captions: pa.Array, counts: PhraseCounts, *,
     if len(captions) == 0:
         return
     # The compiled loop defers captions with non-ASCII bytes instead of counting them; they are
-    # normalised here (NFKC, case-folding) and counted in a second, small pass.
+    # normalised here (NFKC, case-folding, diacritics removed) and counted in a second, small pass.
     deferred = _count(index, _buffers(captions), counts, per_caption, normalised=False)
     if len(deferred):
         _count(index, _buffers(_normalised(captions, deferred)), counts, per_caption, normalised=True)

@@ -4,7 +4,7 @@
     >>> from rebalance.methods.frequency import count_concepts
     >>> count_concepts(["two dogs and a cat", "a puppy"], {"dog": ["dog", "puppy"], "cat": ["cat"]})
 
-Matching is on normalised tokens (see ``rebalance.domain.text``): case, Unicode form and
+Matching is on normalised tokens (see ``rebalance.domain.text``): case, Unicode form, diacritics and
 punctuation do not matter, a synonym only matches whole words, and captions are matched as
 written. A synonym matches its own written forms (``rebalance.methods.inflection``): itself and the
 plurals of its head noun ("mouse": "mouse", "mice"), and a plural-only synonym ("shorts") only
