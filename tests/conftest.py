@@ -14,6 +14,20 @@ from rebalance.core.runner import RunResult
 from tests.helpers import TINY, tree_digest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _forms_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Synonym forms are cached per session (and in the CLI processes tests start), not in ~/.cache."""
+    import os
+
+    previous = os.environ.get("REBALANCE_FORMS_CACHE")
+    os.environ["REBALANCE_FORMS_CACHE"] = str(tmp_path_factory.mktemp("forms"))
+    yield
+    if previous is None:
+        del os.environ["REBALANCE_FORMS_CACHE"]
+    else:
+        os.environ["REBALANCE_FORMS_CACHE"] = previous
+
+
 @pytest.fixture
 def run_dirs(tmp_path: Path) -> list[str]:
     """Overrides that keep a run's cache and outputs inside the test's temp folder."""

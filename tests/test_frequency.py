@@ -322,3 +322,29 @@ def test_diacritics_fold_as_in_fts5_so_accented_and_plain_spellings_match_each_o
     assert tokens("Crème BRÛLÉE ｆｕｌｌ") == ["creme", "brulee", "full"]
     # Letters that are not a base letter plus a mark stay as they are.
     assert tokens("Øresund straße") == ["øresund", "strasse"]
+
+
+def test_written_forms_are_kept_on_disk_so_a_second_process_never_imports_inflect(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from rebalance.methods.frequency import count_concepts; "
+        "table = count_concepts(['two mice', 'a mouse', 'sheep'], {'mouse': ['mouse'], 'sheep': ['sheep']}); "
+        "print(table['count'].tolist(), 'inflect' in sys.modules, 'lemminflect' in sys.modules)"
+    )
+    env = {**os.environ, "REBALANCE_FORMS_CACHE": str(tmp_path / "forms")}
+
+    def run() -> str:
+        return subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+        ).stdout
+
+    assert run().split() == ["[2,", "1]", "True", "True"]  # the first process expands and stores
+    [stored] = (tmp_path / "forms").glob("*.json")
+    assert json.loads(stored.read_text()) == {"mouse": ["mouse", "mice"], "sheep": ["sheep"]}
+    assert run().split() == ["[2,", "1]", "False", "False"]  # the next one reads them
+    stored.write_text("{not json")  # a damaged cache is recomputed and rewritten
+    assert run().split() == ["[2,", "1]", "True", "True"]
+    assert json.loads(stored.read_text())["mouse"] == ["mouse", "mice"]

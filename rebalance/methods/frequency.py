@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from rebalance.errors import DataError
 from rebalance.methods.counter import PhraseCounts, PhraseIndex, count_batch, match_pairs
-from rebalance.methods.inflection import surface_forms
+from rebalance.methods.inflection import written_forms
 
 
 def _batches(
@@ -88,7 +88,7 @@ class CompiledSynonyms:
     @classmethod
     def build(cls, synonyms: Mapping[str, Sequence[str]]) -> CompiledSynonyms:
         classes = list(synonyms)
-        forms = {s: surface_forms(s) for listed in synonyms.values() for s in listed}
+        forms = written_forms(s for listed in synonyms.values() for s in listed)
         own = list(dict.fromkeys(written[0] for written in forms.values() if written))
         synonym_group = {synonym: len(classes) + n for n, synonym in enumerate(own)}
         groups: dict[str, list[int]] = {}

@@ -23,7 +23,7 @@ from rebalance.domain.artifacts import (
 from rebalance.domain.text import readable
 from rebalance.errors import DataError, did_you_mean
 from rebalance.io.wordnet import Synset, WordNet
-from rebalance.methods.inflection import surface_forms
+from rebalance.methods.inflection import written_forms
 
 
 @step("mine_synonyms", role="describes")
@@ -65,7 +65,7 @@ def mine_synonyms(
             )
     lexicon = WordNet.load(wordnet) if wordnet is not None else None
     categories = dataset.categories.to_pylist()
-    rows = []
+    listed = []
     for category, name in zip(categories, names, strict=True):
         senses = _wordnet_senses(lexicon, category, name, wordnet_senses)
         definition = category["definition"] or (senses[0].definition if senses else None)
@@ -75,9 +75,13 @@ def mine_synonyms(
             + [lemma for sense in senses for lemma in sense.lemmas]
             + extra.get(name, [])
         )
+        listed.append((category, name, definition, candidates))
+    forms_of = written_forms(phrase for *_, candidates in listed for phrase in candidates)
+    rows = []
+    for category, name, definition, candidates in listed:
         covered, kept = set(), []
         for phrase in candidates:
-            forms = surface_forms(phrase)
+            forms = forms_of[phrase]
             if forms and forms[0] not in covered:
                 covered.update(forms)
                 kept.append(phrase)
