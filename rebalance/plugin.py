@@ -15,7 +15,10 @@ These names are the stable surface; the modules behind them may move between rel
 from rebalance.core.artifact import Artifact, ShardableArtifact, TableArtifact
 from rebalance.core.registry import InputPath, ModelRef, step
 from rebalance.domain.artifacts import (
+    CaptionCandidates,
     CaptionCorpus,
+    CaptionPool,
+    CaptionRetrieval,
     ClassStats,
     CocoExport,
     ConceptCounts,
@@ -34,7 +37,10 @@ from rebalance.errors import ConfigError, DataError, RebalanceError
 
 __all__ = [
     "Artifact",
+    "CaptionCandidates",
     "CaptionCorpus",
+    "CaptionPool",
+    "CaptionRetrieval",
     "ClassStats",
     "CocoExport",
     "ConceptCounts",

@@ -9,8 +9,11 @@ column at a time, and vectors are memory-mapped and read only for the rows asked
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +22,9 @@ import pyarrow.parquet as pq
 from rebalance.errors import DataError
 from rebalance.io.embedding_folders import embedding_shards
 from rebalance.io.memmaps import release_mapped_pages
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 PIECE_SCHEMA = pa.schema(
     [
@@ -126,3 +132,21 @@ def read_vectors(npy: str, rows: np.ndarray) -> np.ndarray:
             "re-export the embeddings"
         )
     return block
+
+
+def read_ahead(items: Iterable[T], read: Callable[[T], R], depth: int = 2) -> Iterator[tuple[T, R]]:
+    """``(item, read(item))`` in order, with up to ``depth`` reads running ahead in threads.
+
+    Parquet decodes a row group's column on one thread and releases the GIL, as the matcher does:
+    reading the next row groups while this one is matched keeps every core busy.
+    """
+    with ThreadPoolExecutor(max_workers=depth) as threads:
+        pending: deque = deque()
+        for item in items:
+            pending.append((item, threads.submit(read, item)))
+            if len(pending) > depth:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()

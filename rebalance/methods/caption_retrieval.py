@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-from rebalance.domain.artifacts.captions import CANDIDATE_SCHEMA, bottom_k
+from rebalance.domain.artifacts.captions import CANDIDATE_SCHEMA, kth_smallest_keys
 from rebalance.domain.text import normalize
 from rebalance.methods.counter import match_pairs
 from rebalance.methods.frequency import CompiledSynonyms, _sample_keys
@@ -34,45 +34,55 @@ def batch_candidates(
     captions: pa.Array,
     file: str,
     first_row: int,
-    wanted: np.ndarray,
+    below: np.ndarray,
     seed: int,
-    k: int,
 ) -> tuple[pa.Table, np.ndarray]:
-    """The bottom-``k`` candidates per wanted class in one batch of captions, and per class how
-    many captions of the batch named it (every class, wanted or not).
+    """The candidates in one batch of captions whose sample key is below their class's ``below``
+    (0 for a class that is not wanted; the k-th smallest key so far for a class whose sample is
+    full, so that a head class's millions of matches are never copied), and per class how many
+    captions of the batch named it (every class, wanted or not).
 
-    ``first_row`` is the batch's first row within ``file``; ``wanted`` a mask over the classes.
+    ``first_row`` is the batch's first row within ``file``.
     """
     num_classes = len(compiled.classes)
     empty = CANDIDATE_SCHEMA.empty_table()
     if compiled.index is None or len(captions) == 0:
         return empty, np.zeros(num_classes, np.int64)
     positions, groups = match_pairs(compiled.index, captions, compiled.groups, num_classes)
-    of_class = groups < num_classes  # the other groups are synonyms
-    positions, groups = positions[of_class], groups[of_class]
     matched = np.bincount(groups, minlength=num_classes)
     named = np.bincount(positions, minlength=len(captions))
-    keep = wanted[groups]
-    positions, groups = positions[keep], groups[keep]
+    wanted = below[groups] > 0
+    positions, groups = positions[wanted], groups[wanted]
+    keys = sample_keys(seed, file, positions + first_row)
+    keep = keys <= below[groups]
+    positions, groups, keys = positions[keep], groups[keep], keys[keep]
     if not len(positions):
         return empty, matched
-    rows = positions + first_row
+    texts = captions.take(pa.array(positions, pa.int64())).cast(pa.large_string())
+    files = pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(positions), np.int32)), pa.array([file]))
     table = pa.table(
-        {
-            "class_index": pa.array(groups, pa.int32()),
-            "sample_key": pa.array(sample_keys(seed, file, rows), pa.uint64()),
-            "file": pa.array(np.full(len(rows), file, dtype=object), pa.string()),
-            "row": pa.array(rows, pa.int64()),
-            "caption": pa.nulls(len(rows), pa.large_string()),
-            "classes_named": pa.array(named[positions], pa.int32()),
-        },
+        [
+            pa.array(groups, pa.int32()),
+            pa.array(keys, pa.uint64()),
+            files,
+            pa.array(positions + first_row, pa.int64()),
+            texts,
+            pa.array(named[positions], pa.int32()),
+        ],
         schema=CANDIDATE_SCHEMA,
     )
-    sampled = bottom_k(table, k)
-    # Caption text only for the sampled rows: a head class may match millions of captions.
-    local = sampled["row"].to_numpy() - first_row
-    texts = captions.take(pa.array(local, pa.int64())).cast(pa.large_string())
-    return sampled.set_column(sampled.schema.get_field_index("caption"), "caption", texts), matched
+    return table, matched
+
+
+def sample_thresholds(table: pa.Table, wanted: np.ndarray, k: int) -> np.ndarray:
+    """Per class, the key a new candidate must not exceed to enter its bottom-``k`` sample: the
+    k-th smallest key held (no limit while fewer are held), 0 for a class that is not wanted."""
+    if table.num_rows == 0:
+        limit = np.full(len(wanted), np.iinfo(np.uint64).max, dtype=np.uint64)
+    else:
+        classes, keys = table["class_index"].to_numpy(), table["sample_key"].to_numpy()
+        limit = kth_smallest_keys(classes, keys, k, len(wanted))
+    return np.where(wanted, limit, 0).astype(np.uint64)
 
 
 def matched_form(caption: str, forms: list[str]) -> str | None:

@@ -22,6 +22,7 @@ from rebalance.domain.artifacts.captions import (
     CaptionPool,
     CaptionRetrieval,
     bottom_k,
+    file_codes,
 )
 from rebalance.domain.classes import Target, balance_quotas, freeze_buckets
 from rebalance.domain.prompts import DEFAULT_TEMPLATES, class_prompt_names
@@ -30,10 +31,17 @@ from rebalance.io.caption_pool import (
     PIECE_SCHEMA,
     iter_piece_captions,
     metadata_pieces,
+    read_ahead,
     read_rows,
     read_vectors,
 )
-from rebalance.methods.caption_retrieval import MultiClass, batch_candidates, choose, matched_form
+from rebalance.methods.caption_retrieval import (
+    MultiClass,
+    batch_candidates,
+    choose,
+    matched_form,
+    sample_thresholds,
+)
 from rebalance.methods.frequency import CompiledSynonyms
 from rebalance.models.encoders import MINILM, EncoderSpec, load_encoder, text_queries
 
@@ -148,18 +156,31 @@ def caption_candidates(
     k = max_candidates or 20 * per_class
     compiled = CompiledSynonyms.of(dict(zip(names, synonyms.table["synonyms"].to_pylist(), strict=True)))
     wanted = quotas > 0
-    sampled, matched, read = [CANDIDATE_SCHEMA.empty_table()], np.zeros(len(names), np.int64), 0
-    for piece in captions.pieces.to_pylist():
+    kept, matched, read = CANDIDATE_SCHEMA.empty_table(), np.zeros(len(names), np.int64), 0
+    below, pending, pending_rows = sample_thresholds(kept, wanted, k), [], 0
+    # Held rows stay within about twice the samples' size: k a wanted class.
+    merge_rows = k * max(int(wanted.sum()), 1) // 4
+    pieces = read_ahead(
+        captions.pieces.to_pylist(), lambda piece: list(_piece_captions(captions, piece, batch_rows))
+    )
+    for piece, batches in pieces:
         first = piece["first_row"]
-        for batch in _piece_captions(captions, piece, batch_rows):
-            found, counts = batch_candidates(compiled, batch, piece["file"], first, wanted, seed, k)
-            sampled.append(found)
+        for batch in batches:
+            found, counts = batch_candidates(compiled, batch, piece["file"], first, below, seed)
+            pending.append(found)
+            pending_rows += found.num_rows
             matched += counts
             first += len(batch)
             read += len(batch)
-        if sum(part.num_rows for part in sampled) > 4 * k * max(int(wanted.sum()), 1):
-            sampled = [bottom_k(pa.concat_tables(sampled), k)]  # bounded memory on long shards
-    table = bottom_k(pa.concat_tables(sampled), k)
+            if pending_rows > max(kept.num_rows, merge_rows):
+                # New thresholds keep later batches' rows out; rows already held above them are
+                # dropped only once they are a quarter of what is held (a copy of the text).
+                kept = pa.concat_tables([kept, *pending])
+                below, pending, pending_rows = sample_thresholds(kept, wanted, k), [], 0
+                surplus = kept["sample_key"].to_numpy() > below[kept["class_index"].to_numpy()]
+                if surplus.sum() * 4 > kept.num_rows:
+                    kept = kept.filter(pa.array(~surplus))
+    table = bottom_k(pa.concat_tables([kept, *pending]), k)
     summary = {
         "matched": matched.tolist(),
         "quota": quotas.tolist(),
@@ -258,7 +279,7 @@ def rank_captions(
             "t2i": _floats(None if t2i is None else t2i[choice.rows], len(choice.rows)),
             "rank": pa.array(choice.ranks, pa.int64()),
             "classes_named": kept["classes_named"],
-            "file": kept["file"],
+            "file": kept["file"].cast(pa.string()),
             "row": kept["row"],
         }
     )
@@ -291,11 +312,13 @@ def _t2i(
     vector_file = dict(
         zip(captions.pieces["file"].to_pylist(), captions.pieces["vectors"].to_pylist(), strict=True)
     )
-    files = table["file"].to_numpy(zero_copy_only=False)
+    codes, files = file_codes(table)
     rows = table["row"].to_numpy()
-    scores = np.empty(len(files), np.float64)
-    for file in np.unique(files):
-        here = np.nonzero(files == file)[0]
+    scores = np.empty(len(codes), np.float64)
+    for code, file in enumerate(files):
+        here = np.nonzero(codes == code)[0]
+        if not len(here):
+            continue
         vectors = read_vectors(vector_file[file], rows[here])
         if vectors.shape[1] != prompts.shape[1]:
             raise DataError(
@@ -309,8 +332,7 @@ def _t2i(
 
 def _item_ids(table: pa.Table) -> np.ndarray:
     """One integer per pool row (file, row), for telling which candidacies share a row."""
-    files = pc.dictionary_encode(table["file"]).combine_chunks().indices.to_numpy().astype(np.int64)
-    return files * (1 << 40) + table["row"].to_numpy()
+    return file_codes(table)[0] * (1 << 40) + table["row"].to_numpy()
 
 
 def _keys_and_urls(pool: CaptionPool, kept: pa.Table) -> dict[str, pa.Array]:
@@ -318,10 +340,12 @@ def _keys_and_urls(pool: CaptionPool, kept: pa.Table) -> dict[str, pa.Array]:
     key_column, url_column = pool.columns["key"], pool.columns["url"]
     keys = np.empty(kept.num_rows, dtype=object)
     urls = np.empty(kept.num_rows, dtype=object)
-    files = kept["file"].to_numpy(zero_copy_only=False)
+    codes, files = file_codes(kept)
     rows = kept["row"].to_numpy()
-    for file in np.unique(files):
-        here = np.nonzero(files == file)[0]
+    for code, file in enumerate(files):
+        here = np.nonzero(codes == code)[0]
+        if not len(here):
+            continue
         if file == OWN_TABLE:
             found = pool.table.select(["key", "url"]).take(pa.array(rows[here], pa.int64()))
             keys[here], urls[here] = found["key"].to_pylist(), found["url"].to_pylist()

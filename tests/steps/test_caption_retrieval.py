@@ -69,6 +69,7 @@ def test_real_captions_are_retrieved_ranked_and_exported_with_their_scores(tmp_p
     )
     with_t2t, filled = precision(ranked.output_dir)
     without, _ = precision(unranked.output_dir)
+    print(f"caption retrieval precision: T2T-ranked {with_t2t:.3f}, a random sample {without:.3f}")
     # Quotas: the median of the class counts (17) minus each class's count, for the three tail classes.
     assert filled == {"tiger": 15, "bee": 14, "mushroom": 13}
     # Sentences naming "tiger" describe tiger sharks, tiger cats and tiger beetles as often as tigers:
@@ -202,6 +203,7 @@ def stand_in_image_vectors(sentences: pa.Table) -> np.ndarray:
     return by_name[[names.index(label) for label in labels]]
 
 
+@pytest.mark.slow
 def test_a_metadata_pool_is_filtered_by_t2i_downloaded_and_joined_back_by_key(tmp_path: Path) -> None:
     sentences = pool_sentences()
     vectors = stand_in_image_vectors(sentences)
@@ -277,3 +279,77 @@ def test_the_cache_references_the_vectors_and_a_changed_vector_file_reruns_its_r
     t2i = CaptionRetrieval.read(tmp_path / "out" / "chosen").chosen["t2i"].to_pylist()
     assert t2i and all(value is not None for value in t2i)
     json.loads((tmp_path / "out" / "chosen" / "summary.json").read_text())
+
+
+def test_streamed_sampling_equals_the_bottom_k_of_every_match_whatever_the_batches(tmp_path: Path) -> None:
+    from rebalance.domain.artifacts import Synonyms
+    from rebalance.steps.caption_retrieval import caption_candidates, caption_pool
+
+    sentences = pool_sentences()
+    root = write_laion_layout(tmp_path / "laion", sentences, np.zeros((sentences.num_rows, 4)))
+    names = ["tiger", "bee", "mushroom", "snail", "balloon", "pelican"]
+    dataset = LabeledDataset.classification(["a.png", "b.png"], [0, 5], names)
+    synonyms = Synonyms(
+        pa.table(
+            {
+                "category_id": range(6),
+                "concept": names,
+                "synonyms": [[n] for n in names],
+                "definition": [None] * 6,
+            }
+        )
+    )
+    pool = caption_pool(root=root)
+    everything = caption_candidates(pool, dataset, synonyms, target=10, per_class=10, max_candidates=10**9)
+    # Every class but the two with an image wants some (target 10): class 0 and 5 want 9, the rest 10.
+    assert everything.summary["quota"] == [9, 10, 10, 10, 10, 9]
+    assert np.bincount(everything.table["class_index"].to_numpy()).tolist() == everything.summary["matched"]
+    for batch_rows in (37, 1000, 10**6):
+        sampled = caption_candidates(
+            pool, dataset, synonyms, target=10, per_class=10, max_candidates=5, batch_rows=batch_rows
+        )
+        expected = bottom_k(everything.table, 5)
+        assert sampled.table.select(["class_index", "sample_key", "row", "caption"]).equals(
+            expected.select(["class_index", "sample_key", "row", "caption"])
+        ), batch_rows
+        assert sampled.summary["matched"] == everything.summary["matched"]
+
+
+@pytest.mark.slow
+def test_the_laion_pipelines_fill_the_tail_download_and_join_back(tmp_path: Path) -> None:
+    from tests.helpers import REPO
+
+    sentences = pool_sentences()
+    root = write_laion_layout(tmp_path / "laion", sentences, stand_in_image_vectors(sentences))
+    train = write_train_folder(tmp_path / "train")
+    # The shipped files as a user runs them, with this machine's data and offline models.
+    overrides = [
+        "executor.kind=local",
+        f"cache_dir={tmp_path / 'cache'}",
+        f"output_dir={tmp_path / 'out'}",
+        f"steps.train.root={train}",
+        f"steps.laion.root={root}",
+        "steps.laion.encoder=sentence:all-MiniLM-L6-v2",
+        f"steps.corpus.captions={root / 'metadata'}",
+        "steps.candidates.per_class=15",
+        "steps.candidates.max_candidates=300",
+        "steps.chosen.encoder=sentence",
+        "steps.chosen.model=all-MiniLM-L6-v2",
+        "steps.chosen.pretrained=null",
+        "steps.chosen.min_t2i=0.85",  # the stand-in scale; prompts name "bees" here (top synonym)
+        "steps.chosen.device=cpu",
+    ]
+    api.run(REPO / "pipelines" / "laion_captions.yaml", overrides)
+    download = pq.read_table(tmp_path / "out" / "chosen" / "img2dataset.parquet")
+    assert download.num_rows == 15 + 14 + 13
+    fetched = download.append_column("key", pa.array([f"{i:09d}" for i in range(download.num_rows)]))
+    write_webdataset(tmp_path / "downloads", fetched.select(["key", "caption", "label", "retrieval_key"]))
+    joined = api.run(
+        REPO / "pipelines" / "laion_captions_join.yaml",
+        [*overrides, f"steps.downloads.root={tmp_path / 'downloads'}"],
+    )
+    assert {s["id"]: s["cache"] for s in joined.manifest["steps"]}["chosen"] == "hit"
+    exported = datasets.load_from_disk(str(tmp_path / "out" / "export"))["train"]
+    assert sum(row["source"] == "retrieved" for row in exported) == download.num_rows
+    card = (tmp_path / "out" / "export" / "README.md").read_text()
+    assert "### Caption retrieval per class" in card and "| tiger | " in card

@@ -4,7 +4,8 @@ Every type implements the runtime's small protocol (``rebalance.core.artifact``:
 / ``num_rows``, plus ``shard`` / ``concat`` when a shardable step may consume it). The runner wraps
 ``write`` in an atomic temp → fsync → rename, so an artifact folder on disk is always complete. One
 module per kind: ``dataset`` (the labelled dataset's three tables), ``vectors`` (embeddings and
-FAISS indexes), ``tables`` (frequency, synonyms, statistics) and ``outputs`` (exports, reports);
+FAISS indexes), ``tables`` (frequency, synonyms, statistics), ``captions`` (retrieval by caption)
+and ``outputs`` (exports, reports);
 every type, and the protocol itself, is importable from here.
 """
 
@@ -17,6 +18,7 @@ from rebalance.core.artifact import (
     write_parquet,
 )
 from rebalance.core.markdown import markdown_table, markdown_text
+from rebalance.domain.artifacts.captions import CaptionCandidates, CaptionPool, CaptionRetrieval
 from rebalance.domain.artifacts.dataset import (
     ANNOTATIONS_SCHEMA,
     CATEGORIES_SCHEMA,
@@ -42,7 +44,10 @@ __all__ = [
     "IMAGES_SCHEMA",
     "REMOVED_SCHEMA",
     "Artifact",
+    "CaptionCandidates",
     "CaptionCorpus",
+    "CaptionPool",
+    "CaptionRetrieval",
     "CocoExport",
     "ClassStats",
     "ConceptCounts",

@@ -75,7 +75,7 @@ CANDIDATE_SCHEMA = pa.schema(
     [
         ("class_index", pa.int32()),
         ("sample_key", pa.uint64()),
-        ("file", pa.string()),
+        ("file", pa.dictionary(pa.int32(), pa.string())),  # one copy of each file's name
         ("row", pa.int64()),
         ("caption", pa.large_string()),
         ("classes_named", pa.int32()),
@@ -83,21 +83,44 @@ CANDIDATE_SCHEMA = pa.schema(
 )
 
 
+def kth_smallest_keys(classes: np.ndarray, keys: np.ndarray, k: int, num_classes: int) -> np.ndarray:
+    """Per class, its ``k``-th smallest key, or the largest possible key when it has fewer than
+    ``k`` rows; only the keys of classes with more than ``k`` rows are sorted."""
+    counts = np.bincount(classes, minlength=num_classes)
+    limit = np.full(num_classes, np.iinfo(np.uint64).max, dtype=np.uint64)
+    full = np.flatnonzero(counts >= k)
+    if len(full):
+        crowded = np.flatnonzero((counts >= k)[classes])
+        order = crowded[np.lexsort((keys[crowded], classes[crowded]))]
+        first = np.searchsorted(classes[order], full)
+        limit[full] = keys[order[first + k - 1]]
+    return limit
+
+
 def bottom_k(table: pa.Table, k: int) -> pa.Table:
-    """Per class, the ``k`` rows with the smallest ``sample_key``, ordered by (class, key).
+    """Per class, the ``k`` rows with the smallest ``sample_key``, in the order they came.
 
     A seeded uniform sample that merges exactly: the bottom k of a union is the bottom k of the
-    parts' bottom k, so shards sample independently and agree with one pass over everything.
+    parts' bottom k, so shards sample independently and agree with one pass over everything; and
+    since rows keep their order (the pool's), so does the table. (Two rows of a class tying on
+    the k-th 64-bit key both stay.)
     """
     if table.num_rows == 0:
         return table
     classes = table["class_index"].to_numpy()
+    if np.bincount(classes).max() <= k:
+        return table
     keys = table["sample_key"].to_numpy()
-    # Ties on the key (a caption named twice) break by file and row, so the order is total.
-    order = np.lexsort((table["row"].to_numpy(), keys, classes))
-    ranked = classes[order]
-    first = np.searchsorted(ranked, ranked, side="left")
-    return table.take(pa.array(order[np.arange(len(order)) - first < k]))
+    limit = kth_smallest_keys(classes, keys, k, int(classes.max()) + 1)
+    return table.filter(pa.array(keys <= limit[classes]))
+
+
+def file_codes(table: pa.Table) -> tuple[np.ndarray, list[str]]:
+    """Each row's ``file`` as a number, and the file each number names."""
+    files = table["file"].combine_chunks()
+    if not pa.types.is_dictionary(files.type):
+        files = files.dictionary_encode()
+    return files.indices.to_numpy(zero_copy_only=False).astype(np.int64), files.dictionary.to_pylist()
 
 
 class CaptionCandidates(TableArtifact):
