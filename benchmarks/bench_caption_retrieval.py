@@ -241,7 +241,7 @@ def main() -> None:
         f"rebalance candidates: {ours['seconds']:.1f} s (after {ours['import_seconds']:.1f} s of imports), "
         f"peak RSS {ours['peak_gb']:.2f} GB"
     )
-    fts5_seconds, identical, ratio = float("nan"), len(names), float("nan")
+    fts5_seconds, ratio, agreed = float("nan"), float("nan"), "not compared"
     if not args.skip_fts5:
         fts5 = run_part(
             FTS5, str(pool), str(work / "forms.json"), str(work / "fts5.npz"), str(work / "fts5.db")
@@ -272,7 +272,8 @@ def main() -> None:
             for label, rows in (("only rebalance", only_ours), ("only FTS5", only_fts5)):
                 for row in rows[:3]:
                     print(f"    {label}: {caption_at(pool, int(row))!r}")
-        print(f"compared: {identical}/{len(names)} classes agree ({sampled} of them sampled by rebalance)")
+        agreed = f"{identical}/{len(names)}"
+        print(f"compared: {agreed} classes agree ({sampled} of them sampled by rebalance)")
     end = run_part(
         END_TO_END, str(pool), str(work / "synonyms.json"), str(args.per_class), str(args.max_candidates)
     )
@@ -283,7 +284,7 @@ def main() -> None:
     )
     print(
         f"caption match: {ours['captions']:,} captions, rebalance {ours['seconds']:.1f} s, sqlite FTS5 "
-        f"{fts5_seconds:.1f} s, ratio {ratio:.1f}, identical classes {identical}/{len(names)}, peak RSS "
+        f"{fts5_seconds:.1f} s, ratio {ratio:.1f}, identical classes {agreed}, peak RSS "
         f"{ours['peak_gb']:.2f} GB; end to end {end['seconds']:.1f} s"
     )
     if not args.pool:

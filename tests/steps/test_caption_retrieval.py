@@ -17,6 +17,7 @@ from rebalance.domain.artifacts import LabeledDataset
 from rebalance.domain.artifacts.captions import CaptionCandidates, CaptionRetrieval, bottom_k
 from rebalance.methods.caption_retrieval import choose, matched_form, sample_keys
 from tests.steps.caption_pool_fixture import (
+    CLASSES,
     pool_sentences,
     write_laion_layout,
     write_reference_labels,
@@ -353,3 +354,51 @@ def test_the_laion_pipelines_fill_the_tail_download_and_join_back(tmp_path: Path
     assert sum(row["source"] == "retrieved" for row in exported) == download.num_rows
     card = (tmp_path / "out" / "export" / "README.md").read_text()
     assert "### Caption retrieval per class" in card and "| tiger | " in card
+
+
+@pytest.mark.slow
+def test_caption_retrieval_fills_only_what_embedding_retrieval_left_and_never_adds_an_image_twice(
+    tmp_path: Path,
+) -> None:
+    pipeline = webdataset_pipeline(tmp_path)
+    text = pipeline.read_text().replace(
+        "  export: {step: export_hf, inputs: {dataset: retrieved, original: train}, embed_images: false}\n",
+        "",
+    )
+    # Embedding retrieval first (pixels here: the pool's images are noise, so what it finds is
+    # arbitrary but real), then retrieval by caption fills what is left of each quota.
+    text = text.replace(
+        "  synonyms:",
+        "  embedded: {step: embed_pixels_pca, inputs: {dataset: train}, dim: 8}\n"
+        "  pool_embedded: {step: embed_pixels_pca, inputs: {dataset: pool, fit: train}, dim: 8}\n"
+        "  index: {step: build_index, inputs: {embeddings: pool_embedded}}\n"
+        "  by_image: {step: retrieve, inputs: {dataset: train, pool: pool, index: index, embeddings: embedded},"
+        " target: median, max_per_class: 5, min_precision: null}\n"
+        "  synonyms:",
+    )
+    text = text.replace(
+        "dataset: train, synonyms: synonyms}, per_class", "dataset: by_image, synonyms: synonyms}, per_class"
+    )
+    text = text.replace(
+        "candidates: candidates, captions: pool_captions, dataset: train,",
+        "candidates: candidates, captions: pool_captions, dataset: by_image,",
+    )
+    text = text.replace(
+        "{dataset: train, retrieval: chosen, pool: pool}",
+        "{dataset: by_image, retrieval: chosen, pool: pool}",
+    )
+    pipeline.write_text(text)
+    api.run(pipeline, [f"output_dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}"])
+    dataset = LabeledDataset.read(tmp_path / "out" / "retrieved")
+    images = dataset.images
+    by_caption = pa.compute.is_valid(images["matched_form"])
+    added = images.filter(pa.compute.equal(images["source"], "retrieved"))
+    assert added.num_rows > by_caption.to_numpy(zero_copy_only=False).sum() > 0  # both kinds added
+    # No pool image twice, and every class at most at the median (17) the quotas aim for.
+    assert len(set(added["pool_file_name"].to_pylist())) == added.num_rows
+    names = dataset.class_names()
+    counts = np.bincount(dataset.annotations["category_id"].to_numpy(), minlength=len(names))
+    assert dict(zip(names, counts.tolist(), strict=True)) == {
+        name: max(count, 17) if name in ("tiger", "bee", "mushroom") else count
+        for name, count in CLASSES.items()
+    }
