@@ -322,10 +322,13 @@ def _record(
 
 def _buffers(captions: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The caption bytes (at least 8), their word bits, and offsets into them from 0."""
-    captions = captions.cast(pa.large_string())
+    # The text is read where Arrow holds it: only the offsets of a `string` array (32-bit) are widened.
+    if not pa.types.is_string(captions.type):
+        captions = captions.cast(pa.large_string())
+    width = np.dtype(np.int32 if pa.types.is_string(captions.type) else np.int64)
     offsets = np.frombuffer(
-        captions.buffers()[1], dtype=np.int64, count=len(captions) + 1, offset=captions.offset * 8
-    )
+        captions.buffers()[1], dtype=width, count=len(captions) + 1, offset=captions.offset * width.itemsize
+    ).astype(np.int64)
     start, stop = int(offsets[0]), int(offsets[-1])
     buffer = captions.buffers()[2]
     data = np.frombuffer(buffer, dtype=np.uint8)[start:stop] if buffer is not None else np.zeros(0, np.uint8)

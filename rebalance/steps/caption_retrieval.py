@@ -23,6 +23,7 @@ from rebalance.domain.artifacts.captions import (
     CaptionRetrieval,
     bottom_k,
     file_codes,
+    filter_rows,
 )
 from rebalance.domain.classes import Target, balance_quotas, freeze_buckets
 from rebalance.domain.prompts import DEFAULT_TEMPLATES, class_prompt_names
@@ -174,12 +175,12 @@ def caption_candidates(
             read += len(batch)
             if pending_rows > max(kept.num_rows, merge_rows):
                 # New thresholds keep later batches' rows out; rows already held above them are
-                # dropped only once they are a quarter of what is held (a copy of the text).
+                # dropped once they are a quarter of what is held (dropping copies the text).
                 kept = pa.concat_tables([kept, *pending])
                 below, pending, pending_rows = sample_thresholds(kept, wanted, k), [], 0
                 surplus = kept["sample_key"].to_numpy() > below[kept["class_index"].to_numpy()]
                 if surplus.sum() * 4 > kept.num_rows:
-                    kept = kept.filter(pa.array(~surplus))
+                    kept = filter_rows(kept, ~surplus)
     table = bottom_k(pa.concat_tables([kept, *pending]), k)
     summary = {
         "matched": matched.tolist(),

@@ -112,7 +112,18 @@ def bottom_k(table: pa.Table, k: int) -> pa.Table:
         return table
     keys = table["sample_key"].to_numpy()
     limit = kth_smallest_keys(classes, keys, k, int(classes.max()) + 1)
-    return table.filter(pa.array(keys <= limit[classes]))
+    return filter_rows(table, keys <= limit[classes])
+
+
+def filter_rows(table: pa.Table, keep: np.ndarray) -> pa.Table:
+    """``table.filter(keep)``, but a chunk that keeps every row is passed on as it is: a sample's
+    later batches rarely hold a row to drop, and copying them would copy their text."""
+    parts, start = [], 0
+    for batch in table.to_batches():
+        mask = keep[start : start + batch.num_rows]
+        start += batch.num_rows
+        parts.append(batch if mask.all() else batch.filter(pa.array(mask)))
+    return pa.Table.from_batches(parts, schema=table.schema)
 
 
 def file_codes(table: pa.Table) -> tuple[np.ndarray, list[str]]:
