@@ -210,6 +210,7 @@ def stand_in_image_vectors(sentences: pa.Table) -> np.ndarray:
     return by_name[[names.index(label) if label in named else len(names) - 1 for label in labels]]
 
 
+@pytest.mark.slow
 def test_a_metadata_pool_is_filtered_by_t2i_downloaded_and_joined_back_by_key(tmp_path: Path) -> None:
     sentences = pool_sentences()
     vectors = stand_in_image_vectors(sentences)
