@@ -408,3 +408,33 @@ def test_caption_retrieval_fills_only_what_embedding_retrieval_left_and_never_ad
         name: max(count, 17) if name in ("tiger", "bee", "mushroom") else count
         for name, count in CLASSES.items()
     }
+
+
+def test_candidates_sharded_by_the_runner_equal_one_pass(tmp_path: Path) -> None:
+    sentences = pool_sentences()
+    root = write_laion_layout(tmp_path / "laion", sentences, np.zeros((sentences.num_rows, 4)))
+    train = write_train_folder(tmp_path / "train")
+    pipeline = tmp_path / "sharded.yaml"
+    pipeline.write_text(
+        "executor: {kind: local}\n"
+        "steps:\n"
+        f"  train: {{step: ingest_image_folder, root: {train}}}\n"
+        "  synonyms: {step: mine_synonyms, inputs: {dataset: train}}\n"
+        f"  pool_captions: {{step: caption_pool, root: {root}}}\n"
+        "  candidates: {step: caption_candidates, inputs: {captions: pool_captions, dataset: train, synonyms: synonyms},"
+        " per_class: 15, max_candidates: 20}\n"
+    )
+    tables = {}
+    for shard_rows in (10**6, 500):
+        folder = tmp_path / str(shard_rows)
+        overrides = [
+            f"output_dir={folder}",
+            f"cache_dir={folder / 'cache'}",
+            f"executor.shard_rows={shard_rows}",
+        ]
+        run = api.run(pipeline, overrides)
+        shards = {s["id"]: s["shards"]["total"] for s in run.manifest["steps"]}["candidates"]
+        tables[shard_rows] = (shards, CaptionCandidates.read(run.output_dir / "candidates"))
+    (one, whole), (many, sharded) = tables[10**6], tables[500]
+    assert one == 1 and many == 6  # 2,726 captions in row groups of 200: six shards of pieces
+    assert sharded.table.equals(whole.table) and sharded.summary == whole.summary
