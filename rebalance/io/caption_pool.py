@@ -37,8 +37,9 @@ PIECE_SCHEMA = pa.schema(
 )
 
 
-def metadata_pieces(root: Path, caption_column: str, vectors: bool) -> pa.Table:
-    """The pool under ``root`` as pieces (``PIECE_SCHEMA``), one per parquet row group.
+def metadata_pieces(root: Path, columns: list[str], vectors: bool) -> pa.Table:
+    """The pool under ``root`` as pieces (``PIECE_SCHEMA``), one per parquet row group; every file
+    must have ``columns`` (the caption first).
 
     With ``vectors``, ``root`` is in the clip-retrieval layout (``img_emb/img_emb_<i>.npy`` beside
     ``metadata/metadata_<i>.parquet``) and each piece names its vector file; otherwise every
@@ -61,10 +62,11 @@ def metadata_pieces(root: Path, caption_column: str, vectors: bool) -> pa.Table:
             parquet = pq.ParquetFile(file)
         except (pa.ArrowInvalid, OSError) as error:
             raise DataError(f"{file}: not a readable parquet file ({str(error).splitlines()[0]})") from None
-        if caption_column not in parquet.schema_arrow.names:
+        missing = [name for name in columns if name not in parquet.schema_arrow.names]
+        if missing:
             raise DataError(
-                f"{file}: no caption column {caption_column!r}; columns are {parquet.schema_arrow.names} "
-                "(set caption_column)"
+                f"{file}: no column(s) {missing}; its columns are {parquet.schema_arrow.names} "
+                "(set caption_column, key_column or url_column: null)"
             )
         if npy is not None:
             shape = np.load(npy, mmap_mode="r").shape

@@ -83,7 +83,9 @@ def caption_pool(
     if root is not None:
         columns = {"caption": caption_column, "key": key_column, "url": url_column}
         return CaptionPool(
-            metadata_pieces(root, caption_column, vectors), columns, encoder if vectors else None
+            metadata_pieces(root, [name for name in columns.values() if name], vectors),
+            columns,
+            encoder if vectors else None,
         )
     images = pool.images
     if caption_column not in images.column_names:

@@ -438,3 +438,60 @@ def test_candidates_sharded_by_the_runner_equal_one_pass(tmp_path: Path) -> None
     (one, whole), (many, sharded) = tables[10**6], tables[500]
     assert one == 1 and many == 6  # 2,726 captions in row groups of 200: six shards of pieces
     assert sharded.table.equals(whole.table) and sharded.summary == whole.summary
+
+
+def test_bad_pools_are_named_with_what_to_set(tmp_path: Path) -> None:
+    from rebalance.errors import DataError
+    from rebalance.steps.caption_retrieval import caption_pool
+
+    sentences = pool_sentences()
+    root = write_laion_layout(tmp_path / "laion", sentences, np.zeros((sentences.num_rows, 4)))
+    with pytest.raises(DataError, match=r"metadata_0.parquet: no column\(s\) \['text'\].*set caption_column"):
+        caption_pool(root=root, caption_column="text")
+    with pytest.raises(DataError, match=r"no column\(s\) \['uid'\]"):
+        caption_pool(root=root, key_column="uid")
+    assert caption_pool(root=root, url_column=None).num_rows == sentences.num_rows
+    with pytest.raises(DataError, match="vectors: true needs `encoder`"):
+        caption_pool(root=root, vectors=True)
+    with pytest.raises(DataError, match="no img_emb_<i>.npy files"):
+        caption_pool(root=root / "metadata", vectors=True, encoder="sentence:all-MiniLM-L6-v2")
+    np.save(root / "img_emb" / "img_emb_1.npy", np.zeros((3, 4), np.float16))
+    with pytest.raises(DataError, match="img_emb_1.npy has 3 rows but .*metadata_1.parquet has 1,363"):
+        caption_pool(root=root, vectors=True, encoder="sentence:all-MiniLM-L6-v2")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no .parquet metadata files"):
+        caption_pool(root=tmp_path / "empty")
+
+
+def test_a_pool_that_names_no_class_keeps_nothing_and_says_so(tmp_path: Path) -> None:
+    from rebalance.domain.artifacts import Synonyms
+    from rebalance.steps.caption_retrieval import caption_candidates, caption_pool, rank_captions
+
+    sentences = pa.table({"key": ["a", "b"], "caption": ["a red car", "two boats"], "label": ["car", "boat"]})
+    root = write_laion_layout(tmp_path / "laion", sentences, np.zeros((2, 4)), files=1)
+    names = ["tiger", "bee"]
+    dataset = LabeledDataset.classification(["a.png", "b.png", "c.png"], [0, 0, 1], names)
+    synonyms = Synonyms(
+        pa.table(
+            {
+                "category_id": [0, 1],
+                "concept": names,
+                "synonyms": [["tiger"], ["bee"]],
+                "definition": [None] * 2,
+            }
+        )
+    )
+    pool = caption_pool(root=root)
+    found = caption_candidates(pool, dataset, synonyms, target="max")
+    chosen = rank_captions(found, pool, dataset, synonyms, device="cpu")
+    assert found.num_rows == 0 and found.summary["matched"] == [0, 0] and found.summary["quota"] == [0, 1]
+    assert chosen.chosen.num_rows == 0
+    assert chosen.per_class.to_pylist()[1] | {"category_id": 1} == {
+        "category_id": 1,
+        "concept": "bee",
+        "quota": 1,
+        "matched": 0,
+        "ranked": 0,
+        "passed_t2i": None,
+        "kept": 0,
+    }
