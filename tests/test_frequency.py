@@ -324,6 +324,7 @@ def test_diacritics_fold_as_in_fts5_so_accented_and_plain_spellings_match_each_o
     assert tokens("Øresund straße") == ["øresund", "strasse"]
 
 
+@pytest.mark.slow  # three fresh interpreters
 def test_written_forms_are_kept_on_disk_so_a_second_process_never_imports_inflect(tmp_path: Path) -> None:
     import os
     import subprocess
