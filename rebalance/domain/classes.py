@@ -10,7 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rebalance.domain.artifacts import ClassStats, LabeledDataset
+from rebalance.domain.artifacts import ClassStats, ConceptFrequency, LabeledDataset
+from rebalance.errors import DataError
 
 BUCKETS = ("rare", "common", "frequent")
 _LVIS_CODES = {"r": "rare", "c": "common", "f": "frequent"}
@@ -174,3 +175,14 @@ def balance_quotas(
     return class_quotas(
         class_counts(dataset)[0], target, reference=reference, max_per_class=max_per_class, eligible=eligible
     )
+
+
+def concept_tail(dataset: LabeledDataset, frequency: ConceptFrequency) -> np.ndarray:
+    """Per class of ``dataset``, whether REAL's concept frequency puts it in the tail."""
+    tail = dict(zip(frequency.table["concept"].to_pylist(), frequency.table["tail"].to_pylist(), strict=True))
+    unknown = [name for name in dataset.class_names() if name not in tail]
+    if unknown:
+        raise DataError(
+            f"the frequency table has no row for class(es) {unknown[:5]}; mine synonyms from this dataset"
+        )
+    return np.array([tail[name] for name in dataset.class_names()], dtype=bool)

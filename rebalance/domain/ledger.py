@@ -117,6 +117,24 @@ def same_class_name(left: str, right: str) -> bool:
     return left.replace("_", " ").casefold() == right.replace("_", " ").casefold()
 
 
+def reference_hits(dataset: LabeledDataset, added: pa.ChunkedArray | pa.Array) -> dict[int, list[bool]]:
+    """Per category id, whether each label of the images ``added`` selects (a mask over the images)
+    is the class the pool's ``reference_label`` names; images without a reference label are left out."""
+    images = dataset.images
+    chosen = images.filter(pc.and_(added, pc.is_valid(images["reference_label"])))
+    names = dict(zip(dataset.categories["category_id"].to_pylist(), dataset.class_names(), strict=True))
+    reference = dict(zip(chosen["image_id"].to_pylist(), chosen["reference_label"].to_pylist(), strict=True))
+    annotations = dataset.annotations.filter(
+        pc.is_in(dataset.annotations["image_id"], value_set=chosen["image_id"])
+    )
+    hits: dict[int, list[bool]] = {}
+    for image_id, category_id in zip(
+        annotations["image_id"].to_pylist(), annotations["category_id"].to_pylist(), strict=True
+    ):
+        hits.setdefault(category_id, []).append(same_class_name(reference[image_id], names[category_id]))
+    return hits
+
+
 RETRIEVAL_HEADER = [
     "class",
     "quota",
@@ -137,24 +155,9 @@ def retrieval_by_class(dataset: LabeledDataset) -> list[dict[str, Any]]:
     if "retrieval_quota" not in categories.column_names:
         return []
     images = dataset.images
-    measured: dict[int, list[bool]] = {}
+    measured = {}
     if "reference_label" in images.column_names:
-        retrieved = images.filter(
-            pc.and_(pc.equal(images["source"], "retrieved"), pc.is_valid(images["reference_label"]))
-        )
-        names = dict(zip(categories["category_id"].to_pylist(), dataset.class_names(), strict=True))
-        reference = dict(
-            zip(retrieved["image_id"].to_pylist(), retrieved["reference_label"].to_pylist(), strict=True)
-        )
-        annotations = dataset.annotations.filter(
-            pc.is_in(dataset.annotations["image_id"], value_set=retrieved["image_id"])
-        )
-        for image_id, category_id in zip(
-            annotations["image_id"].to_pylist(), annotations["category_id"].to_pylist(), strict=True
-        ):
-            measured.setdefault(category_id, []).append(
-                same_class_name(reference[image_id], names[category_id])
-            )
+        measured = reference_hits(dataset, pc.equal(images["source"], "retrieved"))
     rows = []
     for row in categories.to_pylist():
         if not row["retrieval_quota"]:
@@ -218,22 +221,9 @@ def caption_funnel(dataset: LabeledDataset) -> list[list[str]]:
     if "caption_kept" not in categories.column_names:
         return []
     images = dataset.images
-    hits: dict[int, list[bool]] = {}
+    hits = {}
     if "reference_label" in images.column_names and "matched_form" in images.column_names:
-        by_caption = images.filter(
-            pc.and_(pc.is_valid(images["matched_form"]), pc.is_valid(images["reference_label"]))
-        )
-        names = dict(zip(categories["category_id"].to_pylist(), dataset.class_names(), strict=True))
-        reference = dict(
-            zip(by_caption["image_id"].to_pylist(), by_caption["reference_label"].to_pylist(), strict=True)
-        )
-        annotations = dataset.annotations.filter(
-            pc.is_in(dataset.annotations["image_id"], value_set=by_caption["image_id"])
-        )
-        for image_id, category_id in zip(
-            annotations["image_id"].to_pylist(), annotations["category_id"].to_pylist(), strict=True
-        ):
-            hits.setdefault(category_id, []).append(same_class_name(reference[image_id], names[category_id]))
+        hits = reference_hits(dataset, pc.is_valid(images["matched_form"]))
     rows = []
     for row in categories.to_pylist():
         if not row["caption_ranked"] and not row["caption_kept"]:

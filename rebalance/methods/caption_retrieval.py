@@ -18,7 +18,7 @@ import pyarrow as pa
 from rebalance.domain.artifacts.captions import CANDIDATE_SCHEMA, kth_smallest_keys
 from rebalance.domain.text import normalize
 from rebalance.methods.counter import match_pairs
-from rebalance.methods.frequency import CompiledSynonyms, _sample_keys
+from rebalance.methods.frequency import CompiledSynonyms, position_keys
 
 MultiClass = Literal["best", "drop"]
 
@@ -26,7 +26,7 @@ MultiClass = Literal["best", "drop"]
 def sample_keys(seed: int, file: str, rows: np.ndarray) -> np.ndarray:
     """A seeded pseudo-random key per (file, row): the same whatever the sharding or batching."""
     salt = zlib.crc32(file.rsplit("/", 1)[-1].encode()) << 32
-    return _sample_keys(seed ^ salt, rows)
+    return position_keys(seed ^ salt, rows)
 
 
 def batch_candidates(

@@ -190,7 +190,7 @@ def count_concepts(
     return table
 
 
-def _sample_keys(seed: int, positions: np.ndarray) -> np.ndarray:
+def position_keys(seed: int, positions: np.ndarray) -> np.ndarray:
     """A seeded pseudo-random key per global caption position (splitmix64), for bottom-k sampling."""
     with np.errstate(over="ignore"):
         value = positions.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
@@ -222,7 +222,7 @@ def sample_matching_captions(
         positions, found = match_pairs(compiled.index, batch, compiled.groups, len(classes))
         of_class = found < len(classes)  # the other groups are synonyms
         positions, found = positions[of_class], found[of_class]
-        keys = _sample_keys(seed, positions + seen)
+        keys = position_keys(seed, positions + seen)
         order = np.lexsort((keys, found))
         ranked_groups = found[order]
         starts = np.searchsorted(ranked_groups, ranked_groups, side="left")

@@ -395,7 +395,11 @@ def open_rgb(ref: ImageSource):
 
 def text_queries(names: list[str], templates: tuple[str, ...], encoder: str, device: str) -> np.ndarray:
     """One unit vector per class: the mean of its prompts' text embeddings (CLIP's prompt ensemble)."""
-    model = load_encoder(EncoderSpec.parse(encoder), device=device)
+    return prompt_ensemble(load_encoder(EncoderSpec.parse(encoder), device=device), names, templates)
+
+
+def prompt_ensemble(model: Encoder, names: list[str], templates: tuple[str, ...]) -> np.ndarray:
+    """``text_queries`` with an encoder already loaded."""
     prompts = [template.format(name) for name in names for template in templates]
     vectors = model.encode_texts(prompts).reshape(len(names), len(templates), -1)
     return unit_rows(vectors.mean(axis=1))

@@ -4,7 +4,6 @@ filter them, then join the chosen rows' images back by key."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Literal
 
 import numpy as np
@@ -25,7 +24,8 @@ from rebalance.domain.artifacts.captions import (
     file_codes,
     filter_rows,
 )
-from rebalance.domain.classes import Target, balance_quotas, freeze_buckets
+from rebalance.domain.artifacts.vectors import unit_rows
+from rebalance.domain.classes import Target, balance_quotas, concept_tail, freeze_buckets
 from rebalance.domain.prompts import DEFAULT_TEMPLATES, class_prompt_names
 from rebalance.errors import DataError
 from rebalance.io.caption_pool import (
@@ -44,7 +44,7 @@ from rebalance.methods.caption_retrieval import (
     sample_thresholds,
 )
 from rebalance.methods.frequency import CompiledSynonyms
-from rebalance.models.encoders import MINILM, EncoderSpec, load_encoder, text_queries
+from rebalance.models.encoders import MINILM, EncoderSpec, load_encoder, prompt_ensemble, text_queries
 
 OWN_PIECE_ROWS = 100_000
 # REAL keeps 500 images a class; LAION's own CLIP-score filter keeps pairs at or above 0.25.
@@ -149,15 +149,10 @@ def caption_candidates(
         )
     if tail_only and frequency is None:
         raise DataError("tail_only needs the concept frequency table; wire `frequency`")
-    eligible = None
-    if tail_only:
-        tail = dict(
-            zip(frequency.table["concept"].to_pylist(), frequency.table["tail"].to_pylist(), strict=True)
-        )
-        eligible = np.array([bool(tail.get(name)) for name in names])
+    eligible = concept_tail(dataset, frequency) if tail_only else None
     quotas = balance_quotas(dataset, target, max_per_class=per_class, eligible=eligible)
     k = max_candidates or 20 * per_class
-    compiled = CompiledSynonyms.of(dict(zip(names, synonyms.table["synonyms"].to_pylist(), strict=True)))
+    compiled = CompiledSynonyms.of(synonyms.mapping())
     wanted = quotas > 0
     kept, matched, read = CANDIDATE_SCHEMA.empty_table(), np.zeros(len(names), np.int64), 0
     below, pending, pending_rows = sample_thresholds(kept, wanted, k), [], 0
@@ -244,7 +239,7 @@ def rank_captions(
         text_encoder = load_encoder(
             EncoderSpec(encoder, model, pretrained), device=device, batch_size=batch_size
         )
-        prompts = text_queries(prompt_names, templates, str(text_encoder.spec), device)
+        prompts = prompt_ensemble(text_encoder, prompt_names, templates)
         caption_vectors = text_encoder.encode_texts(texts)
         t2t = np.einsum("ij,ij->i", caption_vectors, prompts[classes])
     else:
@@ -259,7 +254,7 @@ def rank_captions(
     choice = choose(
         classes, order_scores, t2i, min_t2i, table["classes_named"].to_numpy(), item, quotas, multi_class
     )
-    compiled = CompiledSynonyms.of(dict(zip(names, synonyms.table["synonyms"].to_pylist(), strict=True)))
+    compiled = CompiledSynonyms.of(synonyms.mapping())
     kept = table.take(pa.array(choice.rows, pa.int64()))
     kept_classes = classes[choice.rows]
     identity = _keys_and_urls(captions, kept)
@@ -328,8 +323,7 @@ def _t2i(
                 f"{vector_file[file]}: {vectors.shape[1]}-d vectors, but {captions.encoder} embeds prompts in "
                 f"{prompts.shape[1]} dimensions; name the encoder that made img_emb"
             )
-        norms = np.linalg.norm(vectors, axis=1)
-        scores[here] = np.einsum("ij,ij->i", vectors, prompts[classes[here]]) / np.maximum(norms, 1e-12)
+        scores[here] = np.einsum("ij,ij->i", unit_rows(vectors), prompts[classes[here]])
     return scores
 
 
@@ -413,20 +407,17 @@ def add_caption_retrievals(
     missing = np.bincount(
         [class_of[c] for c in retrieval.chosen["category_id"].to_numpy()[~found]], minlength=len(names)
     )
-    frozen = freeze_buckets(dataset, rare_max_images=rare_max_images, common_max_images=common_max_images)
-    categories = frozen.categories
-    funnel = {
-        "caption_matched": retrieval.per_class["matched"],
-        "caption_ranked": retrieval.per_class["ranked"],
-        "caption_passed_t2i": retrieval.per_class["passed_t2i"],
-        "caption_kept": retrieval.per_class["kept"],
-        "caption_missing": pa.array(missing, pa.int64()),
-    }
-    for name, values in funnel.items():
-        if name in categories.column_names:
-            categories = categories.drop_columns([name])
-        categories = categories.append_column(name, values)
-    frozen = dataclasses.replace(frozen, categories=categories)
+    frozen = freeze_buckets(
+        dataset, rare_max_images=rare_max_images, common_max_images=common_max_images
+    ).with_category_columns(
+        {
+            "caption_matched": retrieval.per_class["matched"],
+            "caption_ranked": retrieval.per_class["ranked"],
+            "caption_passed_t2i": retrieval.per_class["passed_t2i"],
+            "caption_kept": retrieval.per_class["kept"],
+            "caption_missing": pa.array(missing, pa.int64()),
+        }
+    )
     columns = {
         "file_name": pa.array(
             [pool.image_ref(n).text(dataset.image_root) for n in taken["file_name"].to_pylist()], pa.string()

@@ -192,7 +192,7 @@ def _count(synonyms: Synonyms, captions, per_caption: bool) -> ConceptCounts:
     from rebalance.methods.frequency import count_concepts
 
     names = synonyms.table["concept"].to_pylist()
-    mapping = dict(zip(names, synonyms.table["synonyms"].to_pylist(), strict=True))
+    mapping = synonyms.mapping()
     counted = count_concepts(captions, mapping, per_caption=per_caption)
     table = pa.table(
         {
@@ -278,7 +278,7 @@ def llm_filter(
         raise DataError(
             "the frequency table and the synonyms list different classes; wire both from the same mine_synonyms step"
         )
-    mapping = dict(zip(names, synonyms.table["synonyms"].to_pylist(), strict=True))
+    mapping = synonyms.mapping()
     definitions = dict(zip(names, synonyms.table["definition"].to_pylist(), strict=True))
     samples = sample_matching_captions(
         iter_captions(captions, column, batch_rows), mapping, per_concept=max_checked, seed=seed
@@ -338,12 +338,7 @@ def entity_statistics(
 
     if (synonyms is None) == (entities is None):
         raise DataError("entity_statistics needs exactly one of the `synonyms` input or an `entities` file")
-    if entities is not None:
-        listed = _entity_file(entities)
-    else:
-        listed = dict(
-            zip(synonyms.table["concept"].to_pylist(), synonyms.table["synonyms"].to_pylist(), strict=True)
-        )
+    listed = _entity_file(entities) if entities is not None else synonyms.mapping()
     check_entities(listed, str(entities or "the synonyms input"))
     if caption_column not in dataset.images.column_names:
         raise DataError(

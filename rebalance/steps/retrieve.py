@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Literal
 
 import numpy as np
@@ -14,7 +13,7 @@ from rebalance.core.device import Device
 from rebalance.core.registry import step
 from rebalance.domain.artifacts import ConceptFrequency, Embeddings, LabeledDataset, VectorIndex, positions_of
 from rebalance.domain.artifacts.vectors import unit_rows
-from rebalance.domain.classes import balance_quotas, freeze_buckets
+from rebalance.domain.classes import balance_quotas, concept_tail, freeze_buckets
 from rebalance.domain.prompts import DEFAULT_TEMPLATES, class_prompt_names
 from rebalance.errors import DataError
 from rebalance.methods import index as vector_index
@@ -100,7 +99,7 @@ def retrieve(
         raise DataError("vote_k needs the dataset's embeddings (the voters); wire `embeddings`")
     if tail_only and frequency is None:
         raise DataError("tail_only needs the concept frequency table; wire `frequency`")
-    eligible = _tail_mask(dataset, frequency) if tail_only else None
+    eligible = concept_tail(dataset, frequency) if tail_only else None
     quotas = balance_quotas(dataset, target, max_per_class=max_per_class, eligible=eligible)
     pair_rows, pair_classes = dataset.label_pairs()
     image_ids = dataset.images["image_id"].to_numpy()
@@ -230,12 +229,7 @@ def _with_precision_ledger(
             pa.string(),
         ),
     }
-    categories = dataset.categories
-    for name, values in columns.items():
-        if name in categories.column_names:
-            categories = categories.drop_columns([name])
-        categories = categories.append_column(name, values)
-    return dataclasses.replace(dataset, categories=categories)
+    return dataset.with_category_columns(columns)
 
 
 def _floats(values: np.ndarray) -> pa.Array:
@@ -251,16 +245,6 @@ def _normalised(vectors: np.ndarray, ids: np.ndarray) -> np.ndarray:
             f"{int(bad.sum())} embedding(s) are NaN, infinite or zero (first ids: {ids[bad][:5].tolist()})"
         )
     return vectors / norms
-
-
-def _tail_mask(dataset: LabeledDataset, frequency: ConceptFrequency) -> np.ndarray:
-    tail = dict(zip(frequency.table["concept"].to_pylist(), frequency.table["tail"].to_pylist(), strict=True))
-    unknown = [name for name in dataset.class_names() if name not in tail]
-    if unknown:
-        raise DataError(
-            f"the frequency table has no row for class(es) {unknown[:5]}; mine synonyms from this dataset"
-        )
-    return np.array([tail[name] for name in dataset.class_names()], dtype=bool)
 
 
 def _queries(

@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from rebalance.core.artifact import TableArtifact, read_parquet, write_parquet
 from rebalance.core.markdown import markdown_table
+from rebalance.domain.artifacts.tables import shard_pieces
 
 OWN_TABLE = ""  # a piece's ``file`` when its captions are the pool's own table, not a file in place
 
@@ -36,7 +37,7 @@ class CaptionPool:
 
     @property
     def num_rows(self) -> int:
-        return int(np.sum(self.pieces["rows"].to_numpy())) if self.pieces.num_rows else 0
+        return int(np.sum(self.pieces["rows"].to_numpy()))
 
     @property
     def has_vectors(self) -> bool:
@@ -61,10 +62,7 @@ class CaptionPool:
         )
 
     def shard(self, index: int, num_shards: int) -> Self:
-        rows = self.pieces["rows"].to_numpy()
-        starts = np.cumsum(rows) - rows
-        owner = (starts * num_shards) // max(int(rows.sum()), 1)
-        return dataclasses.replace(self, pieces=self.pieces.filter(pa.array(owner == index)))
+        return dataclasses.replace(self, pieces=shard_pieces(self.pieces, index, num_shards))
 
     @classmethod
     def concat(cls, parts: list[Self]) -> Self:
@@ -85,7 +83,7 @@ CANDIDATE_SCHEMA = pa.schema(
 
 def kth_smallest_keys(classes: np.ndarray, keys: np.ndarray, k: int, num_classes: int) -> np.ndarray:
     """Per class, its ``k``-th smallest key, or the largest possible key when it has fewer than
-    ``k`` rows; only the keys of classes with more than ``k`` rows are sorted."""
+    ``k`` rows; only the keys of classes with ``k`` rows or more are sorted."""
     counts = np.bincount(classes, minlength=num_classes)
     limit = np.full(num_classes, np.iinfo(np.uint64).max, dtype=np.uint64)
     full = np.flatnonzero(counts >= k)

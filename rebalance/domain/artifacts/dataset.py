@@ -305,6 +305,16 @@ class LabeledDataset:
             ),
         )
 
+    def with_category_columns(self, columns: dict[str, pa.Array]) -> Self:
+        """The dataset whose categories table has ``columns`` (one value a class), replacing any of
+        the same name: a stage's per-class ledger, written again when the stage reruns."""
+        categories = self.categories
+        for name, values in columns.items():
+            if name in categories.column_names:
+                categories = categories.drop_columns([name])
+            categories = categories.append_column(name, values)
+        return dataclasses.replace(self, categories=categories)
+
     def class_names(self) -> list[str]:
         return self.categories["name"].to_pylist()
 

@@ -28,6 +28,19 @@ class Synonyms(TableArtifact):
 
     stem = "synonyms"
 
+    def mapping(self) -> dict[str, list[str]]:
+        """Class name -> its synonyms, in the table's order (what the matchers take)."""
+        return dict(zip(self.table["concept"].to_pylist(), self.table["synonyms"].to_pylist(), strict=True))
+
+
+def shard_pieces(pieces: pa.Table, index: int, num_shards: int) -> pa.Table:
+    """Shard ``index`` of ``num_shards`` of a list of pieces (a ``rows`` column): a contiguous run
+    of whole pieces holding about an equal share of the rows."""
+    rows = pieces["rows"].to_numpy()
+    starts = np.cumsum(rows) - rows
+    owner = (starts * num_shards) // max(int(rows.sum()), 1)
+    return pieces.filter(pa.array(owner == index))
+
 
 @dataclasses.dataclass(frozen=True)
 class CaptionCorpus:
@@ -57,10 +70,7 @@ class CaptionCorpus:
         )
 
     def shard(self, index: int, num_shards: int) -> Self:
-        rows = self.pieces["rows"].to_numpy()
-        starts = np.cumsum(rows) - rows
-        owner = (starts * num_shards) // max(int(rows.sum()), 1)
-        return dataclasses.replace(self, pieces=self.pieces.filter(pa.array(owner == index)))
+        return dataclasses.replace(self, pieces=shard_pieces(self.pieces, index, num_shards))
 
     @classmethod
     def concat(cls, parts: list[Self]) -> Self:
