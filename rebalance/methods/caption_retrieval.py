@@ -58,7 +58,6 @@ def batch_candidates(
     positions, groups, keys = positions[keep], groups[keep], keys[keep]
     if not len(positions):
         return empty, matched
-    texts = captions.take(pa.array(positions, pa.int64())).cast(pa.large_string())
     files = pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(positions), np.int32)), pa.array([file]))
     table = pa.table(
         [
@@ -66,7 +65,6 @@ def batch_candidates(
             pa.array(keys, pa.uint64()),
             files,
             pa.array(positions + first_row, pa.int64()),
-            texts,
             pa.array(named[positions], pa.int32()),
         ],
         schema=CANDIDATE_SCHEMA,

@@ -233,9 +233,11 @@ def rank_captions(
     names = dataset.class_names()
     table = candidates.table
     classes = table["class_index"].to_numpy().astype(np.int64)
-    texts = table["caption"].to_pylist()
+    count = table.num_rows
     prompt_names = class_prompt_names(dataset, frequency)
-    if rank and len(texts):
+    # Candidates say where their captions lie; the text is read back for the ranked sample alone.
+    texts = _pool_values(captions, table, ["caption"])["caption"] if rank and count else None
+    if texts is not None:
         text_encoder = load_encoder(
             EncoderSpec(encoder, model, pretrained), device=device, batch_size=batch_size
         )
@@ -243,9 +245,9 @@ def rank_captions(
         caption_vectors = text_encoder.encode_texts(texts)
         t2t = np.einsum("ij,ij->i", caption_vectors, prompts[classes])
     else:
-        t2t = np.full(len(texts), np.nan)
+        t2t = np.full(count, np.nan)
     t2i = None
-    if captions.has_vectors and min_t2i is not None and len(texts):
+    if captions.has_vectors and min_t2i is not None and count:
         t2i = _t2i(captions, table, classes, prompt_names, templates, device)
     # Without ranking, the sample's own order (its random key) decides.
     order_scores = t2t if rank else -table["sample_key"].to_numpy().astype(np.float64)
@@ -257,19 +259,23 @@ def rank_captions(
     compiled = CompiledSynonyms.of(synonyms.mapping())
     kept = table.take(pa.array(choice.rows, pa.int64()))
     kept_classes = classes[choice.rows]
-    identity = _keys_and_urls(captions, kept)
+    identity = _pool_values(
+        captions, kept, ["key", "url"] if texts is not None else ["key", "url", "caption"]
+    )
+    if texts is not None:
+        identity["caption"] = [texts[row] for row in choice.rows]
     category_ids = dataset.categories["category_id"].to_numpy()
     chosen = pa.table(
         {
             "category_id": pa.array(category_ids[kept_classes], pa.int64()),
             "concept": pa.array([names[c] for c in kept_classes], pa.string()),
-            "key": identity["key"],
-            "url": identity["url"],
-            "caption": kept["caption"].cast(pa.string()),
+            "key": pa.array(identity["key"], pa.string()),
+            "url": pa.array(identity["url"], pa.string()),
+            "caption": pa.array(identity["caption"], pa.string()),
             "matched_form": pa.array(
                 [
                     matched_form(text, compiled.class_forms[c])
-                    for text, c in zip(kept["caption"].to_pylist(), kept_classes, strict=True)
+                    for text, c in zip(identity["caption"], kept_classes, strict=True)
                 ],
                 pa.string(),
             ),
@@ -332,26 +338,28 @@ def _item_ids(table: pa.Table) -> np.ndarray:
     return file_codes(table)[0] * (1 << 40) + table["row"].to_numpy()
 
 
-def _keys_and_urls(pool: CaptionPool, kept: pa.Table) -> dict[str, pa.Array]:
-    """The key and URL of each kept row, read from its file (only the row groups that hold them)."""
-    key_column, url_column = pool.columns["key"], pool.columns["url"]
-    keys = np.empty(kept.num_rows, dtype=object)
-    urls = np.empty(kept.num_rows, dtype=object)
-    codes, files = file_codes(kept)
-    rows = kept["row"].to_numpy()
+def _pool_values(pool: CaptionPool, rows_of: pa.Table, names: list[str]) -> dict[str, list]:
+    """The pool's ``names`` columns (``caption``, ``key``, ``url``) for each row of ``rows_of``
+    (its ``file`` and ``row``), read where they lie: only the row groups that hold them. A column
+    the pool does not have (no ``url``) reads as nulls; a null caption as empty text."""
+    values = {name: np.full(rows_of.num_rows, None, dtype=object) for name in names}
+    codes, files = file_codes(rows_of)
+    rows = rows_of["row"].to_numpy()
     for code, file in enumerate(files):
         here = np.nonzero(codes == code)[0]
         if not len(here):
             continue
         if file == OWN_TABLE:
-            found = pool.table.select(["key", "url"]).take(pa.array(rows[here], pa.int64()))
-            keys[here], urls[here] = found["key"].to_pylist(), found["url"].to_pylist()
-            continue
-        wanted = [name for name in (key_column, url_column) if name]
-        found = read_rows(file, rows[here], wanted)
-        keys[here] = found[key_column].cast(pa.string()).to_pylist()
-        urls[here] = found[url_column].cast(pa.string()).to_pylist() if url_column else None
-    return {"key": pa.array(keys.tolist(), pa.string()), "url": pa.array(urls.tolist(), pa.string())}
+            found = pool.table.select(names).take(pa.array(rows[here], pa.int64()))
+            columns = dict(zip(names, names, strict=True))
+        else:
+            columns = {name: pool.columns[name] for name in names if pool.columns[name]}
+            found = read_rows(file, rows[here], list(columns.values()))
+        for name, column in columns.items():
+            values[name][here] = found[column].cast(pa.large_string()).to_pylist()
+    if "caption" in values:
+        values["caption"][values["caption"] == None] = ""  # noqa: E711 - elementwise on objects
+    return {name: column.tolist() for name, column in values.items()}
 
 
 def _floats(values: np.ndarray | None, count: int) -> pa.Array:
