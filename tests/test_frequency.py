@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rebalance.domain.text import tokens
+from rebalance.domain.text import fold_to_ascii, tokens
 from rebalance.errors import DataError
 from rebalance.io.wordnet import WordNet
 from rebalance.methods.frequency import count_concepts, sample_matching_captions
@@ -322,6 +322,33 @@ def test_diacritics_fold_as_in_fts5_so_accented_and_plain_spellings_match_each_o
     assert tokens("Crème BRÛLÉE ｆｕｌｌ") == ["creme", "brulee", "full"]
     # Letters that are not a base letter plus a mark stay as they are.
     assert tokens("Øresund straße") == ["øresund", "strasse"]
+
+
+def test_characters_that_fold_to_ascii_one_at_a_time_tokenise_as_the_whole_text_does() -> None:
+    # Web captions' curly quotes, dashes, accents, ligatures, fullwidth letters and emoji.
+    text = "The dog’s CAFÉ — ﬁne ｃａｔｓ 😀 naïve"
+    assert fold_to_ascii(text) == "The dog s CAFe   fine cats   naive"  # folded letters are lower case
+    assert tokens(fold_to_ascii(text)) == tokens(text) == ["the", "dog", "s", "cafe", "fine", "cats", "naive"]
+    assert (
+        fold_to_ascii("Ελλάδα") is None and fold_to_ascii("東京の猫") is None
+    )  # not ASCII: normalised in full
+    folding = {chr(point) for point in range(0x80, 0x20000) if fold_to_ascii(chr(point)) is not None}
+    assert len(folding) > 9_000
+    # Every such character between letters, digits and separators; every letter followed by a
+    # combining mark (marks compose with what precedes them); and random mixtures.
+    for char in sorted(folding):
+        for text in (f"a{char}b", f"Z{char}9", f" {char}_", f"I{char}"):
+            assert tokens(fold_to_ascii(text)) == tokens(text), ascii(text)
+    marks = [char for char in folding if unicodedata.combining(char)]
+    for letter in "aeiouAEIOUcnsIKzZ9":
+        for mark in marks:
+            text = f"{letter}{mark}x{mark}\u0338"
+            assert tokens(fold_to_ascii(text)) == tokens(text), ascii(text)
+    rng = np.random.default_rng(0)
+    pool = np.array(sorted(folding) + list("abeiIKsStz 9_"))
+    for _ in range(20_000):
+        text = "".join(rng.choice(pool, size=rng.integers(1, 7)))
+        assert tokens(fold_to_ascii(text)) == tokens(text), ascii(text)
 
 
 @pytest.mark.slow  # three fresh interpreters
