@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -187,6 +188,16 @@ class _TorchEncoder:
         chunks = (items[start : start + self.batch_size] for start in range(0, len(items), self.batch_size))
         return self._unit_rows(encode_batch(chunk) for chunk in chunks)
 
+    def _batched_by_length(self, texts: list[str], encode_batch) -> np.ndarray:
+        """``_batched`` over the texts longest first, rows returned in the given order: a batch
+        padded to its longest text then pads little (as sentence-transformers orders them), where
+        one long caption in a batch of short ones would multiply its cost."""
+        order = np.argsort([-len(text) for text in texts], kind="stable")
+        vectors = self._batched([texts[i] for i in order], encode_batch)
+        in_order = np.empty_like(vectors)
+        in_order[order] = vectors
+        return in_order
+
     @staticmethod
     def _unit_rows(features) -> np.ndarray:
         """The feature batches (computed as they are drawn, without autograd) as one float32 array
@@ -287,7 +298,7 @@ class TransformersClipEncoder(_TorchEncoder):
             inputs = processor.tokenizer(list(chunk), padding=True, truncation=True, return_tensors="pt")
             return _features(model.get_text_features(**inputs.to(self.device)))
 
-        return self._batched(list(texts), batch)
+        return self._batched_by_length(list(texts), batch)
 
 
 class SentenceEncoder(_TorchEncoder):
@@ -311,6 +322,11 @@ class SentenceEncoder(_TorchEncoder):
         except (OSError, ValueError) as error:
             raise self._load_error(error) from None
         _check_vocabulary(tokenizer, self.spec)
+        # sentence-transformers truncates where the model was trained to (256 tokens for MiniLM).
+        config = Path(source) / "sentence_bert_config.json"
+        if config.is_file():
+            limit = json.loads(config.read_text()).get("max_seq_length")
+            tokenizer.model_max_length = min(tokenizer.model_max_length, limit or tokenizer.model_max_length)
         return model.to(self.device).eval(), tokenizer
 
     def encode_images(self, paths: Sequence[ImageSource]) -> np.ndarray:
@@ -329,7 +345,7 @@ class SentenceEncoder(_TorchEncoder):
             mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
-        return self._batched(list(texts), batch)
+        return self._batched_by_length(list(texts), batch)
 
 
 class _DecodedImages:

@@ -241,7 +241,9 @@ def rank_captions(
         text_encoder = load_encoder(
             EncoderSpec(encoder, model, pretrained), device=device, batch_size=batch_size
         )
-        prompts = prompt_ensemble(text_encoder, prompt_names, templates)
+        prompts = _class_prompts(
+            lambda chosen: prompt_ensemble(text_encoder, chosen, templates), prompt_names, classes
+        )
         caption_vectors = text_encoder.encode_texts(texts)
         t2t = np.einsum("ij,ij->i", caption_vectors, prompts[classes])
     else:
@@ -312,7 +314,9 @@ def rank_captions(
 def _t2i(
     captions: CaptionPool, table: pa.Table, classes: np.ndarray, names: list[str], templates, device
 ) -> np.ndarray:
-    prompts = text_queries(names, templates, captions.encoder, device)
+    prompts = _class_prompts(
+        lambda chosen: text_queries(chosen, templates, captions.encoder, device), names, classes
+    )
     vector_file = dict(
         zip(captions.pieces["file"].to_pylist(), captions.pieces["vectors"].to_pylist(), strict=True)
     )
@@ -331,6 +335,16 @@ def _t2i(
             )
         scores[here] = np.einsum("ij,ij->i", unit_rows(vectors), prompts[classes[here]])
     return scores
+
+
+def _class_prompts(embed, names: list[str], classes: np.ndarray) -> np.ndarray:
+    """A prompt vector for each class that has candidates (``embed`` of their names; the other
+    rows stay zero): a few hundred tail classes of a thousand need embedding, not all."""
+    present = np.unique(classes)
+    vectors = embed([names[c] for c in present])
+    prompts = np.zeros((len(names), vectors.shape[1]), vectors.dtype)
+    prompts[present] = vectors
+    return prompts
 
 
 def _item_ids(table: pa.Table) -> np.ndarray:

@@ -163,6 +163,11 @@ def test_the_packaged_minilm_embeds_meaning() -> None:
         ["a photo of a dog", "a picture of a puppy", "stock market prices fell"]
     )
     assert dog @ puppy > dog @ market + 0.3
+    # Texts are batched longest first; rows come back in the order given, as if each were alone.
+    texts = ["a dog", "a very long caption about a small brown dog in a big green park", "cat", "a red car"]
+    batched = load_encoder(EncoderSpec.parse("sentence:all-MiniLM-L6-v2"), device="cpu", batch_size=2)
+    alone = np.stack([encoder.encode_texts([text])[0] for text in texts])
+    np.testing.assert_allclose(batched.encode_texts(texts), alone, atol=1e-5)
     with pytest.raises(RebalanceError, match="text-only encoder"):
         encoder.encode_images([])
 
