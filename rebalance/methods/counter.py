@@ -271,10 +271,13 @@ def _pairs(
         pair_captions = np.empty(int(starts[-1]), dtype=np.int32)
         pair_groups = np.empty_like(pair_captions)
         fills = np.zeros(len(firsts), dtype=np.int64)
-        _record(
-            data, bits, offsets, firsts, lasts, starts, index.tables, len(index.phrases), groups,
-            record_below, normalised, deferred, pair_captions, pair_groups, fills,
-        )  # fmt: skip
+        # Chunks are handed out one at a time, not split evenly up front: the threads share the
+        # cores with parquet decoding, and a thread that waits on a core would hold back its half.
+        with numba.parallel_chunksize(1):
+            _record(
+                data, bits, offsets, firsts, lasts, starts, index.tables, len(index.phrases), groups,
+                record_below, normalised, deferred, pair_captions, pair_groups, fills,
+            )  # fmt: skip
         done = fills <= capacity
         for chunk in np.flatnonzero(done):
             region = slice(starts[chunk], starts[chunk] + fills[chunk])
