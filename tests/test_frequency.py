@@ -376,17 +376,3 @@ def test_written_forms_are_kept_on_disk_so_a_second_process_never_imports_inflec
     stored.write_text("{not json")  # a damaged cache is recomputed and rewritten
     assert run().split() == ["[2,", "1]", "True", "True"]
     assert json.loads(stored.read_text())["mouse"] == ["mouse", "mice"]
-
-
-def test_openmp_threads_sleep_between_parallel_regions_unless_the_user_says_otherwise() -> None:
-    import os
-    import subprocess
-    import sys
-
-    code = "import os, rebalance; print(os.environ['OMP_WAIT_POLICY'])"
-    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
-    ours = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    theirs = subprocess.run(
-        [sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True, text=True
-    )
-    assert (ours.stdout.strip(), theirs.stdout.strip()) == ("PASSIVE", "ACTIVE")
