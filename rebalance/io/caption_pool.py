@@ -88,11 +88,12 @@ def _natural(path: Path) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
 
 
-def iter_piece_captions(file: str, row_group: int, column: str, batch_rows: int) -> Iterator[pa.Array]:
-    """The captions of one row group, in batches; a null caption reads as empty text."""
+def iter_piece_captions(file: str, row_groups: list[int], column: str, batch_rows: int) -> Iterator[pa.Array]:
+    """The captions of consecutive row groups of ``file``, in batches of ``batch_rows``; a null
+    caption reads as empty text."""
     try:
         batches = pq.ParquetFile(file).iter_batches(
-            batch_size=batch_rows, row_groups=[row_group], columns=[column]
+            batch_size=batch_rows, row_groups=row_groups, columns=[column]
         )
         for batch in batches:
             values = batch.column(0)
@@ -134,6 +135,25 @@ def read_vectors(npy: str, rows: np.ndarray) -> np.ndarray:
             "re-export the embeddings"
         )
     return block
+
+
+def read_units(pieces: list[dict], rows: int) -> list[list[dict]]:
+    """``pieces`` in order, grouped into runs of consecutive row groups of one file holding at most
+    ``rows`` rows (or one piece, when it alone holds more): each run is read and matched as one
+    batch, so that small row groups do not each pay a batch's fixed costs."""
+    units: list[list[dict]] = []
+    for piece in pieces:
+        last = units[-1][-1] if units else None
+        if (
+            last is not None
+            and last["file"] == piece["file"]
+            and last["first_row"] + last["rows"] == piece["first_row"]
+            and sum(held["rows"] for held in units[-1]) + piece["rows"] <= rows
+        ):
+            units[-1].append(piece)
+        else:
+            units.append([piece])
+    return units
 
 
 def read_ahead(items: Iterable[T], read: Callable[[T], R], depth: int = 2) -> Iterator[tuple[T, R]]:

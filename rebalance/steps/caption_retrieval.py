@@ -34,6 +34,7 @@ from rebalance.io.caption_pool import (
     metadata_pieces,
     read_ahead,
     read_rows,
+    read_units,
     read_vectors,
 )
 from rebalance.methods.caption_retrieval import (
@@ -158,13 +159,14 @@ def caption_candidates(
     below, pending, pending_rows = sample_thresholds(kept, wanted, k), [], 0
     # Held rows stay within about twice the samples' size: k a wanted class.
     merge_rows = k * max(int(wanted.sum()), 1) // 4
-    pieces = read_ahead(
-        captions.pieces.to_pylist(), lambda piece: list(_piece_captions(captions, piece, batch_rows))
+    units = read_ahead(
+        read_units(captions.pieces.to_pylist(), batch_rows),
+        lambda unit: list(_unit_captions(captions, unit, batch_rows)),
     )
-    for piece, batches in pieces:
-        first = piece["first_row"]
+    for unit, batches in units:
+        first = unit[0]["first_row"]
         for batch in batches:
-            found, counts = batch_candidates(compiled, batch, piece["file"], first, below, seed)
+            found, counts = batch_candidates(compiled, batch, unit[0]["file"], first, below, seed)
             pending.append(found)
             pending_rows += found.num_rows
             matched += counts
@@ -189,13 +191,16 @@ def caption_candidates(
     return CaptionCandidates(table, summary)
 
 
-def _piece_captions(pool: CaptionPool, piece: dict, batch_rows: int):
-    if piece["file"] != OWN_TABLE:
-        yield from iter_piece_captions(piece["file"], piece["row_group"], pool.columns["caption"], batch_rows)
+def _unit_captions(pool: CaptionPool, unit: list[dict], batch_rows: int):
+    """The captions of consecutive pieces of one file (``read_units``), in batches."""
+    file = unit[0]["file"]
+    if file != OWN_TABLE:
+        groups = [piece["row_group"] for piece in unit]
+        yield from iter_piece_captions(file, groups, pool.columns["caption"], batch_rows)
         return
-    for start in range(piece["first_row"], piece["first_row"] + piece["rows"], batch_rows):
-        stop = min(start + batch_rows, piece["first_row"] + piece["rows"])
-        yield pool.table["caption"].slice(start, stop - start).combine_chunks()
+    begin, end = unit[0]["first_row"], unit[-1]["first_row"] + unit[-1]["rows"]
+    for start in range(begin, end, batch_rows):
+        yield pool.table["caption"].slice(start, min(batch_rows, end - start)).combine_chunks()
 
 
 @step("rank_captions", role="describes", gpu=True)

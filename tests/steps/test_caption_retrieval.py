@@ -311,6 +311,24 @@ def test_the_cache_references_the_vectors_and_a_changed_vector_file_reruns_its_r
     json.loads((tmp_path / "out" / "chosen" / "summary.json").read_text())
 
 
+def test_consecutive_row_groups_of_a_file_are_read_as_one_batch_up_to_its_rows() -> None:
+    from rebalance.io.caption_pool import read_units
+
+    def piece(file: str, group: int, first: int, rows: int) -> dict:
+        return {"file": file, "row_group": group, "first_row": first, "rows": rows, "vectors": None}
+
+    pieces = [piece("a", 0, 0, 40), piece("a", 1, 40, 40), piece("a", 2, 80, 40), piece("b", 0, 0, 10)]
+    pieces += [piece("b", 1, 10, 500), piece("b", 3, 600, 5)]  # b's row group 2 is in another shard
+    units = read_units(pieces, 100)
+    assert [[(p["file"], p["row_group"]) for p in unit] for unit in units] == [
+        [("a", 0), ("a", 1)],
+        [("a", 2)],
+        [("b", 0)],
+        [("b", 1)],  # over 100 rows alone
+        [("b", 3)],
+    ]
+
+
 def test_streamed_sampling_equals_the_bottom_k_of_every_match_whatever_the_batches(tmp_path: Path) -> None:
     from rebalance.domain.artifacts import Synonyms
     from rebalance.steps.caption_retrieval import caption_candidates, caption_pool
