@@ -201,6 +201,14 @@ def retrieval_table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
     ]
 
 
+# What the caption funnel's columns mean, for the dataset card and the HTML report alike.
+CAPTION_FUNNEL_TEXT = (
+    "Rows found by caption, as REAL retrieves (rebalance's docs/caption_retrieval.md): pool captions that "
+    "name the class by a synonym, a seeded sample of them ranked by prompt-to-caption similarity (T2T), "
+    "those at or above the prompt-to-image threshold (T2I), and those kept toward the balance target. "
+    "Each row's `matched_form`, `t2t`, `t2i` and `caption_rank` are columns of the data."
+)
+
 CAPTION_HEADER = [
     "class",
     "captions matched",

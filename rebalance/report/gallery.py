@@ -266,7 +266,7 @@ def _retrieved(final: LabeledDataset, position: dict[int, int], thumbnails: Thum
                 Tile(
                     thumbnails.of(final.image_ref(files[row])),
                     (
-                        f"score {scores[row]:.3f}",
+                        f"score {scores[row]:.3f}" if math.isfinite(scores[row]) else "no score (not ranked)",
                         f"query: {queries[row]}" if queries[row] is not None else "",
                     ),
                     None if label is None or same_class_name(label, names[index]) else f"pool label: {label}",

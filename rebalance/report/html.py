@@ -10,7 +10,10 @@ import numpy as np
 from rebalance.domain.artifacts import ConceptFrequency, LabeledDataset, Report, TrainReport
 from rebalance.domain.classes import BUCKETS, class_buckets, class_counts, expected_draws_per_epoch
 from rebalance.domain.ledger import (
+    CAPTION_FUNNEL_TEXT,
+    CAPTION_HEADER,
     RETRIEVAL_HEADER,
+    caption_funnel,
     retrieval_by_class,
     retrieval_summary,
     retrieval_table_rows,
@@ -79,6 +82,7 @@ def build_report(
         },
         "retrieval": None,
         "retrieval_by_class": None,
+        "caption_funnel": None,
         "frequency": None,
         "accuracy": None,
         "gallery": None,
@@ -87,7 +91,8 @@ def build_report(
     if retrieval["retrieved"]:
         precision = retrieval["precision"]
         context["retrieval"] = (
-            f"Retrieval kept {retrieval['retrieved']:,} pool image(s) (mean score {retrieval['mean_score']:.3f})"
+            f"Retrieval kept {retrieval['retrieved']:,} pool image(s)"
+            + ("" if retrieval["mean_score"] is None else f" (mean score {retrieval['mean_score']:.3f})")
             + (
                 f"; {precision:.1%} of the {retrieval['with_reference_label']:,} with a reference label carry "
                 "the class they were retrieved for (the labels were never shown to retrieval)."
@@ -98,6 +103,10 @@ def build_report(
     by_class = retrieval_by_class(final)
     if by_class:
         context["retrieval_by_class"] = {"header": RETRIEVAL_HEADER, "rows": retrieval_table_rows(by_class)}
+    funnel = caption_funnel(final)
+    if funnel:
+        text = CAPTION_FUNNEL_TEXT.replace("`", "")  # the page shows plain column names
+        context["caption_funnel"] = {"text": text, "header": CAPTION_HEADER, "rows": funnel}
     if frequency is not None:
         images["concept_frequency"] = frequency.plot
         rows = [
@@ -115,6 +124,7 @@ def build_report(
     figures: dict[str, Any] = {
         "retrieval": retrieval,
         "retrieval_by_class": by_class,
+        "caption_funnel": [dict(zip(CAPTION_HEADER, row, strict=True)) for row in funnel],
         "stages": {k: v.tolist() for k, v in stages.items()},
         "changes": {k: int(v.sum()) for k, v in changes.items()},
         "classes": names,

@@ -54,6 +54,9 @@ _REPORT = """{% extends "page" %}{% block body -%}
 {% if retrieval_by_class %}<h3>Retrieval precision per class</h3>
 <p>Estimated without pool labels; a class keeps its best-ranked candidates while the lower end of the estimate's 90% interval stays at or above <code>min_precision</code>. Reference precision uses the pool's reference labels, which retrieval never read.</p>
 {{ table(retrieval_by_class.header, retrieval_by_class.rows) }}{% endif %}
+{% if caption_funnel %}<h3>Caption retrieval per class</h3>
+<p>{{ caption_funnel.text }} In the gallery, such a row's query is the form its caption matched and its score its T2T.</p>
+{{ table(caption_funnel.header, caption_funnel.rows) }}{% endif %}
 {% if frequency %}<h2>Concept frequency in captions</h2>
 <p>{{ frequency.text }}</p>
 <img src="plots/concept_frequency.png" alt="concept frequency">

@@ -26,6 +26,7 @@ from rebalance.domain.classes import (
     expected_draws_per_epoch,
 )
 from rebalance.domain.ledger import (
+    CAPTION_FUNNEL_TEXT,
     CAPTION_HEADER,
     RETRIEVAL_HEADER,
     caption_funnel,
@@ -356,11 +357,7 @@ def _card(
     funnel = caption_funnel(dataset)
     if funnel:
         sections += [
-            "### Caption retrieval per class\n\n"
-            "Rows found by caption, as REAL retrieves (rebalance's docs/caption_retrieval.md): pool captions that "
-            "name the class by a synonym, a seeded sample of them ranked by prompt-to-caption similarity (T2T), "
-            "those at or above the prompt-to-image threshold (T2I), and those kept toward the balance target. "
-            "Each row's `matched_form`, `t2t`, `t2i` and `caption_rank` are columns of the data.\n",
+            f"### Caption retrieval per class\n\n{CAPTION_FUNNEL_TEXT}\n",
             markdown_table(
                 pa.table({name: [row[i] for row in funnel] for i, name in enumerate(CAPTION_HEADER)})
             ),

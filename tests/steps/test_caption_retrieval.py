@@ -50,6 +50,7 @@ def webdataset_pipeline(tmp_path: Path) -> Path:
         " synonyms: synonyms}, device: cpu}\n"
         "  retrieved: {step: add_caption_retrievals, inputs: {dataset: train, retrieval: chosen, pool: pool}}\n"
         "  export: {step: export_hf, inputs: {dataset: retrieved, original: train}, embed_images: false}\n"
+        "  report: {step: report, inputs: {original: train, final: retrieved}, gallery_cap: 4}\n"
     )
     return pipeline
 
@@ -110,6 +111,19 @@ def test_real_captions_are_retrieved_ranked_and_exported_with_their_scores(tmp_p
         and cells[4] == "15"
         and cells[5] == "0"
     )
+    # The HTML report has the same funnel, and its gallery the retrieved captions' images.
+    page = (ranked.output_dir / "report" / "report.html").read_text()
+    assert "<h3>Caption retrieval per class</h3>" in page
+    figures = json.loads((ranked.output_dir / "report" / "report.json").read_text())
+    by_class = {row["class"]: row for row in figures["caption_funnel"]}
+    assert [by_class["tiger"][name] for name in ("captions matched", "ranked", "kept")] == cells[1:3] + ["15"]
+    assert (
+        "caption: tiger" in page
+        and len(list((ranked.output_dir / "report" / "gallery" / "img").glob("*"))) >= 12
+    )
+    # Without ranking a caption row has no score: the report says so instead of failing.
+    unranked_page = (unranked.output_dir / "report" / "report.html").read_text()
+    assert "no score (not ranked)" in unranked_page and "mean score" not in unranked_page
 
 
 def candidates_of(classes, keys, files, rows, named) -> pa.Table:
