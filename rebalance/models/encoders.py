@@ -324,9 +324,8 @@ class SentenceEncoder(_TorchEncoder):
         _check_vocabulary(tokenizer, self.spec)
         # sentence-transformers truncates where the model was trained to (256 tokens for MiniLM).
         config = Path(source) / "sentence_bert_config.json"
-        if config.is_file():
-            limit = json.loads(config.read_text()).get("max_seq_length")
-            tokenizer.model_max_length = min(tokenizer.model_max_length, limit or tokenizer.model_max_length)
+        if config.is_file() and (limit := json.loads(config.read_text()).get("max_seq_length")):
+            tokenizer.model_max_length = min(tokenizer.model_max_length, limit)
         return model.to(self.device).eval(), tokenizer
 
     def encode_images(self, paths: Sequence[ImageSource]) -> np.ndarray:

@@ -4,6 +4,7 @@ filter them, then join the chosen rows' images back by key."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -266,9 +267,8 @@ def rank_captions(
     compiled = CompiledSynonyms.of(synonyms.mapping())
     kept = table.take(pa.array(choice.rows, pa.int64()))
     kept_classes = classes[choice.rows]
-    identity = _pool_values(
-        captions, kept, ["key", "url"] if texts is not None else ["key", "url", "caption"]
-    )
+    # The ranked sample's captions are in hand; otherwise the kept rows' are read with their keys.
+    identity = _pool_values(captions, kept, ["key", "url"] + (["caption"] if texts is None else []))
     if texts is not None:
         identity["caption"] = [texts[row] for row in choice.rows]
     category_ids = dataset.categories["category_id"].to_numpy()
@@ -342,7 +342,9 @@ def _t2i(
     return scores
 
 
-def _class_prompts(embed, names: list[str], classes: np.ndarray) -> np.ndarray:
+def _class_prompts(
+    embed: Callable[[list[str]], np.ndarray], names: list[str], classes: np.ndarray
+) -> np.ndarray:
     """A prompt vector for each class that has candidates (``embed`` of their names; the other
     rows stay zero): a few hundred tail classes of a thousand need embedding, not all."""
     present = np.unique(classes)
